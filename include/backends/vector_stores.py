@@ -1,0 +1,103 @@
+"""Vector stores: upsert a document's chunks, replace its older versions, search.
+
+``ChromaStore`` is an embedded, persistent Chroma database. Vectors are always
+passed in explicitly: Chroma's default embedding function (which downloads a
+model) is never used. Writes take a file lock, because several Ray jobs on one
+machine may load documents at the same time and Chroma's SQLite file is not made
+for concurrent writers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from include.settings import PipelineSettings
+
+# Metadata travels as scalars: Chroma accepts str, int, float and bool values only.
+Metadata = dict[str, str | int | float | bool]
+
+
+@dataclass
+class VectorRecord:
+    id: str
+    vector: list[float]
+    text: str
+    metadata: Metadata
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float  # cosine similarity, 1 = same direction
+    text: str
+    metadata: Metadata
+
+
+class VectorStore(Protocol):
+    location: str
+
+    def upsert(self, records: list[VectorRecord]) -> None: ...
+    def delete_other_versions(self, source_uri: str, keep_doc_id: str) -> int: ...
+    def count(self, doc_id: str | None = None) -> int: ...
+    def query(self, vector: list[float], k: int) -> list[Hit]: ...
+
+
+class ChromaStore:
+    def __init__(self, settings: PipelineSettings) -> None:
+        import chromadb
+        from filelock import FileLock
+
+        path = settings.resolved_chroma_path
+        path.mkdir(parents=True, exist_ok=True)
+        self._client = chromadb.PersistentClient(
+            path=str(path), settings=chromadb.Settings(anonymized_telemetry=False)
+        )
+        self._collection = self._client.get_or_create_collection(
+            settings.chroma_collection,
+            embedding_function=None,
+            metadata={"hnsw:space": "cosine"},
+        )
+        self._lock = FileLock(str(path / ".write.lock"))
+        self.location = f"chroma://{path}#{settings.chroma_collection}"
+
+    def upsert(self, records: list[VectorRecord]) -> None:
+        if not records:
+            return
+        with self._lock:
+            self._collection.upsert(
+                ids=[r.id for r in records],
+                embeddings=[r.vector for r in records],
+                documents=[r.text for r in records],
+                metadatas=[r.metadata for r in records],
+            )
+
+    def delete_other_versions(self, source_uri: str, keep_doc_id: str) -> int:
+        where: Any = {"$and": [{"source_uri": source_uri}, {"doc_id": {"$ne": keep_doc_id}}]}
+        with self._lock:
+            stale = self._collection.get(where=where, include=[])["ids"]
+            if stale:
+                self._collection.delete(ids=stale)
+        return len(stale)
+
+    def count(self, doc_id: str | None = None) -> int:
+        if doc_id is None:
+            return self._collection.count()
+        return len(self._collection.get(where={"doc_id": doc_id}, include=[])["ids"])
+
+    def query(self, vector: list[float], k: int) -> list[Hit]:
+        result = self._collection.query(
+            query_embeddings=[vector], n_results=k, include=["documents", "metadatas", "distances"]
+        )
+        return [
+            Hit(id=i, score=1.0 - d, text=t, metadata=m)
+            for i, t, m, d in zip(
+                result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
+            )
+        ]
+
+
+def build_vector_store(settings: PipelineSettings) -> VectorStore:
+    if settings.vector_store == "chroma":
+        return ChromaStore(settings)
+    raise ValueError(f"unknown vector store {settings.vector_store!r}")
