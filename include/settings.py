@@ -48,6 +48,14 @@ class PipelineSettings(BaseSettings):
         description="Root of the stage outputs (extracted/, chunks/, enriched/, embeddings/).",
     )
 
+    # --- orchestration -------------------------------------------------------
+    ingest_schedule: str | None = Field(
+        default="@hourly", description="Cron or preset for document_ingest; empty = manual only."
+    )
+    sensor_timeout_seconds: int = Field(
+        default=50 * 60, description="How long a run waits for documents before it is skipped."
+    )
+
     # --- extract -------------------------------------------------------------
     docling_artifacts_path: Path | None = Field(
         default=None,
@@ -114,3 +122,18 @@ class PipelineSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> PipelineSettings:
     return PipelineSettings()
+
+
+class LocalStackSettings(BaseSettings):
+    """Ports and credentials of the embedded stack (``python -m tools.stack``)."""
+
+    model_config = SettingsConfigDict(env_prefix="STACK_", frozen=True)
+
+    s3_port: int = Field(default=8333, description="SeaweedFS S3 API; its other "
+                         "servers use the next five ports (and those + 10000 for gRPC).")
+    ray_dashboard_port: int = Field(default=8265, description="Ray dashboard and Job API.")
+    ray_gcs_port: int = Field(default=6379, description="Ray head (GCS) port.")
+    ray_num_cpus: int = Field(default=2, ge=1)
+    bucket: str = "documents"
+    access_key: str = "local-stack"
+    secret_key: str = "local-stack-secret"

@@ -8,6 +8,7 @@ SSNs from unissued ranges).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -141,6 +142,8 @@ def render_pdf(sample: SamplePdf, path: Path) -> Path:
     from fpdf import FPDF
 
     pdf = FPDF(format="A4")
+    # A fixed date keeps the bytes, and so the document id, the same on every run.
+    pdf.set_creation_date(datetime(2026, 1, 1, tzinfo=timezone.utc))
     pdf.set_auto_page_break(auto=True, margin=20)
     for number, sections in enumerate(sample.pages):
         pdf.add_page()

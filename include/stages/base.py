@@ -48,6 +48,8 @@ class StageManifest(BaseModel):
     outputs: Outputs = {}
     metrics: Metrics = {}
     error: str | None = None
+    # False when trying again cannot help (the input itself is bad).
+    retryable: bool = True
     config_fingerprint: str
     upstream_manifest_uri: str | None = None
     started_at: datetime
@@ -163,7 +165,7 @@ def execute_stage(
 
     if stage.reusable and (previous := _reusable_manifest(storage, target, fingerprint)):
         log.info("%s of %s: reusing the result recorded at %s", stage.name, document.name, target)
-        return previous
+        return previous.model_copy(update={"metrics": {**previous.metrics, "reused": 1.0}})
 
     ctx = StageContext(
         stage=stage.name,
@@ -189,7 +191,13 @@ def execute_stage(
         error = str(exc) if isinstance(exc, DocumentError) else (
             f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         )
-        failed = StageManifest(status="failed", error=error, finished_at=_now(), **base)
+        failed = StageManifest(
+            status="failed",
+            error=error,
+            retryable=not isinstance(exc, DocumentError),
+            finished_at=_now(),
+            **base,
+        )
         storage.write_json(target, failed.model_dump(mode="json"))
         raise
     manifest = StageManifest(

@@ -1,0 +1,77 @@
+"""PDFs in the inbox -> Markdown -> chunks -> redacted, enriched chunks -> vectors -> vector store.
+
+Wait for documents in the inbox, list them, then for each document run the five
+stages as Ray jobs (one mapped task group per document, so a bad document fails
+only its own tasks), and print per-stage totals. Trigger with
+``{"keys": ["a.pdf", ...]}`` (relative to the inbox, or full URIs) to ingest only those.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.sdk import DAG, Param, TriggerRule, task, task_group
+
+from include import ingest
+from include.settings import get_settings
+from include.storage import split_s3_uri
+
+settings = get_settings()
+inbox_bucket, inbox_prefix = split_s3_uri(settings.inbox_uri)
+
+with DAG(
+    dag_id="document_ingest",
+    description=__doc__.splitlines()[0],
+    schedule=settings.ingest_schedule or None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    render_template_as_native_obj=True,
+    params={"keys": Param([], type="array", description="Only these inbox keys (empty: all).")},
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+    },
+    tags=["ingest", "ray", "rag"],
+):
+    wait_for_documents = S3KeySensor(
+        task_id="wait_for_documents",
+        bucket_name=inbox_bucket,
+        bucket_key=f"{{{{ params['keys'] or ['{inbox_prefix}*'] }}}}",
+        wildcard_match=True,
+        aws_conn_id="aws_default",
+        poke_interval=30,
+        timeout=settings.sensor_timeout_seconds,
+        mode="reschedule",
+        soft_fail=True,  # an empty inbox skips the run instead of failing it
+    )
+
+    @task
+    def list_documents(params: dict | None = None) -> list[dict]:
+        return ingest.discover_documents((params or {}).get("keys"))
+
+    @task_group
+    def ingest_document(document: dict) -> None:
+        upstream = document
+        for stage in ingest.STAGE_ORDER:
+            job = ingest.PipelineStageOperator(task_id=stage, stage=stage, upstream=upstream)
+            upstream = job.output
+
+    @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
+    def summarize(documents: list[dict], ti=None) -> dict:
+        results = {
+            # A list of task ids makes xcom_pull return every map index's value as a list.
+            stage: ti.xcom_pull(task_ids=[f"ingest_document.{stage}"]) or []
+            for stage in ingest.STAGE_ORDER
+        }
+        summary = ingest.summarize(documents or [], results)
+        print(ingest.format_summary(summary))
+        if summary["failed"]:
+            raise RuntimeError(f"{len(summary['failed'])} document(s) failed: see the summary above")
+        return summary
+
+    documents = list_documents()
+    wait_for_documents >> documents
+    summarize(documents) << ingest_document.expand(document=documents)

@@ -1,0 +1,312 @@
+"""The embedded local stack: a real SeaweedFS S3 server, a real Ray head, Airflow's DB.
+
+    python -m tools.stack up       # start what is not running, health-check all
+    python -m tools.stack status
+    python -m tools.stack down     # stop by PID
+    python -m tools.stack env      # print the environment as shell exports
+
+Each server runs as a child process in its own session; its PID is kept in
+``<work_dir>/pids``. ``up`` is idempotent: a healthy server is left alone. A port
+taken by something else stops ``up`` with a message naming the port and the
+setting that moves it. Everything lives under ``PIPELINE_WORK_DIR`` (default
+``.work/``): S3 data, Ray's temp dir, Airflow's home and database, Chroma.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from include.settings import PROJECT_ROOT, LocalStackSettings, PipelineSettings
+
+BIN = Path(sys.executable).parent
+# Ray puts Unix sockets under its temp dir; their paths must stay under ~107 bytes.
+_MAX_RAY_TEMP_LEN = 40
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    ports: dict[int, str]  # port -> the setting that moves it
+
+    def pid_file(self, work: Path) -> Path:
+        return work / "pids" / f"{self.name}.pid"
+
+    def log_file(self, work: Path) -> Path:
+        return work / "logs" / f"{self.name}.log"
+
+
+def _settings() -> tuple[PipelineSettings, LocalStackSettings]:
+    return PipelineSettings(), LocalStackSettings()
+
+
+def s3_ports(stack: LocalStackSettings) -> dict[str, int]:
+    base = stack.s3_port
+    return {"s3": base, "master": base + 1, "volume": base + 2, "filer": base + 3,
+            "iceberg": base + 4, "lance": base + 5, "admin": base + 6}
+
+
+def services(stack: LocalStackSettings) -> list[Service]:
+    s3 = {port: "STACK_S3_PORT" for port in s3_ports(stack).values()}
+    s3.update({port + 10000: "STACK_S3_PORT" for port in list(s3) if port != stack.s3_port})
+    return [
+        Service("s3", s3),
+        Service("ray", {stack.ray_dashboard_port: "STACK_RAY_DASHBOARD_PORT",
+                        stack.ray_gcs_port: "STACK_RAY_GCS_PORT"}),
+    ]
+
+
+def ray_temp_dir(work: Path) -> Path:
+    candidate = work / "ray"
+    if len(str(candidate)) <= _MAX_RAY_TEMP_LEN:
+        return candidate
+    digest = hashlib.sha256(str(work).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"ray-{digest}"
+
+
+def stack_env() -> dict[str, str]:
+    """The variables every process of the local stack (and the tests) runs with."""
+    pipeline, stack = _settings()
+    work = pipeline.work_dir.resolve()
+    endpoint = f"http://127.0.0.1:{stack.s3_port}"
+    aws_conn = {
+        "conn_type": "aws",
+        "login": stack.access_key,
+        "password": stack.secret_key,
+        "extra": {"endpoint_url": endpoint, "region_name": pipeline.aws_region},
+    }
+    ray_conn = {"conn_type": "ray", "host": "127.0.0.1", "port": stack.ray_dashboard_port, "schema": "http"}
+    env = {
+        "PYTHONPATH": str(PROJECT_ROOT),
+        # Ray jobs run `python -m include.stages`: the project's interpreter must come first.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PIPELINE_WORK_DIR": str(work),
+        "PIPELINE_S3_ENDPOINT_URL": endpoint,
+        "PIPELINE_INBOX_URI": f"s3://{stack.bucket}/inbox/",
+        "PIPELINE_ARTIFACTS_URI": f"s3://{stack.bucket}/artifacts/",
+        "AWS_ACCESS_KEY_ID": stack.access_key,
+        "AWS_SECRET_ACCESS_KEY": stack.secret_key,
+        "AWS_DEFAULT_REGION": pipeline.aws_region,
+        "AIRFLOW_HOME": str(work / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws_conn),
+        "AIRFLOW_CONN_RAY_DEFAULT": json.dumps(ray_conn),
+        # Explicit, so a stray ~/.ray/auth_token can never switch token auth on.
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ADDRESS": f"http://127.0.0.1:{stack.ray_dashboard_port}",
+        # No network: models load from site-packages, tldextract uses its bundled list.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
+        "TLDEXTRACT_CACHE": str(work / "cache" / "tldextract"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    # Anything the user set explicitly wins over the defaults above.
+    return {**env, **{k: v for k, v in os.environ.items() if k.startswith("PIPELINE_")}}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(service: Service, work: Path) -> int | None:
+    path = service.pid_file(work)
+    if not path.exists():
+        return None
+    pid = int(path.read_text().strip() or 0)
+    return pid if pid and _pid_alive(pid) else None
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+    except Exception:
+        return False
+
+
+def healthy(name: str, stack: LocalStackSettings) -> bool:
+    if name == "s3":
+        # Any HTTP answer from the S3 API (even 403 without credentials) means it serves.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{stack.s3_port}/", timeout=2)
+        except urllib.error.HTTPError:
+            return True
+        except Exception:
+            return False
+        return True
+    return _http_ok(f"http://127.0.0.1:{stack.ray_dashboard_port}/api/version")
+
+
+def _command(name: str, pipeline: PipelineSettings, stack: LocalStackSettings) -> list[str]:
+    work = pipeline.work_dir.resolve()
+    if name == "s3":
+        ports = s3_ports(stack)
+        return [
+            str(BIN / "weed"), "mini", f"-dir={work / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+            f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}",
+            f"-admin.port={ports['admin']}", "-webdav=false", "-admin.ui=false",
+            f"-bucket={stack.bucket}",
+        ]
+    return [
+        str(BIN / "ray"), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1", f"--port={stack.ray_gcs_port}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={stack.ray_dashboard_port}",
+        f"--num-cpus={stack.ray_num_cpus}", f"--temp-dir={ray_temp_dir(work)}",
+        "--include-dashboard=true", "--disable-usage-stats",
+    ]
+
+
+def _start(service: Service, pipeline: PipelineSettings, stack: LocalStackSettings, timeout: float) -> None:
+    work = pipeline.work_dir.resolve()
+    for port, setting in sorted(service.ports.items()):
+        if _port_busy(port):
+            raise StackError(
+                f"{service.name}: port {port} on 127.0.0.1 is already in use by another program. "
+                f"Stop it, or move this server with {setting}=<free port>."
+            )
+    for folder in ("pids", "logs", "s3", "cache/tldextract"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    ray_temp_dir(work).mkdir(parents=True, exist_ok=True)
+    log = service.log_file(work).open("ab")
+    process = subprocess.Popen(
+        _command(service.name, pipeline, stack),
+        cwd=work,
+        env={**os.environ, **stack_env()},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped as one
+    )
+    service.pid_file(work).write_text(str(process.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(
+                f"{service.name} exited with code {process.returncode} while starting; "
+                f"see {service.log_file(work)}"
+            )
+        if healthy(service.name, stack):
+            print(f"{service.name}: started (pid {process.pid})", flush=True)
+            return
+        time.sleep(0.5)
+    raise StackError(f"{service.name} did not become healthy in {timeout:.0f}s; see {service.log_file(work)}")
+
+
+def up(timeout: float = 90.0) -> None:
+    pipeline, stack = _settings()
+    work = pipeline.work_dir.resolve()
+    for service in services(stack):
+        pid = _read_pid(service, work)
+        if pid and healthy(service.name, stack):
+            print(f"{service.name}: already running (pid {pid})", flush=True)
+            continue
+        if pid:  # alive but not answering: give it a moment, else restart it
+            time.sleep(3)
+            if healthy(service.name, stack):
+                print(f"{service.name}: already running (pid {pid})", flush=True)
+                continue
+            _stop(service, work)
+        _start(service, pipeline, stack, timeout)
+
+
+def _stop(service: Service, work: Path, grace: float = 20.0) -> None:
+    pid = _read_pid(service, work)
+    if pid is None:
+        service.pid_file(work).unlink(missing_ok=True)
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.3)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # whatever of the group is left
+    except ProcessLookupError:
+        pass
+    service.pid_file(work).unlink(missing_ok=True)
+    print(f"{service.name}: stopped (pid {pid})", flush=True)
+
+
+def down() -> None:
+    pipeline, stack = _settings()
+    work = pipeline.work_dir.resolve()
+    for service in reversed(services(stack)):
+        _stop(service, work)
+    if still_busy := [p for p in (stack.ray_gcs_port, stack.ray_dashboard_port) if _port_busy(p)]:
+        print(f"warning: ports {still_busy} still busy after stopping Ray", flush=True)
+
+
+def status() -> bool:
+    pipeline, stack = _settings()
+    work = pipeline.work_dir.resolve()
+    all_ok = True
+    for service in services(stack):
+        pid = _read_pid(service, work)
+        ok = bool(pid) and healthy(service.name, stack)
+        all_ok &= ok
+        print(f"{service.name}: {'healthy' if ok else 'running, not answering' if pid else 'stopped'}"
+              + (f" (pid {pid})" if pid else ""))
+    return all_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.stack")
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            up()
+        elif args.command == "down":
+            down()
+        elif args.command == "status":
+            return 0 if status() else 1
+        else:
+            for key, value in sorted(stack_env().items()):
+                print(f"export {key}={json.dumps(value)}")
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
