@@ -14,6 +14,7 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 
 from include import ingest
+from include.stage_operator import PipelineStageOperator
 from include.settings import get_settings
 from include.storage import split_s3_uri
 
@@ -56,7 +57,7 @@ with DAG(
     def ingest_document(document: dict) -> None:
         upstream = document
         for stage in ingest.STAGE_ORDER:
-            job = ingest.PipelineStageOperator(task_id=stage, stage=stage, upstream=upstream)
+            job = PipelineStageOperator(task_id=stage, stage=stage, upstream=upstream)
             upstream = job.output
 
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)

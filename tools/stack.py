@@ -92,7 +92,7 @@ def stack_env() -> dict[str, str]:
     }
     ray_conn = {"conn_type": "ray", "host": "127.0.0.1", "port": stack.ray_dashboard_port, "schema": "http"}
     env = {
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
         # Ray jobs run `python -m include.stages`: the project's interpreter must come first.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PIPELINE_WORK_DIR": str(work),
@@ -119,6 +119,7 @@ def stack_env() -> dict[str, str]:
         "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
         "TLDEXTRACT_CACHE": str(work / "cache" / "tldextract"),
         "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
     # Anything the user set explicitly wins over the defaults above.
     return {**env, **{k: v for k, v in os.environ.items() if k.startswith("PIPELINE_")}}

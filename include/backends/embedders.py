@@ -57,12 +57,12 @@ class MiniLMEmbedder:
         self._model = SentenceTransformer(location, device="cpu")
         self._batch_size = settings.embed_batch_size
         self.name = settings.embed_model
-        self.dimension = int(self._model.get_sentence_embedding_dimension())
+        self.dimension = int(self._model.get_embedding_dimension())
         self.max_tokens = int(self._model.max_seq_length)
 
     def _windows(self, text: str) -> tuple[list[str], int]:
         tokenizer = self._model.tokenizer
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         room = self.max_tokens - 2  # [CLS] and [SEP]
         if len(ids) <= room:
             return [text], len(ids)

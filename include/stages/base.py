@@ -165,7 +165,12 @@ def execute_stage(
 
     if stage.reusable and (previous := _reusable_manifest(storage, target, fingerprint)):
         log.info("%s of %s: reusing the result recorded at %s", stage.name, document.name, target)
-        return previous.model_copy(update={"metrics": {**previous.metrics, "reused": 1.0}})
+        # The manifest tells the orchestrator what *this* run did: no work, a reuse.
+        reused = previous.model_copy(
+            update={"metrics": {**previous.metrics, "seconds": 0.0, "reused": 1.0}, "finished_at": _now()}
+        )
+        storage.write_json(target, reused.model_dump(mode="json"))
+        return reused
 
     ctx = StageContext(
         stage=stage.name,

@@ -17,7 +17,7 @@ from include.stages.extract import BOUNDARY
 
 _PAGE = re.compile(r"<!-- page: (\d+) -->")
 # Below this share of the target a chunk keeps growing across a boundary or heading.
-_MIN_FILL = 0.3
+_MIN_FILL = 0.2
 
 
 @dataclass

@@ -1,0 +1,19 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   -> install, start the local stack, ingest sample PDFs through Airflow + Ray, answer a question
+#   make test   -> install, run the whole test suite (unit + integration on the real stack)
+.PHONY: demo test install down status
+
+install:
+	@bash scripts/bootstrap.sh
+
+demo: install
+	.venv/bin/python -m tools.demo
+
+test: install
+	.venv/bin/python -m pytest
+
+down:
+	.venv/bin/python -m tools.stack down
+
+status:
+	.venv/bin/python -m tools.stack status

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project's pinned dependencies, once. Re-running is a
+# no-op until requirements.txt or constraints.txt change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "error: Python 3.11 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+
+stamp=.venv/.installed
+want=$(cat requirements.txt constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+echo "==> Creating .venv and installing dependencies (first run only, a few minutes)"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, CPU build, pinned: any other resolution pulls GBs of CUDA wheels.
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -r requirements.txt -c constraints.txt
+# Docling pulls a CUDA torchvision that breaks `import sentence_transformers` beside the
+# CPU torch; nothing on the model-free paths needs it.
+.venv/bin/python -m pip uninstall --quiet -y torchvision || true
+echo "$want" > "$stamp"
+echo "==> Dependencies installed"

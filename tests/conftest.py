@@ -1,0 +1,76 @@
+"""Shared fixtures. Everything runs offline: these variables keep every library off the network."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
+    "TLDEXTRACT_CACHE": os.path.join(tempfile.gettempdir(), "tldextract-tests"),
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+os.environ.update(_OFFLINE)
+# Unit tests never talk to a stack someone left running in this shell.
+for _name in [n for n in os.environ if n.startswith(("PIPELINE_", "STACK_"))] + ["RAY_ADDRESS"]:
+    os.environ.pop(_name, None)
+
+from include.settings import PipelineSettings  # noqa: E402
+from tools.sample_pdfs import SAMPLES, write_samples  # noqa: E402
+
+SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+
+
+@pytest.fixture(scope="session")
+def sample_pdfs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("samples")
+    return {path.name: path for path in write_samples(folder)}
+
+
+@pytest.fixture(scope="session")
+def samples_by_name():
+    return {sample.filename: sample for sample in SAMPLES}
+
+
+@pytest.fixture
+def settings(tmp_path) -> PipelineSettings:
+    return PipelineSettings(
+        work_dir=tmp_path / "work",
+        inbox_uri=(tmp_path / "inbox").as_uri() + "/",
+        artifacts_uri=(tmp_path / "artifacts").as_uri() + "/",
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A throwaway local Ray (not the stack's head), shipping the project like a job does."""
+    import ray
+
+    from include.ingest import RUNTIME_EXCLUDES
+    from include.settings import PROJECT_ROOT
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-ut-", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES, "env_vars": _OFFLINE},
+        logging_level="WARNING",
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def shared_testdata() -> Path:
+    if not SHARED_TESTDATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_TESTDATA} (it sits beside the repository in CI)")
+    return SHARED_TESTDATA
