@@ -131,7 +131,8 @@ class LocalStackSettings(BaseSettings):
 
     s3_port: int = Field(default=8333, description="SeaweedFS S3 API; its other "
                          "servers use the next five ports (and those + 10000 for gRPC).")
-    ray_dashboard_port: int = Field(default=8265, description="Ray dashboard and Job API.")
+    ray_dashboard_port: int = Field(default=8265, description="Ray dashboard and Job API; "
+                                    "the head's other fixed ports are the next five.")
     ray_gcs_port: int = Field(default=6379, description="Ray head (GCS) port.")
     ray_num_cpus: int = Field(default=2, ge=1)
     bucket: str = "documents"

@@ -19,6 +19,9 @@ _OFFLINE = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 os.environ.update(_OFFLINE)
+# Airflow (DagBag in the integrity test) keeps its files in a throwaway home.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 # Unit tests never talk to a stack someone left running in this shell.
 for _name in [n for n in os.environ if n.startswith(("PIPELINE_", "STACK_"))] + ["RAY_ADDRESS"]:
     os.environ.pop(_name, None)

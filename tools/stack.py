@@ -61,12 +61,19 @@ def s3_ports(stack: LocalStackSettings) -> dict[str, int]:
             "iceberg": base + 4, "lance": base + 5, "admin": base + 6}
 
 
+def ray_ports(stack: LocalStackSettings) -> dict[str, int]:
+    """Every fixed port of the Ray head, so two stacks (demo and tests) can run side by side."""
+    base = stack.ray_dashboard_port
+    return {"dashboard": base, "ray-client-server": base + 1, "dashboard-agent-listen": base + 2,
+            "metrics-export": base + 3, "dashboard-agent-grpc": base + 4, "runtime-env-agent": base + 5}
+
+
 def services(stack: LocalStackSettings) -> list[Service]:
     s3 = {port: "STACK_S3_PORT" for port in s3_ports(stack).values()}
     s3.update({port + 10000: "STACK_S3_PORT" for port in list(s3) if port != stack.s3_port})
     return [
         Service("s3", s3),
-        Service("ray", {stack.ray_dashboard_port: "STACK_RAY_DASHBOARD_PORT",
+        Service("ray", {**{port: "STACK_RAY_DASHBOARD_PORT" for port in ray_ports(stack).values()},
                         stack.ray_gcs_port: "STACK_RAY_GCS_PORT"}),
     ]
 
@@ -188,8 +195,10 @@ def _command(name: str, pipeline: PipelineSettings, stack: LocalStackSettings) -
         ]
     return [
         str(BIN / "ray"), "start", "--head", "--block",
-        "--node-ip-address=127.0.0.1", f"--port={stack.ray_gcs_port}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={stack.ray_dashboard_port}",
+        "--node-ip-address=127.0.0.1", f"--port={stack.ray_gcs_port}", "--dashboard-host=127.0.0.1",
+        *(f"--{name}-port={port}" for name, port in ray_ports(stack).items()),
+        # Worker ports away from Ray's default 10002-19999, where SeaweedFS's gRPC ports sit.
+        "--min-worker-port=21000", "--max-worker-port=22999",
         f"--num-cpus={stack.ray_num_cpus}", f"--temp-dir={ray_temp_dir(work)}",
         "--include-dashboard=true", "--disable-usage-stats",
     ]

@@ -25,7 +25,8 @@ MARKERS = {
     "IBAN_CODE": "IBAN",
     "IP_ADDRESS": "IP_ADDRESS",
 }
-_SPACY_LABELS = {"PERSON": "people", "ORG": "organizations"}
+# Presidio hands spaCy's entities back relabelled to its own names (ORG -> ORGANIZATION).
+_ENTITY_GROUPS = {"PERSON": "people", "ORGANIZATION": "organizations"}
 
 
 class Enrichment(BaseModel):
@@ -98,7 +99,7 @@ class LocalEnricher:
         pii_spans = [(f.start, f.end) for f in findings]
         entities: dict[str, list[str]] = {"people": [], "organizations": [], "medications": []}
         for span in artifacts.entities:
-            group = _SPACY_LABELS.get(span.label_)
+            group = _ENTITY_GROUPS.get(span.label_)
             overlaps_pii = any(s < span.end_char and span.start_char < e for s, e in pii_spans)
             name = span.text.strip()
             # The small spaCy model sometimes spans a block break: such a "name" is noise.
