@@ -61,7 +61,7 @@ with DAG(
             upstream = job.output
 
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
-    def summarize(documents: list[dict], ti=None) -> dict:
+    def summarize(documents: list[dict], ti=None) -> None:
         results = {
             # A list of task ids makes xcom_pull return every map index's value as a list.
             stage: ti.xcom_pull(task_ids=[f"ingest_document.{stage}"]) or []
@@ -69,9 +69,9 @@ with DAG(
         }
         summary = ingest.summarize(documents or [], results)
         print(ingest.format_summary(summary))
+        ti.xcom_push(key="summary", value=summary)  # kept even when the run fails below
         if summary["failed"]:
             raise RuntimeError(f"{len(summary['failed'])} document(s) failed: see the summary above")
-        return summary
 
     documents = list_documents()
     wait_for_documents >> documents

@@ -14,15 +14,13 @@ The stack keeps running afterwards (Ray dashboard on http://127.0.0.1:8265);
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tools import stack
+from tools import airflow_db, stack
 from tools.sample_pdfs import write_samples
 
 DAG_ID = "document_ingest"
@@ -45,20 +43,6 @@ def run_airflow(args: list[str], env: dict[str, str], log_path: Path) -> int:
                 suffix = f"[{index}]" if index != "-1" else ""
                 print(f"  finished {fields.get('task_id', '?')}{suffix}", flush=True)
         return process.wait()
-
-
-def latest_summary(airflow_home: Path) -> dict | None:
-    """The summarize task's return value of the newest run, read from Airflow's DB."""
-    with sqlite3.connect(airflow_home / "airflow.db") as db:
-        row = db.execute(
-            "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'summarize' AND key = 'return_value' "
-            "ORDER BY timestamp DESC LIMIT 1",
-            (DAG_ID,),
-        ).fetchone()
-    if row is None:
-        return None
-    value = row[0]
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     code = run_airflow(["dags", "test", DAG_ID], env, dag_log)
     print(f"  DAG run finished in {time.monotonic() - clock:.0f}s (full log: {dag_log})", flush=True)
 
-    summary = latest_summary(Path(env["AIRFLOW_HOME"]))
+    airflow_home = Path(env["AIRFLOW_HOME"])
+    run_id = airflow_db.latest_run_id(airflow_home, DAG_ID)
+    summary = airflow_db.xcoms(airflow_home, DAG_ID, run_id, key="summary").get(("summarize", -1)) if run_id else None
     if summary:
         print("\n==> What each stage did\n" + format_summary(summary), flush=True)
     if code != 0 or not summary or summary["failed"]:
