@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   -> install, start the local stack, ingest sample PDFs through Airflow + Ray, answer a question
 #   make test   -> install, run the whole test suite (unit + integration on the real stack)
-.PHONY: demo test install down status
+.PHONY: demo test install down status airflow
 
 install:
 	@bash scripts/bootstrap.sh
@@ -17,3 +17,8 @@ down:
 
 status:
 	.venv/bin/python -m tools.stack status
+
+# The Airflow UI, scheduler, DAG processor and triggerer (http://127.0.0.1:8080), on the local stack.
+airflow: install
+	.venv/bin/python -m tools.stack up
+	eval "$$(.venv/bin/python -m tools.stack env)" && AIRFLOW__API__HOST=127.0.0.1 .venv/bin/airflow standalone
