@@ -16,10 +16,8 @@ from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 from include import ingest
 from include.stage_operator import PipelineStageOperator
 from include.settings import get_settings
-from include.storage import split_s3_uri
 
 settings = get_settings()
-inbox_bucket, inbox_prefix = split_s3_uri(settings.inbox_uri)
 
 with DAG(
     dag_id="document_ingest",
@@ -29,6 +27,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     render_template_as_native_obj=True,
+    user_defined_macros={"inbox_uris": ingest.inbox_uris},
     params={"keys": Param([], type="array", description="Only these inbox keys (empty: all).")},
     default_args={
         "retries": 2,
@@ -39,8 +38,7 @@ with DAG(
 ):
     wait_for_documents = S3KeySensor(
         task_id="wait_for_documents",
-        bucket_name=inbox_bucket,
-        bucket_key=f"{{{{ params['keys'] or ['{inbox_prefix}*'] }}}}",
+        bucket_key="{{ inbox_uris(params['keys']) }}",
         wildcard_match=True,
         aws_conn_id="aws_default",
         poke_interval=30,

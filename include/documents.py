@@ -54,6 +54,11 @@ def describe(storage: Storage, source_uri: str) -> DocumentRef:
     )
 
 
+def key_uris(inbox_uri: str, keys: list[str]) -> list[str]:
+    """Keys relative to the inbox, or full URIs, as full URIs."""
+    return [key if "://" in key else join_uri(inbox_uri, key) for key in keys]
+
+
 def discover(storage: Storage, inbox_uri: str, keys: list[str] | None = None) -> list[DocumentRef]:
     """The documents to ingest: every object under the inbox, or just ``keys``.
 
@@ -62,7 +67,7 @@ def discover(storage: Storage, inbox_uri: str, keys: list[str] | None = None) ->
     failed document by the extract stage instead of being silently ignored.
     """
     if keys:
-        uris = [k if "://" in k else join_uri(inbox_uri, k) for k in keys]
+        uris = key_uris(inbox_uri, keys)
     else:
         uris = storage.list(inbox_uri)
     documents = [describe(storage, uri) for uri in uris]

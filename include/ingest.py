@@ -13,11 +13,11 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from include.documents import discover
+from include.documents import discover, key_uris
 from include.settings import PROJECT_ROOT, get_settings
 from include.stages import STAGES
 from include.stages.base import StageManifest, manifest_uri
-from include.storage import Storage
+from include.storage import Storage, join_uri
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ RUNTIME_EXCLUDES = [".venv", ".work", ".git", ".ci", "tests", "tools", "*.pdf", 
 def discover_documents(keys: list[str] | None) -> list[dict[str, Any]]:
     settings = get_settings()
     return [doc.model_dump() for doc in discover(Storage(settings), settings.inbox_uri, keys or None)]
+
+
+def inbox_uris(keys: list[str] | None) -> list[str]:
+    """What the sensor waits for: the named keys (relative to the inbox, or full URIs), else anything."""
+    inbox = get_settings().inbox_uri
+    if not keys:
+        return [join_uri(inbox, "*")]
+    return key_uris(inbox, keys)
 
 
 def runtime_env() -> dict[str, Any]:

@@ -81,6 +81,12 @@ def test_retry_reattaches_to_a_job_still_running_instead_of_submitting(tmp_path)
     assert api.submitted == []
 
 
+def test_a_try_that_died_before_submitting_does_not_hide_an_older_running_job(tmp_path):
+    api = FakeJobApi({_id(1): ["RUNNING", "SUCCEEDED"]})  # try 2 left no job behind
+    _operator(tmp_path, api, {"outputs": {}, "metrics": {}}).execute({"ti": _ti(3)})
+    assert api.submitted == []
+
+
 def test_retry_reuses_a_job_that_already_succeeded(tmp_path):
     api = FakeJobApi({_id(1): ["SUCCEEDED"]})
     xcom = _operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {"n": 1}}).execute({"ti": _ti(2)})

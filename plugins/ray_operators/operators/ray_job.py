@@ -119,9 +119,10 @@ class RayJobOperator(BaseOperator):
             submission_id_for(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, n)
             for n in range(1, ti.try_number + 1)
         ]
-        # This try's own job exists if the same try was started before (a lost
-        # worker); otherwise look at the previous try's.
-        for candidate in reversed(ids[-2:]):
+        # The newest job of any attempt decides (a try that died before submitting
+        # left none): one still active is re-attached, one that succeeded is reused.
+        # A try only submits once every earlier job has ended, so older ones need no look.
+        for candidate in reversed(ids):
             job = self.hook.find(candidate)
             if job is None:
                 continue
@@ -134,7 +135,7 @@ class RayJobOperator(BaseOperator):
                 return candidate
             if candidate == ids[-1]:
                 raise AirflowException(f"Ray job {candidate} of this try already ended as {status}")
-            self.log.info("Ray job %s of the previous try ended as %s: submitting anew", candidate, status)
+            self.log.info("Ray job %s of an earlier try ended as %s: submitting anew", candidate, status)
             break
         submission_id = ids[-1]
         self.hook.submit(
