@@ -33,6 +33,8 @@ with DAG(
         "retries": 2,
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,
+        # A task past this is killed, and its Ray job stopped with it (on_kill).
+        "execution_timeout": timedelta(hours=1),
     },
     tags=["ingest", "ray", "rag"],
 ):

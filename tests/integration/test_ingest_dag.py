@@ -49,6 +49,8 @@ def stack(tmp_path_factory):
     python = sys.executable
     try:
         _run(env, python, "-m", "tools.stack", "up")
+        again = _run(env, python, "-m", "tools.stack", "up")  # idempotent: nothing restarted
+        assert "s3: already running" in again.stdout and "ray: already running" in again.stdout
         _run(env, str(Path(python).parent / "airflow"), "db", "migrate")
         yield env
     finally:

@@ -1,0 +1,40 @@
+"""The launcher's own checks, without starting anything."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tools import stack
+
+
+def test_a_busy_port_stops_up_with_the_port_and_the_setting_that_moves_it(monkeypatch, tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path / "work"))
+        monkeypatch.setenv("STACK_S3_PORT", str(port))
+        with pytest.raises(stack.StackError, match=rf"port {port} .*STACK_S3_PORT=<free port>"):
+            stack.up(timeout=5)
+    assert not (tmp_path / "work" / "pids" / "s3.pid").exists()
+
+
+def test_ray_temp_dir_is_in_the_work_dir_unless_unix_socket_paths_would_get_too_long(tmp_path):
+    from pathlib import Path
+
+    assert stack.ray_temp_dir(Path("/srv/app/.work")) == Path("/srv/app/.work/ray")
+    deep = tmp_path / ("x" * 80)
+    assert stack.ray_temp_dir(deep) == stack.ray_temp_dir(deep)  # stable across calls
+    assert len(str(stack.ray_temp_dir(deep))) <= 40
+
+
+def test_the_stack_environment_points_every_client_at_the_local_servers(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path))
+    monkeypatch.setenv("STACK_S3_PORT", "28444")
+    env = stack.stack_env()
+    assert env["PIPELINE_S3_ENDPOINT_URL"] == "http://127.0.0.1:28444"
+    assert '"endpoint_url": "http://127.0.0.1:28444"' in env["AIRFLOW_CONN_AWS_DEFAULT"]
+    assert env["RAY_AUTH_MODE"] == "disabled"
+    assert env["AIRFLOW_HOME"].startswith(str(tmp_path))
