@@ -102,3 +102,22 @@ def test_two_text_columns_side_by_side_are_not_mistaken_for_a_table():
     right = "and another long line of text in the right-hand column"
     items = [(left, (50, 700, 280, 690)), (right, (310, 700, 540, 690))]
     assert "|" not in rebuild_page(items)
+
+
+def test_standard_pipeline_markdown_is_split_back_onto_its_pages_even_around_an_empty_page():
+    """The layout-model path (not runnable offline) exports once; the split must keep page numbers."""
+    from docling_core.types.doc import BoundingBox, DocItemLabel, DoclingDocument, ProvenanceItem, Size
+
+    from include.stages.extract import _standard_pages
+
+    doc = DoclingDocument(name="three-pages")
+    for number in (1, 2, 3):
+        doc.add_page(page_no=number, size=Size(width=600, height=800))
+
+    def on(page: int) -> ProvenanceItem:
+        return ProvenanceItem(page_no=page, bbox=BoundingBox(l=10, t=700, r=500, b=690), charspan=(0, 1))
+
+    doc.add_heading(text="Intro", prov=on(1))
+    doc.add_text(label=DocItemLabel.TEXT, text="First page text.", prov=on(1))
+    doc.add_text(label=DocItemLabel.TEXT, text="Third page text.", prov=on(3))
+    assert _standard_pages(doc, 3) == ["## Intro\n\nFirst page text.", "", "Third page text."]
