@@ -14,8 +14,8 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 
 from include import ingest
-from include.stage_operator import PipelineStageOperator
 from include.settings import get_settings
+from include.stage_operator import PipelineStageOperator
 
 settings = get_settings()
 

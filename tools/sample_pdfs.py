@@ -8,7 +8,7 @@ SSNs from unissued ranges).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 
@@ -143,7 +143,7 @@ def render_pdf(sample: SamplePdf, path: Path) -> Path:
 
     pdf = FPDF(format="A4")
     # A fixed date keeps the bytes, and so the document id, the same on every run.
-    pdf.set_creation_date(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    pdf.set_creation_date(datetime(2026, 1, 1, tzinfo=UTC))
     pdf.set_auto_page_break(auto=True, margin=20)
     for number, sections in enumerate(sample.pages):
         pdf.add_page()

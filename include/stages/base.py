@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Literal
+from datetime import UTC, datetime, timezone
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -116,7 +117,7 @@ def manifest_uri(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _reusable_manifest(

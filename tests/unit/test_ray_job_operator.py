@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
 from ray_operators.operators.ray_job import RayJobOperator, submission_id_for
 
 
