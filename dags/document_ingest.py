@@ -57,7 +57,12 @@ with DAG(
     def ingest_document(document: dict) -> None:
         upstream = document
         for stage in ingest.STAGE_ORDER:
-            job = PipelineStageOperator(task_id=stage, stage=stage, upstream=upstream)
+            job = PipelineStageOperator(
+                task_id=stage,
+                stage=stage,
+                upstream=upstream,
+                max_active_tis_per_dagrun=settings.max_parallel_documents,
+            )
             upstream = job.output
 
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)

@@ -52,6 +52,12 @@ class PipelineSettings(BaseSettings):
     ingest_schedule: str | None = Field(
         default="@hourly", description="Cron or preset for document_ingest; empty = manual only."
     )
+    max_parallel_documents: int = Field(
+        default=4,
+        ge=1,
+        description="Documents in flight per stage and run: bounds the Ray job drivers a "
+        "big drop starts at once on the head node.",
+    )
     sensor_timeout_seconds: int = Field(
         default=50 * 60, description="How long a run waits for documents before it is skipped."
     )

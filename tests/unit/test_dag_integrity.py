@@ -36,6 +36,8 @@ def test_ingest_dag_runs_the_five_stages_per_document_in_order(dagbag):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert set(dag.get_task("summarize").upstream_task_ids) >= {"list_documents", stages[-1]}
     assert "list_documents" in dag.get_task("wait_for_documents").downstream_task_ids
+    # A big drop must not start a Ray job driver per document at once.
+    assert all(dag.get_task(s).max_active_tis_per_dagrun == 4 for s in stages)
 
 
 @pytest.mark.parametrize("package", ["include/stages", "include/backends"])
