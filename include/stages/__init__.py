@@ -18,15 +18,31 @@ from include.stages.load import load
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("extract", "extracted", extract, ("docling_artifacts_path",)),
+        Stage(
+            "extract",
+            "extracted",
+            extract,
+            ("docling_artifacts_path",),
+            libraries=("docling", "docling-core", "docling-parse"),
+        ),
         Stage("chunk", "chunks", chunk, ("chunk_target_chars",)),
         Stage(
             "enrich",
             "enriched",
             enrich,
             ("enricher", "spacy_model", "pii_entities", "pii_score_threshold", "key_phrases_per_chunk"),
+            code_modules=("include.backends.enrichers",),
+            libraries=("presidio-analyzer", "spacy", "yake", "drug-named-entity-recognition"),
         ),
-        Stage("embed", "embeddings", embed, ("embedder", "embed_model"), runs_in_driver=True),
+        Stage(
+            "embed",
+            "embeddings",
+            embed,
+            ("embedder", "embed_model"),
+            runs_in_driver=True,
+            code_modules=("include.backends.embedders",),
+            libraries=("sentence-transformers", "torch"),
+        ),
         Stage(
             "load",
             "loaded",

@@ -6,17 +6,23 @@ them. The manifest is the only thing the orchestrator reads back: output URIs an
 metrics (counts, seconds, tokens, cost), never the data itself.
 
 Reruns are cheap and safe: a stage whose manifest already records success for the
-same document and the same configuration (a fingerprint of its settings, chained
-with its upstream's) reuses that result instead of redoing the work.
+same document and the same configuration (a fingerprint of its settings, its code and
+the libraries it relies on, chained with its upstream's) reuses that result instead
+of redoing the work.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.metadata
+import inspect
 import logging
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import UTC, datetime, timezone
 from typing import Any, Literal
 
@@ -106,6 +112,20 @@ class Stage:
     # True when the work function schedules its own Ray work (Ray Data) and so must
     # run in the job driver rather than inside a Ray task.
     runs_in_driver: bool = False
+    # Code beyond the work function's own module, and installed distributions, whose
+    # changes change the output: an upgrade must not reuse what older code made.
+    code_modules: tuple[str, ...] = ()
+    libraries: tuple[str, ...] = ()
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint(stage: Stage) -> str:
+    digest = hashlib.sha256()
+    for module in (stage.work.__module__, *stage.code_modules):
+        digest.update(inspect.getsource(importlib.import_module(module)).encode())
+    for library in stage.libraries:
+        digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
+    return digest.hexdigest()[:12]
 
 
 def stage_prefix(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:
@@ -159,7 +179,7 @@ def execute_stage(
     if document is None:
         raise ValueError("a stage needs either a document or an upstream manifest")
 
-    fingerprint = settings.fingerprint(*stage.settings_fields)
+    fingerprint = f"{settings.fingerprint(*stage.settings_fields)}-{code_fingerprint(stage)}"
     if upstream is not None:
         fingerprint = f"{upstream.config_fingerprint}.{fingerprint}"
     target = manifest_uri(settings, stage, document.doc_id)

@@ -55,3 +55,21 @@ def test_chunk_stage_records_ids_pages_and_headings(settings, sample_pdfs):
     assert dosing["page_start"] == 2 and dosing["heading"] == "3. Dosing Schedule"
     assert "| 4 | 2000 mg | Clinic |" in dosing["text"]
     assert all(r["source_uri"] == doc.source_uri for r in rows)
+
+
+def test_a_rerun_reuses_chunks_but_not_after_the_settings_or_the_code_change(settings, sample_pdfs, monkeypatch):
+    from include.stages import base as stage_base
+
+    doc = drop(settings, sample_pdfs["adverse_event_guide.pdf"])
+    run_until(settings, doc, "chunk")
+    assert run_until(settings, doc, "chunk")["chunk"].metrics["reused"] == 1
+
+    smaller = settings.model_copy(update={"chunk_target_chars": 300})
+    assert "reused" not in run_until(smaller, doc, "chunk")["chunk"].metrics
+
+    stage_base.code_fingerprint.cache_clear()
+    monkeypatch.setattr(stage_base.inspect, "getsource", lambda module: "changed code")
+    try:
+        assert "reused" not in run_until(settings, doc, "chunk")["chunk"].metrics
+    finally:
+        stage_base.code_fingerprint.cache_clear()
