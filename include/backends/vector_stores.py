@@ -1,4 +1,4 @@
-"""Vector stores: upsert a document's chunks, replace its older versions, search.
+"""Vector stores: upsert a document's chunks, drop what an older load left behind, search.
 
 ``ChromaStore`` is an embedded, persistent Chroma database. Vectors are always
 passed in explicitly: Chroma's default embedding function (which downloads a
@@ -10,7 +10,7 @@ for concurrent writers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from include.settings import PipelineSettings
 
@@ -38,7 +38,7 @@ class VectorStore(Protocol):
     location: str
 
     def upsert(self, records: list[VectorRecord]) -> None: ...
-    def delete_other_versions(self, source_uri: str, keep_doc_id: str) -> int: ...
+    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int: ...
     def count(self, doc_id: str | None = None) -> int: ...
     def query(self, vector: list[float], k: int) -> list[Hit]: ...
 
@@ -72,10 +72,11 @@ class ChromaStore:
                 metadatas=[r.metadata for r in records],
             )
 
-    def delete_other_versions(self, source_uri: str, keep_doc_id: str) -> int:
-        where: Any = {"$and": [{"source_uri": source_uri}, {"doc_id": {"$ne": keep_doc_id}}]}
+    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int:
+        """Remove this source's vectors that the latest load did not write."""
         with self._lock:
-            stale = self._collection.get(where=where, include=[])["ids"]
+            ids = self._collection.get(where={"source_uri": source_uri}, include=[])["ids"]
+            stale = [i for i in ids if i not in keep_ids]
             if stale:
                 self._collection.delete(ids=stale)
         return len(stale)

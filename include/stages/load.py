@@ -1,9 +1,10 @@
 """Stage 5, load: upsert a document's vectors into the vector store.
 
 Ids are ``<doc_id>#<chunk_no>``, so loading the same document again overwrites
-its vectors instead of adding new ones. Vectors of older versions of the same
-source object (other doc ids, same source URI) are removed, so a replaced file
-never leaves stale passages behind.
+its vectors instead of adding new ones. Then every other vector of the same source
+object is removed: those of an older version of the file (another doc id), and
+those of chunk numbers a new chunking no longer makes. A replaced or re-chunked
+file never leaves stale passages behind.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def load(ctx: StageContext) -> tuple[Outputs, Metrics]:
     ]
     store = build_vector_store(ctx.settings)
     store.upsert(records)
-    removed = store.delete_other_versions(ctx.document.source_uri, keep_doc_id=ctx.document.doc_id)
+    removed = store.delete_stale(ctx.document.source_uri, keep_ids={r.id for r in records})
     return {"vector_store": store.location}, {
         "vectors": len(records),
         "vectors_in_store_for_document": store.count(ctx.document.doc_id),

@@ -66,3 +66,12 @@ def test_a_changed_file_replaces_its_old_vectors(settings, sample_pdfs, ray_loca
     assert store.count(old.doc_id) == 0
     assert store.count() == store.count(new.doc_id) == manifests["chunk"].metrics["chunks"]
     assert manifests["load"].metrics["stale_vectors_removed"] >= 1
+
+
+def test_rechunking_into_fewer_chunks_leaves_no_stale_vectors(settings, sample_pdfs, ray_local):
+    doc = drop(settings, sample_pdfs["metformin_trial_protocol.pdf"])
+    small = settings.model_copy(update={"chunk_target_chars": 300})
+    many = run_until(small, doc, "load")["chunk"].metrics["chunks"]
+    few = run_until(settings, doc, "load")["chunk"].metrics["chunks"]
+    assert many > few
+    assert ChromaStore(settings).count() == ChromaStore(settings).count(doc.doc_id) == few
