@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import defaultdict
 from typing import Any
@@ -19,9 +18,7 @@ from include.stages import STAGES
 from include.stages.base import StageManifest, manifest_uri
 from include.storage import Storage, join_uri
 
-log = logging.getLogger(__name__)
-
-STAGE_ORDER = ("extract", "chunk", "enrich", "embed", "load")
+STAGE_ORDER = tuple(STAGES)  # extract, chunk, enrich, embed, load
 # What the summary adds up per stage, in the order it prints them.
 SUMMARY_METRICS = ("pages", "chunks", "redactions", "vectors", "seconds", "reused")
 # Metrics that describe a setting or a peak: the summary keeps their maximum, not a sum.
@@ -77,7 +74,7 @@ def summarize(documents: list[dict[str, Any]], results: dict[str, list[dict[str,
         if storage.exists(uri):
             manifest = StageManifest.model_validate(storage.read_json(uri))
             if manifest.status == "failed":
-                error = (manifest.error or "").splitlines()[0] if manifest.error else "failed"
+                error = manifest.error.splitlines()[0] if manifest.error else "failed"
         failed.append({"doc_id": doc["doc_id"], "source_uri": doc["source_uri"], "stage": stopped_at, "error": error})
 
     return {"documents": len(documents), "succeeded": len(documents) - len(failed), "failed": failed, "stages": stages}

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from include.documents import DocumentRef, describe
+from include.ingest import STAGE_ORDER
 from include.settings import PipelineSettings
 from include.stages import STAGES
 from include.stages.base import StageManifest, execute_stage, manifest_uri
 from include.storage import Storage, join_uri
-
-ORDER = ("extract", "chunk", "enrich", "embed", "load")
 
 
 def drop(settings: PipelineSettings, path: Path, name: str | None = None) -> DocumentRef:
@@ -24,7 +23,7 @@ def drop(settings: PipelineSettings, path: Path, name: str | None = None) -> Doc
 def run_until(settings: PipelineSettings, document: DocumentRef, last: str) -> dict[str, StageManifest]:
     manifests: dict[str, StageManifest] = {}
     upstream = None
-    for stage in ORDER[: ORDER.index(last) + 1]:
+    for stage in STAGE_ORDER[: STAGE_ORDER.index(last) + 1]:
         if upstream is None:
             manifests[stage] = execute_stage(STAGES[stage], settings, document=document)
         else:

@@ -22,8 +22,8 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
-from datetime import UTC, datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel

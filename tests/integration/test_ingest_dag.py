@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from include.ingest import STAGE_ORDER as STAGES
 from tools import airflow_db
 from tools.sample_pdfs import SAMPLES
 
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "document_ingest"
 GOOD = ("metformin_trial_protocol.pdf", "site_operations_handbook.pdf")
-STAGES = ("extract", "chunk", "enrich", "embed", "load")
 TEST_PORTS = {"STACK_S3_PORT": "28333", "STACK_RAY_DASHBOARD_PORT": "28265", "STACK_RAY_GCS_PORT": "26379"}
 
 
