@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -118,7 +118,7 @@ class Stage:
     libraries: tuple[str, ...] = ()
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_fingerprint(stage: Stage) -> str:
     digest = hashlib.sha256()
     for module in (stage.work.__module__, *stage.code_modules):
