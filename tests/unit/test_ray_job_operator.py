@@ -120,3 +120,20 @@ def test_on_kill_stops_the_running_job(tmp_path):
     op.execute({"ti": _ti(1)})
     op.on_kill()
     assert api.stopped == [_id(1)]
+
+
+def test_a_job_that_succeeds_without_writing_its_result_fails_the_task(tmp_path):
+    with pytest.raises(AirflowException, match="succeeded but wrote no result"):
+        _operator(tmp_path, FakeJobApi()).execute({"ti": _ti(1)})
+
+
+def test_log_lines_are_streamed_whole_even_when_a_poll_catches_one_half_written(tmp_path):
+    op = _operator(tmp_path, FakeJobApi())
+    logged = []
+    op.log.info = lambda fmt, line: logged.append(line)
+    growing = iter(["first line\nsecond li", "first line\nsecond line\nthird", "first line\nsecond line\nthird"])
+    op.hook.logs = lambda _id: next(growing)
+    printed = op._stream_logs("job", 0)
+    printed = op._stream_logs("job", printed)
+    op._stream_logs("job", printed, final=True)
+    assert logged == ["first line", "second line", "third"]

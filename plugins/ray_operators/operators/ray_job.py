@@ -100,6 +100,9 @@ class RayJobOperator(BaseOperator):
         if status != "SUCCEEDED":
             self._fail(self.submission_id, status, result)
         self.log.info("Ray job %s succeeded", self.submission_id)
+        if self.result_uri and result is None:
+            # Downstream tasks would fail on a missing input, far from the cause.
+            raise AirflowException(f"Ray job {self.submission_id} succeeded but wrote no result at {self.result_uri}")
         return self.result_to_xcom(result) if result is not None else None
 
     def result_to_xcom(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -156,21 +159,22 @@ class RayJobOperator(BaseOperator):
             job = self.hook.find(submission_id)
             if job is None:
                 raise AirflowException(f"Ray job {submission_id} vanished from the cluster")
-            printed = self._stream_logs(submission_id, printed)
             status = str(job.status)
+            printed = self._stream_logs(submission_id, printed, final=status not in _ACTIVE)
             if status not in _ACTIVE:
-                self._stream_logs(submission_id, printed)
                 return status
             if self.job_timeout and time.monotonic() - started > self.job_timeout:
                 self.hook.stop(submission_id)
                 raise AirflowException(f"Ray job {submission_id} ran over {self.job_timeout}s and was stopped")
             time.sleep(self.poll_interval)
 
-    def _stream_logs(self, submission_id: str, printed: int) -> int:
+    def _stream_logs(self, submission_id: str, printed: int, final: bool = False) -> int:
+        """Log the job's new lines; a line still being written waits for the next poll."""
         logs = self.hook.logs(submission_id)
-        for line in logs[printed:].splitlines():
+        end = len(logs) if final else logs.rfind("\n", printed) + 1
+        for line in logs[printed:end].splitlines():
             self.log.info("[ray] %s", line)
-        return len(logs)
+        return max(printed, end)
 
     # --- outcome ------------------------------------------------------------
 
