@@ -1,9 +1,10 @@
 """PDFs in the inbox -> Markdown -> chunks -> redacted, enriched chunks -> vectors -> vector store.
 
-Wait for documents in the inbox, list them, then for each document run the five
-stages as Ray jobs (one mapped task group per document, so a bad document fails
-only its own tasks), and print per-stage totals. Trigger with
-``{"keys": ["a.pdf", ...]}`` (relative to the inbox, or full URIs) to ingest only those.
+Wait for documents in the inbox, plan them into batches, then for each batch run the
+five stages, each as one Ray job over the whole batch (a bad document fails alone
+inside its batch), and print per-stage totals. Trigger with ``{"keys": ["a.pdf", ...]}``
+(relative to the inbox, or full URIs) to ingest only those, and with
+``{"recompute": ["embed"]}`` (or ``["all"]``) to redo stages instead of reusing results.
 """
 
 from __future__ import annotations
@@ -27,20 +28,27 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     render_template_as_native_obj=True,
-    user_defined_macros={"inbox_uris": ingest.inbox_uris},
-    params={"keys": Param([], type="array", description="Only these inbox keys (empty: all).")},
+    user_defined_macros={"sensor_keys": ingest.sensor_keys},
+    params={
+        "keys": Param([], type="array", description="Only these inbox keys (empty: all)."),
+        "recompute": Param(
+            [], type="array", items={"enum": ["all", *ingest.STAGE_ORDER]},
+            description="Stages that redo every document instead of reusing recorded results.",
+        ),
+    },
     default_args={
         "retries": 2,
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,
         # A task past this is killed, and its Ray job stopped with it (on_kill).
-        "execution_timeout": timedelta(hours=1),
+        "execution_timeout": timedelta(hours=2),
     },
     tags=["ingest", "ray", "rag"],
 ):
     wait_for_documents = S3KeySensor(
         task_id="wait_for_documents",
-        bucket_key="{{ inbox_uris(params['keys']) }}",
+        bucket_name=ingest.sensor_bucket(),
+        bucket_key="{{ sensor_keys(params['keys']) }}",
         wildcard_match=True,
         aws_conn_id="aws_default",
         poke_interval=30,
@@ -50,34 +58,35 @@ with DAG(
     )
 
     @task
-    def list_documents(params: dict | None = None) -> list[dict]:
-        return ingest.discover_documents((params or {}).get("keys"))
+    def plan_batches(params: dict | None = None, dag_run=None) -> list[dict]:
+        return ingest.plan_run(dag_run.dag_id, dag_run.run_id, (params or {}).get("keys"))
 
     @task_group
-    def ingest_document(document: dict) -> None:
-        upstream = document
+    def ingest_batch(batch: dict) -> None:
+        upstream = batch
         for stage in ingest.STAGE_ORDER:
             job = PipelineStageOperator(
                 task_id=stage,
                 stage=stage,
                 upstream=upstream,
-                max_active_tis_per_dagrun=settings.max_parallel_documents,
+                max_active_tis_per_dagrun=settings.max_parallel_batches,
             )
             upstream = job.output
 
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
-    def summarize(documents: list[dict], ti=None) -> None:
+    def summarize(ti=None, dag_run=None) -> None:
         results = {
             # A list of task ids makes xcom_pull return every map index's value as a list.
-            stage: ti.xcom_pull(task_ids=[f"ingest_document.{stage}"]) or []
+            stage: ti.xcom_pull(task_ids=[f"ingest_batch.{stage}"]) or []
             for stage in ingest.STAGE_ORDER
         }
-        summary = ingest.summarize(documents or [], results)
+        summary = ingest.summarize(dag_run.dag_id, dag_run.run_id, results)
         print(ingest.format_summary(summary))
         ti.xcom_push(key="summary", value=summary)  # kept even when the run fails below
         if summary["failed"]:
             raise RuntimeError(f"{len(summary['failed'])} document(s) failed: see the summary above")
 
-    documents = list_documents()
-    wait_for_documents >> documents
-    summarize(documents) << ingest_document.expand(document=documents)
+    batches = plan_batches()
+    summary = summarize()
+    wait_for_documents >> batches >> summary
+    ingest_batch.expand(batch=batches) >> summary

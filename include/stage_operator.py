@@ -1,4 +1,4 @@
-"""The operator that runs one ingest stage for one document as a Ray job."""
+"""The operator that runs one ingest stage over one batch of documents as a Ray job."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from typing import Any
 
 from ray_operators.operators.ray_job import RayJobOperator
 
-from include.ingest import runtime_env
-from include.settings import get_settings
+from include.ingest import runtime_env, stage_result_prefix
 from include.stages import STAGES
-from include.stages.base import manifest_uri
+from include.stages.base import BatchResult
 
 
 class PipelineStageOperator(RayJobOperator):
-    """Runs ``python -m include.stages <stage>`` for one document as a Ray job.
+    """Runs ``python -m include.stages <stage>`` over one batch as a Ray job.
 
-    ``upstream`` is the document (first stage) or the previous stage's XCom.
+    ``upstream`` is the batch (first stage: its ``batch_uri``) or the previous stage's
+    XCom (its ``result_uri``). The run's ``recompute`` param lists stages that must
+    redo every document instead of reusing recorded results (``"all"``: every stage).
     """
 
     template_fields = (*RayJobOperator.template_fields, "upstream")
@@ -25,7 +26,7 @@ class PipelineStageOperator(RayJobOperator):
     def __init__(self, *, stage: str, upstream: Any, **kwargs: Any) -> None:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGES)}")
-        super().__init__(entrypoint="", runtime_env=None, **kwargs)
+        super().__init__(entrypoint="", **kwargs)
         self.stage = stage
         self.upstream = upstream
 
@@ -33,24 +34,29 @@ class PipelineStageOperator(RayJobOperator):
         upstream = self.upstream
         if isinstance(upstream, str):  # templated values may arrive as JSON text
             upstream = json.loads(upstream)
-        doc_id = upstream["doc_id"]
-        if "manifest_uri" in upstream:
-            source = f"--upstream {shlex.quote(upstream['manifest_uri'])}"
+        if "batch_uri" in upstream:
+            source = f"--batch {shlex.quote(upstream['batch_uri'])}"
         else:
-            source = f"--document {shlex.quote(json.dumps(upstream, sort_keys=True))}"
-        self.entrypoint = f"python -m include.stages {self.stage} {source}"
-        self.result_uri = manifest_uri(get_settings(), STAGES[self.stage], doc_id)
+            source = f"--upstream {shlex.quote(upstream['result_uri'])}"
+        recompute = (context.get("params") or {}).get("recompute") or []
+        flag = " --recompute" if self.stage in recompute or "all" in recompute else ""
+        self.entrypoint = f"python -m include.stages {self.stage} {source}{flag}"
+        ti = context["ti"]
+        self.result_prefix = stage_result_prefix(ti.dag_id, ti.run_id, upstream["batch_id"], self.stage)
         self.runtime_env = self.runtime_env or runtime_env()
-        self.log.info("%s of %s", self.stage, upstream.get("source_uri", doc_id))
+        self.log.info("%s of %s", self.stage, upstream["batch_id"])
         return super().execute(context)
 
     def result_to_xcom(self, result: dict[str, Any]) -> dict[str, Any]:
-        document = result["document"]
+        batch = BatchResult.model_validate(result)
+        for outcome in batch.failed:
+            self.log.warning("FAILED: %s: %s", outcome.source_uri, outcome.error)
         return {
-            "stage": result["stage"],
-            "doc_id": document["doc_id"],
-            "source_uri": document["source_uri"],
-            "manifest_uri": self.result_uri,
-            "outputs": result["outputs"],
-            "metrics": result["metrics"],
+            "stage": batch.stage,
+            "batch_id": batch.batch_id,
+            "result_uri": self.result_uri(batch.submission_id),
+            "documents": len(batch.documents),
+            "succeeded": len(batch.succeeded),
+            "failed": len(batch.failed),
+            "metrics": batch.metrics,
         }

@@ -2,20 +2,38 @@
 
 Stages only ever see URIs, so the same code reads a local folder in a unit test,
 SeaweedFS in the embedded stack and AWS S3 in production.
+
+Any object key is a document name, whatever its characters (``#``, ``?``, ``%``, spaces,
+non-ASCII letters). So URIs are taken apart by hand, never with ``urllib.parse.urlparse``,
+which would cut a key at ``#`` (fragment) or ``?`` (query). The rule:
+
+- ``s3://<bucket>/<key>`` carries the key raw, as S3 stores it and the AWS CLI prints it (no
+  percent-encoding): the bucket runs up to the first ``/``, the key is everything after it.
+- ``file://`` URIs are canonical percent-encoded URIs (RFC 8089), what ``Path.as_uri()`` makes:
+  ``file:///inbox/a%231.pdf`` is the file ``/inbox/a#1.pdf``. ``list`` returns that form and
+  every call decodes it, so an encoded ``#`` (``%23``) stays part of the name.
+- ``join_uri(base, *parts)`` takes raw keys as parts and percent-encodes them for a ``file://``
+  base, so a key relative to the inbox names the same object under either scheme.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, unquote
 
 from include.settings import PipelineSettings, get_settings
 
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
+
 _HASH_CHUNK = 1024 * 1024
+# An RFC 3986 scheme and "://" at the very start: "odd/http://x.pdf" stays a key relative to the inbox.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class StorageError(RuntimeError):
@@ -26,19 +44,66 @@ class ObjectNotFound(StorageError):
     pass
 
 
+def uri_scheme(uri: str) -> str | None:
+    """The lower-cased scheme of ``<scheme>://...``, or None for anything else (a relative key)."""
+    match = _SCHEME.match(uri)
+    return match.group(1).lower() if match else None
+
+
 def join_uri(base: str, *parts: str) -> str:
-    """Join path parts onto a URI with exactly one slash between them."""
+    """Join raw key parts onto a URI with exactly one slash between them.
+
+    For a ``file://`` base the parts are percent-encoded as ``Path.as_uri()`` does (``/`` kept),
+    so the result is exactly the URI ``list`` returns for that object.
+    """
+    encode = uri_scheme(base) == "file"
     out = base.rstrip("/")
     for part in parts:
-        out = f"{out}/{part.strip('/')}"
+        part = part.strip("/")
+        # surrogateescape: a file name that is not valid UTF-8 keeps its bytes, as in Path.as_uri().
+        out = f"{out}/{quote(part, safe='/', errors='surrogateescape') if encode else part}"
     return out
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
+    """Bucket and key of ``s3://bucket/key``; the key is everything after the bucket, verbatim."""
+    if uri_scheme(uri) != "s3":
         raise StorageError(f"not an s3:// URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise StorageError(f"no bucket in s3:// URI: {uri!r}")
+    return bucket, key
+
+
+def file_uri_path(uri: str) -> Path:
+    """The local path of a percent-encoded ``file:///path`` (or ``file://localhost/path``) URI."""
+    if uri_scheme(uri) != "file":
+        raise StorageError(f"not a file:// URI: {uri!r}")
+    authority, slash, path = uri[len("file://") :].partition("/")
+    if authority.lower() not in ("", "localhost") or not slash:
+        raise StorageError(f"not a local absolute file:// URI: {uri!r}")
+    return Path(unquote("/" + path, errors="surrogateescape"))
+
+
+def canonical_uri(uri: str) -> str:
+    """The spelling ``list`` gives an object's URI, so one object has one source URI (and one id)."""
+    scheme = uri_scheme(uri)
+    if scheme == "file":
+        return file_uri_path(uri).as_uri()
+    if scheme == "s3":
+        bucket, key = split_s3_uri(uri)
+        return f"s3://{bucket}/{key}"
+    raise StorageError(f"unsupported URI scheme {scheme!r} in {uri!r}")
+
+
+def object_name(uri: str) -> str:
+    """The last path segment of the object's raw key (decoded for ``file://``): the file's name."""
+    scheme = uri_scheme(uri)
+    if scheme == "file":
+        return file_uri_path(uri).name
+    if scheme == "s3":
+        return split_s3_uri(uri)[1].rsplit("/", 1)[-1]
+    raise StorageError(f"unsupported URI scheme {scheme!r} in {uri!r}")
 
 
 class Backend(Protocol):
@@ -53,10 +118,7 @@ class Backend(Protocol):
 class LocalBackend:
     @staticmethod
     def _path(uri: str) -> Path:
-        parsed = urlparse(uri)
-        if parsed.scheme != "file":
-            raise StorageError(f"not a file:// URI: {uri!r}")
-        return Path(parsed.path)
+        return file_uri_path(uri)
 
     def read_bytes(self, uri: str) -> bytes:
         try:
@@ -78,11 +140,9 @@ class LocalBackend:
         root = self._path(prefix_uri)
         if not root.is_dir():
             return []
-        return sorted(
-            p.resolve().as_uri()
-            for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
+        # Not resolve()d: under a symlinked folder that would name a file outside the prefix,
+        # unlike join_uri(prefix, key) for the same file.
+        return sorted(p.as_uri() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)
@@ -94,6 +154,10 @@ class LocalBackend:
                     yield block
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"no object at {uri}") from exc
+
+
+def _error_code(exc: ClientError) -> str | None:
+    return exc.response.get("Error", {}).get("Code")
 
 
 class S3Backend:
@@ -109,11 +173,17 @@ class S3Backend:
         )
 
     def _get(self, uri: str) -> Any:
+        from botocore.exceptions import ClientError
+
         bucket, key = split_s3_uri(uri)
         try:
             return self._client.get_object(Bucket=bucket, Key=key)
-        except self._client.exceptions.NoSuchKey as exc:
-            raise ObjectNotFound(f"no object at {uri}") from exc
+        except ClientError as exc:
+            # Only NoSuchKey: a missing bucket (NoSuchBucket, also a 404) is a configuration
+            # error that must not pass for a document that vanished.
+            if _error_code(exc) == "NoSuchKey":
+                raise ObjectNotFound(f"no object at {uri}") from exc
+            raise
 
     def read_bytes(self, uri: str) -> bytes:
         return self._get(uri)["Body"].read()
@@ -129,7 +199,10 @@ class S3Backend:
         try:
             self._client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            # A HEAD response has no body to carry an error code: botocore reports the bare status.
+            # A missing bucket is a 404 here too, and its object does not exist either.
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
         return True
@@ -165,7 +238,9 @@ class Storage:
         return {"_settings": self._settings, "_backends": {}}
 
     def _backend(self, uri: str) -> Backend:
-        scheme = urlparse(uri).scheme
+        scheme = uri_scheme(uri)
+        if scheme is None:
+            raise StorageError(f"not a URI (no scheme://): {uri!r}")
         if scheme not in self._backends:
             if scheme == "file":
                 self._backends[scheme] = LocalBackend()

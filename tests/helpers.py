@@ -1,4 +1,4 @@
-"""Run documents through the stages in-process, as the Ray jobs would, for unit tests."""
+"""Run documents through the stages as a batch, the way the Ray jobs would, for unit tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from include.documents import DocumentRef, describe
 from include.ingest import STAGE_ORDER
 from include.settings import PipelineSettings
 from include.stages import STAGES
-from include.stages.base import StageManifest, execute_stage, manifest_uri
+from include.stages.base import BatchResult, StageInput, StageManifest, run_stage
+from include.stages.execution import run_inline
 from include.storage import Storage, join_uri
 
 
@@ -20,13 +21,34 @@ def drop(settings: PipelineSettings, path: Path, name: str | None = None) -> Doc
     return describe(storage, uri)
 
 
-def run_until(settings: PipelineSettings, document: DocumentRef, last: str) -> dict[str, StageManifest]:
-    manifests: dict[str, StageManifest] = {}
-    upstream = None
+def run_batch(
+    settings: PipelineSettings, documents: list[DocumentRef], last: str = "load", executor=run_inline, **options
+) -> dict[str, BatchResult]:
+    """Every stage up to ``last`` over the batch; each takes the documents its upstream passed."""
+    storage = Storage(settings)
+    results: dict[str, BatchResult] = {}
+    items = [StageInput(document) for document in documents]
     for stage in STAGE_ORDER[: STAGE_ORDER.index(last) + 1]:
-        if upstream is None:
-            manifests[stage] = execute_stage(STAGES[stage], settings, document=document)
-        else:
-            manifests[stage] = execute_stage(STAGES[stage], settings, upstream_manifest_uri=upstream)
-        upstream = manifest_uri(settings, STAGES[stage], document.doc_id)
-    return manifests
+        result = run_stage(STAGES[stage], settings, items, batch_id="batch-test", executor=executor, **options)
+        results[stage] = result
+        items = []
+        for outcome in result.succeeded:
+            manifest = StageManifest.model_validate(storage.read_json(outcome.manifest_uri))
+            items.append(StageInput(manifest.document, manifest, outcome.manifest_uri))
+    return results
+
+
+def manifests(settings: PipelineSettings, results: dict[str, BatchResult], doc_id: str) -> dict[str, StageManifest]:
+    """One document's manifest per stage it went through."""
+    storage = Storage(settings)
+    found = {}
+    for stage, result in results.items():
+        for outcome in result.documents:
+            if outcome.doc_id == doc_id:
+                found[stage] = StageManifest.model_validate(storage.read_json(outcome.manifest_uri))
+    return found
+
+
+def run_until(settings: PipelineSettings, document: DocumentRef, last: str, **options) -> dict[str, StageManifest]:
+    """One document alone through the stages, in this process; its manifests by stage."""
+    return manifests(settings, run_batch(settings, [document], last, **options), document.doc_id)

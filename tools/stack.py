@@ -1,4 +1,5 @@
-"""The embedded local stack: a real SeaweedFS S3 server, a real Ray head, Airflow's DB.
+"""The embedded local stack: a real SeaweedFS S3 server, a real Chroma server, a real Ray
+head, Airflow's DB.
 
     python -m tools.stack up       # start what is not running, health-check all
     python -m tools.stack status
@@ -9,7 +10,9 @@ Each server runs as a child process in its own session; its PID is kept in
 ``<work_dir>/pids``. ``up`` is idempotent: a healthy server is left alone. A port
 taken by something else stops ``up`` with a message naming the port and the
 setting that moves it. Everything lives under ``PIPELINE_WORK_DIR`` (default
-``.work/``): S3 data, Ray's temp dir, Airflow's home and database, Chroma.
+``.work/``): S3 data, Chroma's data, Ray's temp dir, Airflow's home and database.
+The stages reach Chroma over HTTP (``PIPELINE_CHROMA_URL``), as every worker of a
+cluster would, never through its data folder.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def services(stack: LocalStackSettings) -> list[Service]:
     s3.update({port + 10000: "STACK_S3_PORT" for port in list(s3) if port != stack.s3_port})
     return [
         Service("s3", s3),
+        Service("chroma", {stack.chroma_port: "STACK_CHROMA_PORT"}),
         Service("ray", {**{port: "STACK_RAY_DASHBOARD_PORT" for port in ray_ports(stack).values()},
                         stack.ray_gcs_port: "STACK_RAY_GCS_PORT"}),
     ]
@@ -104,6 +108,7 @@ def stack_env() -> dict[str, str]:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PIPELINE_WORK_DIR": str(work),
         "PIPELINE_S3_ENDPOINT_URL": endpoint,
+        "PIPELINE_CHROMA_URL": f"http://127.0.0.1:{stack.chroma_port}",
         "PIPELINE_INBOX_URI": f"s3://{stack.bucket}/inbox/",
         "PIPELINE_ARTIFACTS_URI": f"s3://{stack.bucket}/artifacts/",
         "AWS_ACCESS_KEY_ID": stack.access_key,
@@ -127,6 +132,7 @@ def stack_env() -> dict[str, str]:
         "TLDEXTRACT_CACHE": str(work / "cache" / "tldextract"),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "ANONYMIZED_TELEMETRY": "False",  # Chroma server and clients
     }
     # Anything the user set explicitly wins over the defaults above.
     return {**env, **{k: v for k, v in os.environ.items() if k.startswith("PIPELINE_")}}
@@ -178,6 +184,8 @@ def healthy(name: str, stack: LocalStackSettings) -> bool:
         except Exception:
             return False
         return True
+    if name == "chroma":
+        return _http_ok(f"http://127.0.0.1:{stack.chroma_port}/api/v2/heartbeat")
     return _http_ok(f"http://127.0.0.1:{stack.ray_dashboard_port}/api/version")
 
 
@@ -193,6 +201,9 @@ def _command(name: str, pipeline: PipelineSettings, stack: LocalStackSettings) -
             f"-admin.port={ports['admin']}", "-webdav=false", "-admin.ui=false",
             f"-bucket={stack.bucket}",
         ]
+    if name == "chroma":
+        return [str(BIN / "chroma"), "run", "--path", str(work / "chroma"),
+                "--host", "127.0.0.1", "--port", str(stack.chroma_port)]
     return [
         str(BIN / "ray"), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1", f"--port={stack.ray_gcs_port}", "--dashboard-host=127.0.0.1",
@@ -212,7 +223,7 @@ def _start(service: Service, pipeline: PipelineSettings, stack: LocalStackSettin
                 f"{service.name}: port {port} on 127.0.0.1 is already in use by another program. "
                 f"Stop it, or move this server with {setting}=<free port>."
             )
-    for folder in ("pids", "logs", "s3", "cache/tldextract"):
+    for folder in ("pids", "logs", "s3", "chroma", "cache/tldextract"):
         (work / folder).mkdir(parents=True, exist_ok=True)
     ray_temp_dir(work).mkdir(parents=True, exist_ok=True)
     log = service.log_file(work).open("ab")

@@ -10,11 +10,14 @@ phrases are taken from the redacted text, so no PII reaches the metadata.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
 from include.settings import PipelineSettings
+
+if TYPE_CHECKING:
+    from presidio_analyzer.nlp_engine import NlpArtifacts
 
 # Presidio entity type -> the marker that replaces it: [REDACTED:<marker>].
 MARKERS = {
@@ -27,6 +30,8 @@ MARKERS = {
 }
 # Presidio hands spaCy's entities back relabelled to its own names (ORG -> ORGANIZATION).
 _ENTITY_GROUPS = {"PERSON": "people", "ORGANIZATION": "organizations"}
+# Texts per spaCy ``nlp.pipe`` batch.
+_NLP_BATCH = 32
 
 
 class Enrichment(BaseModel):
@@ -37,7 +42,7 @@ class Enrichment(BaseModel):
 
 
 class Enricher(Protocol):
-    def enrich(self, text: str) -> Enrichment: ...
+    def enrich_many(self, texts: list[str]) -> list[Enrichment]: ...
 
 
 def marker(entity_type: str) -> str:
@@ -79,11 +84,22 @@ class LocalEnricher:
         self._entities = list(settings.pii_entities)
         self._threshold = settings.pii_score_threshold
         self._top_phrases = settings.key_phrases_per_chunk
+        import yake
+
+        # Twice as many as kept: phrases around a redaction marker are dropped.
+        self._keywords = yake.KeywordExtractor(lan="en", n=3, top=self._top_phrases * 2)
 
     def enrich(self, text: str) -> Enrichment:
+        return self.enrich_many([text])[0]
+
+    def enrich_many(self, texts: list[str]) -> list[Enrichment]:
+        """spaCy reads the texts together (``nlp.pipe`` through Presidio's batch processing)."""
+        processed = self._analyzer.nlp_engine.process_batch(texts, "en", batch_size=_NLP_BATCH)
+        return [self._enrich(text, artifacts) for text, artifacts in processed]
+
+    def _enrich(self, text: str, artifacts: NlpArtifacts) -> Enrichment:
         from drug_named_entity_recognition import find_drugs
 
-        artifacts = self._analyzer.nlp_engine.process_text(text, "en")
         findings = self._analyzer.analyze(
             text=text,
             language="en",
@@ -119,10 +135,7 @@ class LocalEnricher:
     def _key_phrases(self, text: str) -> list[str]:
         if self._top_phrases == 0 or not text.strip():
             return []
-        import yake
-
-        extractor = yake.KeywordExtractor(lan="en", n=3, top=self._top_phrases * 2)
-        phrases = [p for p, _score in extractor.extract_keywords(text) if "REDACTED" not in p.upper()]
+        phrases = [p for p, _score in self._keywords.extract_keywords(text) if "REDACTED" not in p.upper()]
         return phrases[: self._top_phrases]
 
 

@@ -1,16 +1,21 @@
 """Vector stores: upsert a document's chunks, drop what an older load left behind, search.
 
-``ChromaStore`` is an embedded, persistent Chroma database. Vectors are always
-passed in explicitly: Chroma's default embedding function (which downloads a
-model) is never used. Writes take a file lock, because several Ray jobs on one
-machine may load documents at the same time and Chroma's SQLite file is not made
-for concurrent writers.
+``ChromaStore`` talks to a Chroma server over HTTP when ``chroma_url`` is set
+(the local stack and any cluster: every Ray worker reaches the same database), and
+otherwise opens an embedded, persistent database in ``chroma_path`` (unit tests,
+single-process use). Vectors are always passed in explicitly: Chroma's default
+embedding function (which downloads a model) is never used. Embedded writes take a
+file lock, because several Ray jobs on one machine may load documents at the same
+time and Chroma's SQLite file is not made for concurrent writers; a server
+serialises writes itself, so its clients take no lock.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from include.settings import PipelineSettings
 
@@ -48,18 +53,29 @@ class ChromaStore:
         import chromadb
         from filelock import FileLock
 
-        path = settings.resolved_chroma_path
-        path.mkdir(parents=True, exist_ok=True)
-        self._client = chromadb.PersistentClient(
-            path=str(path), settings=chromadb.Settings(anonymized_telemetry=False)
-        )
+        client_settings = chromadb.Settings(anonymized_telemetry=False)
+        self._lock: AbstractContextManager[object]
+        if settings.chroma_url:
+            url = urlsplit(settings.chroma_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"chroma_url must look like http://host:port, got {settings.chroma_url!r}")
+            ssl = url.scheme == "https"
+            self._client = chromadb.HttpClient(
+                host=url.hostname, port=url.port or (443 if ssl else 80), ssl=ssl, settings=client_settings
+            )
+            self._lock = nullcontext()
+            self.location = f"{settings.chroma_url.rstrip('/')}#{settings.chroma_collection}"
+        else:
+            path = settings.resolved_chroma_path
+            path.mkdir(parents=True, exist_ok=True)
+            self._client = chromadb.PersistentClient(path=str(path), settings=client_settings)
+            self._lock = FileLock(str(path / ".write.lock"))
+            self.location = f"chroma://{path}#{settings.chroma_collection}"
         self._collection = self._client.get_or_create_collection(
             settings.chroma_collection,
             embedding_function=None,
             metadata={"hnsw:space": "cosine"},
         )
-        self._lock = FileLock(str(path / ".write.lock"))
-        self.location = f"chroma://{path}#{settings.chroma_collection}"
 
     def upsert(self, records: list[VectorRecord]) -> None:
         if not records:

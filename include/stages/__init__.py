@@ -1,19 +1,13 @@
 """The five ingest stages. Plain Python: no Airflow import anywhere under this package.
 
-Run one from a shell (this is what each Ray job does)::
-
-    python -m include.stages extract --document '{"doc_id": ..., "source_uri": ...}'
-    python -m include.stages chunk --upstream s3://.../extracted/<doc_id>/_manifest.json
+Each stage runs over a batch of documents (``python -m include.stages --help``): this is
+what each Ray job the DAG submits does.
 """
 
 from __future__ import annotations
 
+from include.stages import chunk, embed, enrich, extract, load
 from include.stages.base import Stage
-from include.stages.chunk import chunk
-from include.stages.embed import embed
-from include.stages.enrich import enrich
-from include.stages.extract import extract
-from include.stages.load import load
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
@@ -21,34 +15,56 @@ STAGES: dict[str, Stage] = {
         Stage(
             "extract",
             "extracted",
-            extract,
+            extract.split,
+            extract.PageConverter,
+            extract.assemble,
             ("docling_artifacts_path",),
+            pool="extract_pool",
+            unit="pages",
             libraries=("docling", "docling-core", "docling-parse"),
         ),
-        Stage("chunk", "chunks", chunk, ("chunk_target_chars",)),
+        Stage(
+            "chunk",
+            "chunks",
+            chunk.split,
+            chunk.Chunker,
+            chunk.assemble,
+            ("chunk_target_chars",),
+            pool="chunk_pool",
+            unit=None,
+        ),
         Stage(
             "enrich",
             "enriched",
-            enrich,
+            enrich.split,
+            enrich.ChunkEnricher,
+            enrich.assemble,
             ("enricher", "spacy_model", "pii_entities", "pii_score_threshold", "key_phrases_per_chunk"),
+            pool="enrich_pool",
             code_modules=("include.backends.enrichers",),
             libraries=("presidio-analyzer", "spacy", "yake", "drug-named-entity-recognition"),
         ),
         Stage(
             "embed",
             "embeddings",
-            embed,
+            embed.split,
+            embed.ChunkEmbedder,
+            embed.assemble,
             ("embedder", "embed_model"),
-            runs_in_driver=True,
+            pool="embed_pool",
             code_modules=("include.backends.embedders",),
             libraries=("sentence-transformers", "torch"),
         ),
         Stage(
             "load",
             "loaded",
-            load,
-            ("vector_store", "chroma_path", "chroma_collection"),
+            load.split,
+            load.VectorLoader,
+            load.assemble,
+            ("vector_store", "chroma_url", "chroma_path", "chroma_collection"),
+            pool="load_pool",
             reusable=False,
+            code_modules=("include.backends.vector_stores",),
         ),
     )
 }

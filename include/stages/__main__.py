@@ -1,64 +1,99 @@
-"""Command line of a stage: the entrypoint of every Ray job the DAG submits.
+"""Command line of a stage over one batch: the entrypoint of every Ray job the DAG submits.
 
-The job driver reserves no CPU; the stage's work runs as a Ray task that does
-(``PIPELINE_RAY_STAGE_CPUS``), or, for the embed stage, on a Ray Data actor pool.
-Exit code 0 = succeeded, 2 = the document is bad (the message says why),
-1 = anything else. The manifest is written in every case.
+    python -m include.stages extract --batch s3://.../batch-0001/batch.json
+    python -m include.stages chunk --upstream s3://.../batch-0001/extract/<job>.json
+
+The first stage reads the batch's documents; every later stage reads the previous
+stage's batch result and takes the documents that succeeded there. The batch result
+goes to ``--result`` (default ``$JOB_RESULT_URI``, which the Airflow operator sets
+per job). Exit code 0: the batch ran, each document succeeded or failed on its own
+(bad input); 1: the job failed (cluster, storage, a bug) and a retry may help. The
+result is written in both cases.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 
-from include.documents import DocumentRef
-from include.settings import get_settings
+from include.batching import BatchSpec
+from include.settings import PipelineSettings, get_settings
 from include.stages import STAGES
-from include.stages.base import DocumentError, Metrics, Outputs, StageContext, StageFn, execute_stage
+from include.stages.base import BatchResult, StageInput, StageManifest, now, run_stage
+from include.stages.execution import run_inline, run_on_ray
+from include.storage import Storage
 
-EXIT_BAD_DOCUMENT = 2
+log = logging.getLogger("include.stages")
+
+STAGE_ORDER = tuple(STAGES)
 
 
-def run_as_ray_task(fn: StageFn, ctx: StageContext) -> tuple[Outputs, Metrics]:
-    import ray
-    from ray.exceptions import RayTaskError
-
-    remote = ray.remote(num_cpus=ctx.settings.ray_stage_cpus, max_retries=0)(fn)
-    try:
-        return ray.get(remote.remote(ctx))
-    except RayTaskError as exc:
-        # Surface the stage's own exception (and its message), not Ray's wrapper.
-        raise exc.cause from None
+def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None, upstream: str | None) -> tuple[str, list[StageInput]]:
+    """The batch id and the documents this stage runs over."""
+    storage = Storage(settings)
+    if batch:
+        spec = BatchSpec.model_validate(storage.read_json(batch))
+        return spec.batch_id, [StageInput(document) for document in spec.documents]
+    previous = BatchResult.model_validate(storage.read_json(upstream))
+    expected = STAGE_ORDER[STAGE_ORDER.index(stage) - 1] if STAGE_ORDER.index(stage) else None
+    if previous.stage != expected or previous.status != "succeeded":
+        raise RuntimeError(f"{upstream} is a {previous.status} result of {previous.stage!r}, not a "
+                           f"succeeded result of {expected!r}: it cannot feed {stage!r}")
+    items = []
+    for outcome in previous.succeeded:
+        manifest = StageManifest.model_validate(storage.read_json(outcome.manifest_uri))
+        if manifest.status != "succeeded":
+            raise RuntimeError(f"{outcome.manifest_uri} no longer records success (overwritten by another run?)")
+        items.append(StageInput(manifest.document, manifest, outcome.manifest_uri))
+    return previous.batch_id, items
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.stages")
-    parser.add_argument("stage", choices=sorted(STAGES))
+    parser = argparse.ArgumentParser(prog="python -m include.stages", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGE_ORDER)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--document", help="JSON of a DocumentRef (the first stage)")
-    source.add_argument("--upstream", help="URI of the previous stage's manifest")
+    source.add_argument("--batch", help="URI of a batch file (the first stage)")
+    source.add_argument("--upstream", help="URI of the previous stage's batch result")
+    parser.add_argument("--result", default=os.environ.get("JOB_RESULT_URI"),
+                        help="where to write the batch result (default: $JOB_RESULT_URI)")
+    parser.add_argument("--recompute", action="store_true", help="redo every document, reuse nothing")
+    parser.add_argument("--inline", action="store_true", help="run in this process, without Ray")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
-    )
-    import ray
-
-    ray.init(logging_level=logging.WARNING, log_to_driver=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    settings = get_settings()
+    storage = Storage(settings)
+    submission_id = os.environ.get("JOB_SUBMISSION_ID")
+    started = now()
+    batch_id = "unknown"
     try:
-        manifest = execute_stage(
-            STAGES[args.stage],
-            get_settings(),
-            document=DocumentRef.model_validate_json(args.document) if args.document else None,
-            upstream_manifest_uri=args.upstream,
-            executor=run_as_ray_task,
+        batch_id, items = load_inputs(args.stage, settings, batch=args.batch, upstream=args.upstream)
+        log.info("%s of %s: %d document(s)%s", args.stage, batch_id, len(items),
+                 f", job {submission_id}" if submission_id else "")
+        if not args.inline:
+            import ray
+
+            ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        result = run_stage(
+            STAGES[args.stage], settings, items, batch_id=batch_id, recompute=args.recompute,
+            submission_id=submission_id, executor=run_inline if args.inline else run_on_ray,
         )
-    except DocumentError as exc:
-        print(f"BAD DOCUMENT: {exc}", flush=True)
-        return EXIT_BAD_DOCUMENT
-    print(f"RESULT: {manifest.status} {manifest.model_dump_json(include={'outputs', 'metrics'})}", flush=True)
-    return 0
+    except Exception as exc:
+        log.error("%s of %s failed: %s", args.stage, batch_id, exc)
+        result = BatchResult(stage=args.stage, batch_id=batch_id, submission_id=submission_id, status="failed",
+                             error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
+                             started_at=started, finished_at=now())
+    if args.result:
+        storage.write_json(args.result, result.model_dump(mode="json"))
+    ok, bad = len(result.succeeded), len(result.failed)
+    print(f"RESULT: {args.stage} of {batch_id} {result.status}: {ok} succeeded, {bad} failed", flush=True)
+    for outcome in result.failed:
+        print(f"FAILED: {outcome.source_uri}: {outcome.error}", flush=True)
+    return 0 if result.status == "succeeded" else 1
 
 
 if __name__ == "__main__":

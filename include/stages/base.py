@@ -1,14 +1,25 @@
-"""The contract every stage keeps: where it writes, what its manifest says, how it reruns.
+"""The contract every stage keeps: what it is made of, where it writes, what it reports.
 
-A stage reads its input from object storage, writes its outputs under
-``<artifacts_uri>/<output dir>/<doc_id>/`` and, last, a ``_manifest.json`` beside
-them. The manifest is the only thing the orchestrator reads back: output URIs and
-metrics (counts, seconds, tokens, cost), never the data itself.
+A stage runs over a *batch* of documents as one Ray job. It is made of three plain
+functions, so the same code runs on a Ray cluster and in one process:
 
-Reruns are cheap and safe: a stage whose manifest already records success for the
-same document and the same configuration (a fingerprint of its settings, its code and
-the libraries it relies on, chained with its upstream's) reuses that result instead
-of redoing the work.
+- ``split(document, settings)``: the document's *parts*, bounded units of work (a
+  range of pages, a range of chunks), so a big document spreads over the workers;
+- ``worker``: a callable class that loads its model once in ``__init__`` and turns
+  one part into a JSON-able payload in ``__call__``;
+- ``assemble(ctx, payloads)``: the document's payloads, in part order, become its
+  outputs under ``<artifacts_uri>/<output dir>/<doc_id>/``.
+
+Each document keeps its own ``_manifest.json``: status, output URIs, metrics, a
+fingerprint of what shaped the output (settings, code, library versions, chained with
+the upstream stage's) and a digest of the outputs. A document whose manifest records
+success with the same fingerprint, made from the same upstream outputs, is reused
+instead of redone. A bad document (``DocumentError``) fails alone; anything else is
+a failure a retry may fix and fails the whole job.
+
+The batch's outcome is a ``BatchResult``: one entry per document. The job that
+wrote it is named in it (``submission_id``), so a result is never mistaken for
+another job's.
 """
 
 from __future__ import annotations
@@ -17,14 +28,16 @@ import hashlib
 import importlib
 import importlib.metadata
 import inspect
+import json
 import logging
+import threading
 import time
-import traceback
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -38,17 +51,21 @@ MANIFEST_NAME = "_manifest.json"
 
 Metrics = dict[str, float]
 Outputs = dict[str, str]
+Part = dict[str, Any]  # a unit of work; "units" (pages, chunks) counts it for progress
+Payload = Any  # JSON-able result of one part
 
 
 class DocumentError(Exception):
     """This document cannot go through the stage (corrupt, encrypted, empty, not a PDF...).
 
     The message must name the document and the cause: it ends up in the Airflow
-    task log and in the failed manifest.
+    task log, the document's manifest and the run summary.
     """
 
 
 class StageManifest(BaseModel):
+    """One document's outcome in one stage."""
+
     stage: str
     document: DocumentRef
     status: Literal["succeeded", "failed"]
@@ -58,62 +75,132 @@ class StageManifest(BaseModel):
     # False when trying again cannot help (the input itself is bad).
     retryable: bool = True
     config_fingerprint: str
+    # What the outputs were made from, and a digest of what they hold: a downstream
+    # stage reuses its result only if its upstream's outputs are still the same.
     upstream_manifest_uri: str | None = None
+    upstream_digest: str | None = None
+    output_digest: str | None = None
+    submission_id: str | None = None
+    started_at: datetime
+    finished_at: datetime
+
+
+class DocumentOutcome(BaseModel):
+    doc_id: str
+    source_uri: str
+    status: Literal["succeeded", "failed"]
+    manifest_uri: str
+    error: str | None = None
+    retryable: bool = True
+    reused: bool = False
+    metrics: Metrics = {}
+
+
+class BatchResult(BaseModel):
+    """What one stage's job did for one batch: the only thing the orchestrator reads back."""
+
+    stage: str
+    batch_id: str
+    submission_id: str | None = None
+    # "failed": the job itself failed (cluster, storage, a bug); documents listed so
+    # far are recorded and will be reused by the retry.
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+    retryable: bool = True
+    documents: list[DocumentOutcome] = []
+    metrics: Metrics = {}
     started_at: datetime
     finished_at: datetime
 
     @property
-    def seconds(self) -> float:
-        return (self.finished_at - self.started_at).total_seconds()
+    def succeeded(self) -> list[DocumentOutcome]:
+        return [d for d in self.documents if d.status == "succeeded"]
+
+    @property
+    def failed(self) -> list[DocumentOutcome]:
+        return [d for d in self.documents if d.status == "failed"]
+
+
+class DocInput(BaseModel):
+    """What a stage's split and worker get for one document: picklable and JSON-able."""
+
+    document: DocumentRef
+    upstream_outputs: Outputs = {}
+
+    def upstream_output(self, name: str) -> str:
+        if name not in self.upstream_outputs:
+            raise KeyError(f"{self.document.source_uri}: the upstream stage recorded no {name!r} output")
+        return self.upstream_outputs[name]
 
 
 @dataclass
-class StageContext:
-    """Everything a stage's work function needs; picklable, so it can ship to a Ray task."""
+class StageInput:
+    """A document entering a stage, with the upstream manifest it comes from (none for the first)."""
 
-    stage: str
-    settings: PipelineSettings
     document: DocumentRef
-    prefix: str
     upstream: StageManifest | None = None
-    storage: Storage = field(init=False)
+    upstream_uri: str | None = None
 
-    def __post_init__(self) -> None:
-        self.storage = Storage(self.settings)
-
-    def output_uri(self, name: str) -> str:
-        return join_uri(self.prefix, name)
-
-    def upstream_output(self, name: str) -> str:
-        if self.upstream is None or name not in self.upstream.outputs:
-            raise KeyError(f"stage {self.stage!r} needs upstream output {name!r}")
-        return self.upstream.outputs[name]
+    def doc_input(self) -> DocInput:
+        return DocInput(document=self.document, upstream_outputs=self.upstream.outputs if self.upstream else {})
 
 
-StageFn = Callable[[StageContext], tuple[Outputs, Metrics]]
-# Runs a stage's work function somewhere (in-process in tests, as a Ray task in a job).
-Executor = Callable[[StageFn, StageContext], tuple[Outputs, Metrics]]
+@dataclass
+class AssembleContext:
+    """Where ``assemble`` writes one document's outputs; every write is digested."""
+
+    settings: PipelineSettings
+    storage: Storage
+    doc: DocInput
+    prefix: str
+    _digests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def document(self) -> DocumentRef:
+        return self.doc.document
+
+    def write(self, name: str, data: bytes) -> str:
+        uri = join_uri(self.prefix, name)
+        self.storage.write_bytes(uri, data)
+        self._digests[name] = hashlib.sha256(data).hexdigest()
+        return uri
+
+    def write_text(self, name: str, text: str) -> str:
+        return self.write(name, text.encode("utf-8"))
+
+    def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> str:
+        return self.write_text(name, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+    def digest(self) -> str | None:
+        if not self._digests:
+            return None
+        blob = json.dumps(self._digests, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def run_inline(fn: StageFn, ctx: StageContext) -> tuple[Outputs, Metrics]:
-    return fn(ctx)
+class Worker(Protocol):
+    def __init__(self, settings: PipelineSettings) -> None: ...
+    def __call__(self, doc: DocInput, part: Part) -> Payload: ...
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     output_dir: str
-    work: StageFn
+    split: Callable[[DocInput, PipelineSettings], list[Part]]
+    worker: type[Worker]
+    assemble: Callable[[AssembleContext, list[Payload]], tuple[Outputs, Metrics]]
     # Settings whose values change this stage's output.
     settings_fields: tuple[str, ...]
+    # The settings field holding this stage's worker pool (``PoolSettings``).
+    pool: str
+    # What progress counts besides documents (pages, chunks), if anything.
+    unit: str | None = "chunks"
     # False when the output lives outside our artifacts (the vector store), which
     # may have been wiped since: such a stage always redoes its (idempotent) work.
     reusable: bool = True
-    # True when the work function schedules its own Ray work (Ray Data) and so must
-    # run in the job driver rather than inside a Ray task.
-    runs_in_driver: bool = False
-    # Code beyond the work function's own module, and installed distributions, whose
-    # changes change the output: an upgrade must not reuse what older code made.
+    # Code beyond the stage's own module, and installed distributions, whose changes
+    # change the output: an upgrade must not reuse what older code made.
     code_modules: tuple[str, ...] = ()
     libraries: tuple[str, ...] = ()
 
@@ -121,11 +208,21 @@ class Stage:
 @cache
 def code_fingerprint(stage: Stage) -> str:
     digest = hashlib.sha256()
-    for module in (stage.work.__module__, *stage.code_modules):
+    for module in (stage.worker.__module__, *stage.code_modules):
         digest.update(inspect.getsource(importlib.import_module(module)).encode())
     for library in stage.libraries:
         digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
     return digest.hexdigest()[:12]
+
+
+def config_fingerprint(stage: Stage, settings: PipelineSettings, upstream: StageManifest | None) -> str:
+    own = f"{settings.fingerprint(*stage.settings_fields)}-{code_fingerprint(stage)}"
+    return f"{upstream.config_fingerprint}.{own}" if upstream is not None else own
+
+
+def ranges(count: int, size: int) -> list[Part]:
+    """Consecutive ``[start, stop)`` parts of at most ``size`` items (chunks) out of ``count``."""
+    return [{"start": a, "stop": min(a + size, count), "units": min(size, count - a)} for a in range(0, count, size)]
 
 
 def stage_prefix(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:
@@ -136,102 +233,181 @@ def manifest_uri(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:
     return join_uri(stage_prefix(settings, stage, doc_id), MANIFEST_NAME)
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _reusable_manifest(
-    storage: Storage, uri: str, fingerprint: str
-) -> StageManifest | None:
+# --- running a stage over a batch ------------------------------------------------
+
+
+@dataclass
+class DocumentDone:
+    """What an executor hands back for one document: its payloads in part order, or why it failed."""
+
+    item: StageInput
+    payloads: list[Payload] = field(default_factory=list)
+    error: DocumentError | None = None
+    seconds: float = 0.0
+
+
+class Executor(Protocol):
+    """Runs split and worker for every document; yields each document once, in input order."""
+
+    def __call__(self, stage: Stage, settings: PipelineSettings, items: list[StageInput],
+                 progress: Progress) -> Iterator[DocumentDone]: ...
+
+
+class Progress:
+    """Counts what a batch has done and logs it every few seconds while work goes on."""
+
+    def __init__(self, stage: str, unit: str, documents: int, interval: float) -> None:
+        self.stage, self.unit, self.total, self.interval = stage, unit, documents, interval
+        self.counts: Counter[str] = Counter()
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name=f"{stage}-progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.report()
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            self.counts.update(counts)
+
+    def report(self) -> None:
+        with self._lock:
+            c = dict(self.counts)
+        done = c.get("succeeded", 0) + c.get("failed", 0)
+        units = f", {c.get('units', 0)} {self.unit} processed" if self.unit else ""
+        log.info(
+            "%s: %d/%d document(s) done (%d reused, %d failed)%s, %.0fs",
+            self.stage, done, self.total, c.get("reused", 0), c.get("failed", 0), units,
+            time.monotonic() - self._started,
+        )
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.report()
+
+
+def _reusable(storage: Storage, uri: str, fingerprint: str, upstream: StageManifest | None) -> StageManifest | None:
     if not storage.exists(uri):
         return None
     previous = StageManifest.model_validate(storage.read_json(uri))
     if previous.status != "succeeded" or previous.config_fingerprint != fingerprint:
+        return None
+    if upstream is not None and previous.upstream_digest != upstream.output_digest:
         return None
     if not all(storage.exists(out) for out in previous.outputs.values()):
         return None
     return previous
 
 
-def execute_stage(
+def run_stage(
     stage: Stage,
     settings: PipelineSettings,
+    items: list[StageInput],
     *,
-    document: DocumentRef | None = None,
-    upstream_manifest_uri: str | None = None,
-    executor: Executor = run_inline,
-) -> StageManifest:
-    """Run one stage for one document and record the outcome in its manifest.
+    batch_id: str,
+    executor: Executor,
+    recompute: bool = False,
+    submission_id: str | None = None,
+) -> BatchResult:
+    """Run one stage over a batch; write each document's manifest as it finishes.
 
-    Raises ``DocumentError`` (after writing a failed manifest) when the document is
-    bad, and lets any other exception through (also recorded) so the caller fails.
+    Returns the batch result. Lets unexpected exceptions through (the caller records
+    them): documents finished before are already recorded and reused by a retry.
     """
     storage = Storage(settings)
-    upstream = None
-    if upstream_manifest_uri:
-        upstream = StageManifest.model_validate(storage.read_json(upstream_manifest_uri))
-        if upstream.status != "succeeded":
-            raise RuntimeError(
-                f"upstream stage {upstream.stage!r} of {upstream.document.source_uri} "
-                f"did not succeed: {upstream.error}"
-            )
-        document = upstream.document
-    if document is None:
-        raise ValueError("a stage needs either a document or an upstream manifest")
+    started = now()
+    outcomes: list[DocumentOutcome] = []
+    fingerprints = {item.document.doc_id: config_fingerprint(stage, settings, item.upstream) for item in items}
+    pending: list[StageInput] = []
 
-    fingerprint = f"{settings.fingerprint(*stage.settings_fields)}-{code_fingerprint(stage)}"
-    if upstream is not None:
-        fingerprint = f"{upstream.config_fingerprint}.{fingerprint}"
+    with Progress(stage.name, stage.unit, len(items), settings.progress_interval_seconds) as progress:
+        for item in items:
+            target = manifest_uri(settings, stage, item.document.doc_id)
+            fingerprint = fingerprints[item.document.doc_id]
+            previous = None
+            if stage.reusable and not recompute:
+                previous = _reusable(storage, target, fingerprint, item.upstream)
+            if previous is None:
+                pending.append(item)
+                continue
+            outcomes.append(DocumentOutcome(
+                doc_id=item.document.doc_id, source_uri=item.document.source_uri, status="succeeded",
+                manifest_uri=target, reused=True, metrics={**previous.metrics, "seconds": 0.0, "reused": 1.0},
+            ))
+            progress.add(succeeded=1, reused=1)
+        if outcomes:
+            log.info("%s: reusing the recorded result of %d document(s)", stage.name, len(outcomes))
+
+        for done in executor(stage, settings, pending, progress):
+            outcome = _finish(stage, settings, storage, done, fingerprints[done.item.document.doc_id],
+                              started, submission_id)
+            outcomes.append(outcome)
+            progress.add(**{outcome.status: 1})
+
+    order = {item.document.doc_id: n for n, item in enumerate(items)}
+    outcomes.sort(key=lambda o: order[o.doc_id])
+    return BatchResult(
+        stage=stage.name, batch_id=batch_id, submission_id=submission_id, status="succeeded",
+        documents=outcomes, metrics=total_metrics(o.metrics for o in outcomes if o.status == "succeeded"),
+        started_at=started, finished_at=now(),
+    )
+
+
+def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: DocumentDone, fingerprint: str,
+            started: datetime, submission_id: str | None) -> DocumentOutcome:
+    """Assemble one document's outputs (or record its failure) and write its manifest."""
+    item, document = done.item, done.item.document
     target = manifest_uri(settings, stage, document.doc_id)
-
-    if stage.reusable and (previous := _reusable_manifest(storage, target, fingerprint)):
-        log.info("%s of %s: reusing the result recorded at %s", stage.name, document.name, target)
-        # The manifest tells the orchestrator what *this* run did: no work, a reuse.
-        reused = previous.model_copy(
-            update={"metrics": {**previous.metrics, "seconds": 0.0, "reused": 1.0}, "finished_at": _now()}
-        )
-        storage.write_json(target, reused.model_dump(mode="json"))
-        return reused
-
-    ctx = StageContext(
-        stage=stage.name,
-        settings=settings,
-        document=document,
-        prefix=stage_prefix(settings, stage, document.doc_id),
-        upstream=upstream,
-    )
-    started = _now()
-    log.info("%s of %s (%s): started", stage.name, document.name, document.doc_id)
     base = dict(
-        stage=stage.name,
-        document=document,
-        config_fingerprint=fingerprint,
-        upstream_manifest_uri=upstream_manifest_uri,
-        started_at=started,
+        stage=stage.name, document=document, config_fingerprint=fingerprint,
+        upstream_manifest_uri=item.upstream_uri,
+        upstream_digest=item.upstream.output_digest if item.upstream else None,
+        submission_id=submission_id, started_at=started,
     )
-    try:
-        clock = time.perf_counter()
-        outputs, metrics = (run_inline if stage.runs_in_driver else executor)(stage.work, ctx)
-        metrics = {**metrics, "seconds": round(time.perf_counter() - clock, 3)}
-    except Exception as exc:
-        error = str(exc) if isinstance(exc, DocumentError) else (
-            f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-        )
-        failed = StageManifest(
-            status="failed",
-            error=error,
-            retryable=not isinstance(exc, DocumentError),
-            finished_at=_now(),
-            **base,
-        )
-        storage.write_json(target, failed.model_dump(mode="json"))
-        raise
-    manifest = StageManifest(
-        status="succeeded", outputs=outputs, metrics=metrics, finished_at=_now(), **base
-    )
+    error = done.error
+    if error is None:
+        ctx = AssembleContext(settings, storage, item.doc_input(), stage_prefix(settings, stage, document.doc_id))
+        try:
+            outputs, metrics = stage.assemble(ctx, done.payloads)
+        except DocumentError as exc:
+            error = exc
+    if error is not None:
+        log.warning("%s: %s", stage.name, error)
+        manifest = StageManifest(status="failed", error=str(error), retryable=False, finished_at=now(), **base)
+        storage.write_json(target, manifest.model_dump(mode="json"))
+        return DocumentOutcome(doc_id=document.doc_id, source_uri=document.source_uri, status="failed",
+                               manifest_uri=target, error=str(error), retryable=False)
+    metrics = {**metrics, "seconds": round(done.seconds, 3)}
+    manifest = StageManifest(status="succeeded", outputs=outputs, metrics=metrics, output_digest=ctx.digest(),
+                             finished_at=now(), **base)
     storage.write_json(target, manifest.model_dump(mode="json"))
     log.info("%s of %s: done %s", stage.name, document.name, _format_metrics(metrics))
-    return manifest
+    return DocumentOutcome(doc_id=document.doc_id, source_uri=document.source_uri, status="succeeded",
+                           manifest_uri=target, metrics=metrics)
+
+
+# Metrics that describe a setting or a peak: totals keep their maximum, not a sum.
+PEAK_METRICS = frozenset({"dimension", "actors", "max_chunk_chars"})
+
+
+def total_metrics(all_metrics: Iterator[Metrics] | list[Metrics]) -> Metrics:
+    totals: dict[str, float] = {}
+    for metrics in all_metrics:
+        for name, value in metrics.items():
+            previous = totals.get(name, 0.0)
+            totals[name] = max(previous, value) if name in PEAK_METRICS else previous + value
+    return totals
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:

@@ -12,8 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from include.stages.base import Metrics, Outputs, StageContext
+from typing import Any
+
+from include.settings import PipelineSettings
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part
 from include.stages.extract import BOUNDARY
+from include.storage import Storage
 
 _PAGE = re.compile(r"<!-- page: (\d+) -->")
 # Below this share of the target a chunk keeps growing across a boundary or heading.
@@ -80,34 +84,46 @@ def build_chunks(blocks: list[Block], target_chars: int) -> list[Chunk]:
     return chunks
 
 
-def chunk(ctx: StageContext) -> tuple[Outputs, Metrics]:
-    doc = ctx.document
-    markdown = ctx.storage.read_text(ctx.upstream_output("markdown"))
-    target = ctx.settings.chunk_target_chars
-    chunks = build_chunks(parse_blocks(markdown), target)
-    rows = []
-    for number, item in enumerate(chunks):
-        first = item.blocks[0]
-        rows.append(
-            {
-                "chunk_id": f"{doc.doc_id}#{number}",
-                "doc_id": doc.doc_id,
-                "chunk_no": number,
-                "text": item.text,
-                "page_start": first.page,
-                "page_end": item.blocks[-1].page,
-                # A chunk that opens with a heading belongs to that heading.
-                "heading": first.heading or "",
-                "source_uri": doc.source_uri,
-                "content_sha256": doc.content_sha256,
-            }
-        )
-    uri = ctx.output_uri("chunks.jsonl")
-    ctx.storage.write_jsonl(uri, rows)
+def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
+    """Chunking reads a whole document's Markdown at once: it is cheap, and headings carry over pages."""
+    return [{}]
+
+
+class Chunker:
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._storage = Storage(settings)
+        self._target = settings.chunk_target_chars
+
+    def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
+        ref = doc.document
+        markdown = self._storage.read_text(doc.upstream_output("markdown"))
+        rows = []
+        for number, item in enumerate(build_chunks(parse_blocks(markdown), self._target)):
+            first = item.blocks[0]
+            rows.append(
+                {
+                    "chunk_id": f"{ref.doc_id}#{number}",
+                    "doc_id": ref.doc_id,
+                    "chunk_no": number,
+                    "text": item.text,
+                    "page_start": first.page,
+                    "page_end": item.blocks[-1].page,
+                    # A chunk that opens with a heading belongs to that heading.
+                    "heading": first.heading or "",
+                    "source_uri": ref.source_uri,
+                    "content_sha256": ref.content_sha256,
+                }
+            )
+        return rows
+
+
+def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tuple[Outputs, Metrics]:
+    rows = [row for payload in payloads for row in payload]
+    uri = ctx.write_jsonl("chunks.jsonl", rows)
     sizes = [len(r["text"]) for r in rows]
     return {"chunks": uri}, {
         "chunks": len(rows),
         "characters": sum(sizes),
         "max_chunk_chars": max(sizes, default=0),
-        "oversized_chunks": sum(size > target for size in sizes),
+        "oversized_chunks": sum(size > ctx.settings.chunk_target_chars for size in sizes),
     }

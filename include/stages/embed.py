@@ -1,83 +1,66 @@
-"""Stage 4, embed: every enriched chunk gets a vector, on a Ray Data actor pool.
+"""Stage 4, embed: every enriched chunk gets a vector.
 
-The model loads once per actor (``PIPELINE_EMBED_ACTORS`` of them), and batches of
-``PIPELINE_EMBED_BATCH_SIZE`` chunks stream through the pool. Output: one Parquet
-file with the chunk's redacted text, metadata and vector.
+Chunks are embedded in parts of ``PIPELINE_CHUNKS_PER_PART`` on the embed actor pool
+(the model loads once per actor), ``PIPELINE_EMBED_BATCH_SIZE`` texts per forward
+pass. Output: one Parquet file per document with the chunk's redacted text,
+metadata and vector.
 """
 
 from __future__ import annotations
 
 import io
 import json
-
-import numpy as np
+from functools import lru_cache
+from typing import Any
 
 from include.backends.embedders import build_embedder
 from include.settings import PipelineSettings
-from include.stages.base import Metrics, Outputs, StageContext
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
+from include.storage import Storage
+
+_COLUMNS = ("chunk_id", "doc_id", "chunk_no", "text", "page_start", "page_end", "heading", "source_uri",
+            "content_sha256")
 
 
-class EmbedBatch:
-    """Ray Data callable class: holds one loaded model for the life of the actor."""
+def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
+    count = len(Storage(settings).read_jsonl(doc.upstream_output("chunks")))
+    return ranges(count, settings.chunks_per_part)
 
+
+class ChunkEmbedder:
     def __init__(self, settings: PipelineSettings) -> None:
         self._embedder = build_embedder(settings)
+        self._read = lru_cache(maxsize=1)(Storage(settings).read_jsonl)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._embedder.embed([str(t) for t in batch["text"]])
-        return {
-            "chunk_id": batch["chunk_id"],
-            "vector": result.vectors,
-            "tokens": np.asarray(result.tokens),
-            "windows": np.asarray(result.windows),
-        }
+    def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
+        rows = self._read(doc.upstream_output("chunks"))[part["start"] : part["stop"]]
+        result = self._embedder.embed([row["text"] for row in rows])
+        return [
+            {
+                **{name: row[name] for name in _COLUMNS},
+                "entities": json.dumps(row["entities"], sort_keys=True),
+                "key_phrases": json.dumps(row["key_phrases"]),
+                "vector": vector.tolist(),
+                "tokens": tokens,
+                "windows": windows,
+            }
+            for row, vector, tokens, windows in zip(rows, result.vectors, result.tokens, result.windows)
+        ]
 
 
-def embed(ctx: StageContext) -> tuple[Outputs, Metrics]:
+def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tuple[Outputs, Metrics]:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray
 
-    settings = ctx.settings
-    rows = ctx.storage.read_jsonl(ctx.upstream_output("chunks"))
-    dataset = ray.data.from_items([{"chunk_id": r["chunk_id"], "text": r["text"]} for r in rows])
-    embedded = dataset.map_batches(
-        EmbedBatch,
-        fn_constructor_kwargs={"settings": settings},
-        batch_size=settings.embed_batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=settings.embed_actors),
-        num_cpus=settings.embed_actor_cpus,
-    ).take_all()
-    by_id = {item["chunk_id"]: item for item in embedded}
-    if set(by_id) != {r["chunk_id"] for r in rows}:
-        raise RuntimeError(f"{ctx.document.source_uri}: the embedder returned {len(by_id)} of {len(rows)} chunks")
-
-    vectors = [np.asarray(by_id[r["chunk_id"]]["vector"], dtype=np.float32) for r in rows]
-    table = pa.table(
-        {
-            "chunk_id": [r["chunk_id"] for r in rows],
-            "doc_id": [r["doc_id"] for r in rows],
-            "chunk_no": [r["chunk_no"] for r in rows],
-            "text": [r["text"] for r in rows],
-            "page_start": [r["page_start"] for r in rows],
-            "page_end": [r["page_end"] for r in rows],
-            "heading": [r["heading"] for r in rows],
-            "source_uri": [r["source_uri"] for r in rows],
-            "content_sha256": [r["content_sha256"] for r in rows],
-            "entities": [json.dumps(r["entities"], sort_keys=True) for r in rows],
-            "key_phrases": [json.dumps(r["key_phrases"]) for r in rows],
-            "vector": pa.array([v.tolist() for v in vectors], type=pa.list_(pa.float32())),
-        }
-    )
+    rows = [row for payload in payloads for row in payload]
+    columns = {name: [row[name] for row in rows] for name in (*_COLUMNS, "entities", "key_phrases")}
+    columns["vector"] = pa.array([row["vector"] for row in rows], type=pa.list_(pa.float32()))
     sink = io.BytesIO()
-    pq.write_table(table, sink)
-    uri = ctx.output_uri("embeddings.parquet")
-    ctx.storage.write_bytes(uri, sink.getvalue())
+    pq.write_table(pa.table(columns), sink)
+    uri = ctx.write("embeddings.parquet", sink.getvalue())
     return {"embeddings": uri}, {
-        "vectors": len(vectors),
-        "dimension": int(vectors[0].shape[0]) if vectors else 0,
-        "tokens": sum(int(item["tokens"]) for item in embedded),
-        "windowed_chunks": sum(int(item["windows"]) > 1 for item in embedded),
-        "actors": settings.embed_actors,
+        "vectors": len(rows),
+        "dimension": len(rows[0]["vector"]) if rows else 0,
+        "tokens": sum(row["tokens"] for row in rows),
+        "windowed_chunks": sum(row["windows"] > 1 for row in rows),
     }

@@ -1,26 +1,37 @@
 """Stage 3, enrich: every chunk is redacted of PII and annotated before anything is embedded.
 
 Only the redacted text goes on: the embeddings and the vector store never see the
-original. The metrics count each kind of redaction.
+original. Chunks are enriched in parts of ``PIPELINE_CHUNKS_PER_PART``, each part
+through spaCy in one ``nlp.pipe`` pass. The metrics count each kind of redaction.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
+from typing import Any
 
 from include.backends.enrichers import build_enricher
-from include.stages.base import Metrics, Outputs, StageContext
+from include.settings import PipelineSettings
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
+from include.storage import Storage
 
 
-def enrich(ctx: StageContext) -> tuple[Outputs, Metrics]:
-    chunks = ctx.storage.read_jsonl(ctx.upstream_output("chunks"))
-    enricher = build_enricher(ctx.settings)
-    redactions: Counter[str] = Counter()
-    rows = []
-    for row in chunks:
-        result = enricher.enrich(row["text"])
-        redactions.update(result.redactions)
-        rows.append(
+def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
+    count = len(Storage(settings).read_jsonl(doc.upstream_output("chunks")))
+    return ranges(count, settings.chunks_per_part)
+
+
+class ChunkEnricher:
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._enricher = build_enricher(settings)
+        # The parts of one document come one after another: read its chunks once.
+        self._read = lru_cache(maxsize=1)(Storage(settings).read_jsonl)
+
+    def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
+        rows = self._read(doc.upstream_output("chunks"))[part["start"] : part["stop"]]
+        results = self._enricher.enrich_many([row["text"] for row in rows])
+        return [
             {
                 **row,
                 "text": result.text,
@@ -28,9 +39,16 @@ def enrich(ctx: StageContext) -> tuple[Outputs, Metrics]:
                 "entities": result.entities,
                 "key_phrases": result.key_phrases,
             }
-        )
-    uri = ctx.output_uri("chunks.jsonl")
-    ctx.storage.write_jsonl(uri, rows)
+            for row, result in zip(rows, results)
+        ]
+
+
+def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tuple[Outputs, Metrics]:
+    rows = [row for payload in payloads for row in payload]
+    redactions: Counter[str] = Counter()
+    for row in rows:
+        redactions.update(row["redactions"])
+    uri = ctx.write_jsonl("chunks.jsonl", rows)
     metrics: Metrics = {"chunks": len(rows), "redactions": sum(redactions.values())}
     metrics.update({f"redactions_{kind.lower()}": n for kind, n in sorted(redactions.items())})
     return {"chunks": uri}, metrics

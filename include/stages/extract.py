@@ -10,19 +10,26 @@ Two Docling pipelines:
   back into paragraphs, headings (taller lines) and tables (rows of aligned cells);
 - when ``PIPELINE_DOCLING_ARTIFACTS_PATH`` points at Docling's layout models, the
   standard pipeline runs instead and its own Markdown is used.
-Either way the Markdown is exported once per document, never once per page.
+Either way the Markdown is exported once per part, never once per page.
+
+A PDF is converted in parts of ``PIPELINE_EXTRACT_PAGES_PER_PART`` pages (Docling's
+``page_range``), so a long file spreads over the extract actors and no actor holds
+more than a part's pages at once; the parts are put back in page order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from include.stages.base import DocumentError, Metrics, Outputs, StageContext
+from include.settings import PipelineSettings
+from include.stages.base import AssembleContext, DocInput, DocumentError, Metrics, Outputs, Part
+from include.storage import ObjectNotFound, Storage
 
 if TYPE_CHECKING:
     from docling_core.types.doc import DoclingDocument
@@ -184,32 +191,29 @@ def rebuild_page(items: list[tuple[str, tuple[float, float, float, float]]]) -> 
     return "\n\n".join(blocks)
 
 
-def _native_pages(doc: DoclingDocument, page_count: int) -> list[str]:
-    from docling_core.types.doc import PictureItem, TextItem
+def _native_pages(doc: DoclingDocument, first: int, last: int) -> list[str]:
+    from docling_core.types.doc import TextItem
 
-    per_page: dict[int, list] = {n: [] for n in range(1, page_count + 1)}
+    per_page: dict[int, list] = {n: [] for n in range(first, last + 1)}
     for item, _level in doc.iterate_items():
         if isinstance(item, TextItem) and item.prov and item.text.strip():
             box = item.prov[0].bbox
-            per_page.setdefault(item.prov[0].page_no, []).append(
-                (item.text, (box.l, box.t, box.r, box.b))
-            )
-        elif isinstance(item, PictureItem):
-            pass  # counted by the caller; described once a vision LLM is configured
-    return [rebuild_page(per_page[n]) for n in sorted(per_page)]
+            if item.prov[0].page_no in per_page:
+                per_page[item.prov[0].page_no].append((item.text, (box.l, box.t, box.r, box.b)))
+    return [rebuild_page(per_page[n]) for n in range(first, last + 1)]
 
 
-def _standard_pages(doc: DoclingDocument, page_count: int) -> list[str]:
+def _standard_pages(doc: DoclingDocument, first: int, last: int) -> list[str]:
     placeholder = "<!-- docling page break -->"
     markdown = doc.export_to_markdown(page_break_placeholder=placeholder)
     # Docling writes a placeholder where consecutive items change page, so the
     # segments belong, in order, to the pages that have items.
     pages_with_items = sorted({item.prov[0].page_no for item, _ in doc.iterate_items() if getattr(item, "prov", None)})
     segments = markdown.split(placeholder)
-    per_page = {n: "" for n in range(1, page_count + 1)}
+    per_page = {n: "" for n in range(first, last + 1)}
     for page_no, segment in zip(pages_with_items, segments):
         per_page[page_no] = segment.strip()
-    return [per_page[n] for n in sorted(per_page)]
+    return [per_page[n] for n in range(first, last + 1)]
 
 
 def _converter(artifacts_path: Path | None, parser_threads: int):
@@ -236,46 +240,91 @@ def render(pages: list[str]) -> str:
     return f"\n\n{BOUNDARY}\n\n".join(units) + "\n"
 
 
-def extract(ctx: StageContext) -> tuple[Outputs, Metrics]:
-    from docling.datamodel.base_models import ConversionStatus
-    from docling_core.types.doc import PictureItem, TableItem
+def read_pdf(doc: DocInput, storage: Storage) -> bytes:
+    """The document's bytes, exactly those that were listed (its id is made from their hash)."""
+    ref = doc.document
+    try:
+        data = storage.read_bytes(ref.source_uri)
+    except ObjectNotFound as exc:
+        raise DocumentError(f"{ref.source_uri}: the file was removed from the inbox after it was listed") from exc
+    if hashlib.sha256(data).hexdigest() != ref.content_sha256:
+        raise DocumentError(
+            f"{ref.source_uri}: the file changed after it was listed; the next run ingests the new version"
+        )
+    return data
 
-    settings, doc_ref = ctx.settings, ctx.document
-    data = ctx.storage.read_bytes(doc_ref.source_uri)
-    page_count = check_pdf(data, doc_ref.source_uri)
 
-    converter = _converter(settings.docling_artifacts_path, settings.docling_parser_threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{doc_ref.doc_id}.pdf"
-        path.write_bytes(data)
-        result = converter.convert(path, raises_on_error=False)
-    if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
-        errors = "; ".join(e.error_message for e in result.errors) or str(result.status)
-        raise DocumentError(f"{doc_ref.source_uri}: Docling could not convert it ({errors})")
-    for error in result.errors:
-        log.warning("%s: %s", doc_ref.source_uri, error.error_message)
+def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
+    """Page ranges of ``extract_pages_per_part`` pages; a bad PDF fails here, named with its cause."""
+    pages = check_pdf(read_pdf(doc, Storage(settings)), doc.document.source_uri)
+    step = settings.extract_pages_per_part
+    return [
+        {"first": first, "last": min(first + step - 1, pages), "units": min(step, pages - first + 1)}
+        for first in range(1, pages + 1, step)
+    ]
 
-    doc = result.document
-    if settings.docling_artifacts_path is None:
-        pages = _native_pages(doc, page_count)
-    else:
-        pages = _standard_pages(doc, page_count)
+
+class PageConverter:
+    """Holds one Docling converter; converts a page range of a PDF to Markdown pages."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._settings = settings
+        self._storage = Storage(settings)
+        self._converter = _converter(settings.docling_artifacts_path, settings.docling_parser_threads)
+        self._folder = tempfile.TemporaryDirectory(prefix="extract-")
+        # The last document's PDF on local disk: its next parts need no new download.
+        self._cached: tuple[str, Path] | None = None
+
+    def _local_pdf(self, doc: DocInput) -> Path:
+        doc_id = doc.document.doc_id
+        if self._cached and self._cached[0] == doc_id:
+            return self._cached[1]
+        if self._cached:
+            self._cached[1].unlink(missing_ok=True)
+        path = Path(self._folder.name) / f"{doc_id}.pdf"
+        path.write_bytes(read_pdf(doc, self._storage))
+        self._cached = (doc_id, path)
+        return path
+
+    def __call__(self, doc: DocInput, part: Part) -> dict[str, Any]:
+        from docling.datamodel.base_models import ConversionStatus
+        from docling_core.types.doc import PictureItem, TableItem
+
+        uri, first, last = doc.document.source_uri, part["first"], part["last"]
+        result = self._converter.convert(self._local_pdf(doc), raises_on_error=False, page_range=(first, last))
+        if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
+            errors = "; ".join(e.error_message for e in result.errors) or str(result.status)
+            raise DocumentError(f"{uri}: Docling could not convert pages {first}-{last} ({errors})")
+        for error in result.errors:
+            log.warning("%s: %s", uri, error.error_message)
+        document = result.document
+        if self._settings.docling_artifacts_path is None:
+            pages = _native_pages(document, first, last)
+        else:
+            pages = _standard_pages(document, first, last)
+        items = [item for item, _ in document.iterate_items()]
+        return {
+            "pages": pages,
+            "pictures": sum(isinstance(i, PictureItem) for i in items),
+            "tables": sum(isinstance(i, TableItem) for i in items),
+            "page_errors": len(result.errors),
+        }
+
+
+def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outputs, Metrics]:
+    pages = [page for payload in payloads for page in payload["pages"]]
     if not any(page.strip() for page in pages):
         raise DocumentError(
-            f"{doc_ref.source_uri}: no text layer on any of its {page_count} page(s) "
+            f"{ctx.document.source_uri}: no text layer on any of its {len(pages)} page(s) "
             "(a scan? OCR needs the standard pipeline: set PIPELINE_DOCLING_ARTIFACTS_PATH)"
         )
-
-    uri = ctx.output_uri("document.md")
-    ctx.storage.write_text(uri, render(pages))
-    items = [item for item, _ in doc.iterate_items()]
-    metrics = {
-        "pages": page_count,
+    uri = ctx.write_text("document.md", render(pages))
+    markdown_tables = sum(line.startswith("| --- |") for page in pages for line in page.splitlines())
+    return {"markdown": uri}, {
+        "pages": len(pages),
         "pages_with_text": sum(1 for page in pages if page.strip()),
-        "pictures": sum(isinstance(i, PictureItem) for i in items),
-        "tables": sum(isinstance(i, TableItem) for i in items)
-        + sum(line.startswith("| --- |") for page in pages for line in page.splitlines()),
+        "pictures": sum(p["pictures"] for p in payloads),
+        "tables": sum(p["tables"] for p in payloads) + markdown_tables,
         "characters": sum(len(page) for page in pages),
-        "page_errors": len(result.errors),
+        "page_errors": sum(p["page_errors"] for p in payloads),
     }
-    return {"markdown": uri}, metrics

@@ -1,48 +1,77 @@
 """Stage 5, load: upsert a document's vectors into the vector store.
 
 Ids are ``<doc_id>#<chunk_no>``, so loading the same document again overwrites
-its vectors instead of adding new ones. Then every other vector of the same source
-object is removed: those of an older version of the file (another doc id), and
-those of chunk numbers a new chunking no longer makes. A replaced or re-chunked
-file never leaves stale passages behind.
+its vectors instead of adding new ones. Once every part is upserted, every other
+vector of the same source object is removed: those of an older version of the
+file (another doc id), and those of chunk numbers a new chunking no longer makes.
+A replaced or re-chunked file never leaves stale passages behind.
 """
 
 from __future__ import annotations
 
 import io
+from functools import lru_cache
+from typing import Any
 
-from include.backends.vector_stores import VectorRecord, build_vector_store
-from include.stages.base import Metrics, Outputs, StageContext
+from include.backends.vector_stores import VectorRecord, VectorStore, build_vector_store
+from include.settings import PipelineSettings
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
+from include.storage import Storage
 
 
-def load(ctx: StageContext) -> tuple[Outputs, Metrics]:
+def _read_table(storage: Storage, uri: str) -> Any:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(ctx.storage.read_bytes(ctx.upstream_output("embeddings"))))
-    records = [
-        VectorRecord(
-            id=row["chunk_id"],
-            vector=row["vector"],
-            text=row["text"],
-            metadata={
-                "doc_id": row["doc_id"],
-                "chunk_no": row["chunk_no"],
-                "source_uri": row["source_uri"],
-                "content_sha256": row["content_sha256"],
-                "page_start": row["page_start"],
-                "page_end": row["page_end"],
-                "heading": row["heading"],
-                "entities": row["entities"],  # JSON text: Chroma takes scalars only
-                "key_phrases": row["key_phrases"],
-            },
-        )
-        for row in table.to_pylist()
-    ]
-    store = build_vector_store(ctx.settings)
-    store.upsert(records)
-    removed = store.delete_stale(ctx.document.source_uri, keep_ids={r.id for r in records})
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+
+
+def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
+    count = _read_table(Storage(settings), doc.upstream_output("embeddings")).num_rows
+    return ranges(count, settings.chunks_per_part)
+
+
+@lru_cache(maxsize=1)
+def _store(settings: PipelineSettings) -> VectorStore:
+    return build_vector_store(settings)
+
+
+class VectorLoader:
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._store = _store(settings)
+        storage = Storage(settings)
+        self._read = lru_cache(maxsize=1)(lambda uri: _read_table(storage, uri).to_pylist())
+
+    def __call__(self, doc: DocInput, part: Part) -> list[str]:
+        rows = self._read(doc.upstream_output("embeddings"))[part["start"] : part["stop"]]
+        records = [
+            VectorRecord(
+                id=row["chunk_id"],
+                vector=row["vector"],
+                text=row["text"],
+                metadata={
+                    "doc_id": row["doc_id"],
+                    "chunk_no": row["chunk_no"],
+                    "source_uri": row["source_uri"],
+                    "content_sha256": row["content_sha256"],
+                    "page_start": row["page_start"],
+                    "page_end": row["page_end"],
+                    "heading": row["heading"],
+                    "entities": row["entities"],  # JSON text: Chroma takes scalars only
+                    "key_phrases": row["key_phrases"],
+                },
+            )
+            for row in rows
+        ]
+        self._store.upsert(records)
+        return [record.id for record in records]
+
+
+def assemble(ctx: AssembleContext, payloads: list[list[str]]) -> tuple[Outputs, Metrics]:
+    store = _store(ctx.settings)
+    written = {chunk_id for payload in payloads for chunk_id in payload}
+    removed = store.delete_stale(ctx.document.source_uri, keep_ids=written)
     return {"vector_store": store.location}, {
-        "vectors": len(records),
+        "vectors": len(written),
         "vectors_in_store_for_document": store.count(ctx.document.doc_id),
         "stale_vectors_removed": removed,
     }

@@ -7,7 +7,7 @@ import pytest
 from include.stages.base import DocumentError, StageManifest
 from include.stages.extract import BOUNDARY, check_pdf, rebuild_page
 from include.storage import Storage
-from tests.helpers import drop, run_until
+from tests.helpers import drop, run_batch, run_until
 
 
 def _markdown(settings, manifests) -> str:
@@ -61,14 +61,10 @@ def test_an_encrypted_pdf_fails_its_document_and_records_why(settings, tmp_path)
     pdf.output(str(path))
 
     doc = drop(settings, path)
-    with pytest.raises(DocumentError, match=r"locked\.pdf: the PDF is encrypted"):
-        run_until(settings, doc, "extract")
-    from include.stages import STAGES
-    from include.stages.base import manifest_uri
-
-    failed = StageManifest.model_validate(
-        Storage(settings).read_json(manifest_uri(settings, STAGES["extract"], doc.doc_id))
-    )
+    [outcome] = run_batch(settings, [doc], "extract")["extract"].documents
+    assert outcome.status == "failed" and outcome.retryable is False
+    assert re.search(r"locked\.pdf: the PDF is encrypted", outcome.error)
+    failed = StageManifest.model_validate(Storage(settings).read_json(outcome.manifest_uri))
     assert failed.status == "failed" and failed.retryable is False
     assert "encrypted" in failed.error
 
@@ -81,8 +77,35 @@ def test_a_pdf_without_a_text_layer_is_reported_not_ingested_empty(settings, tmp
     pdf.rect(20, 20, 100, 50)  # a drawing, no text: what a scan looks like to the native pipeline
     path = tmp_path / "scan.pdf"
     pdf.output(str(path))
-    with pytest.raises(DocumentError, match=r"scan\.pdf: no text layer"):
-        run_until(settings, drop(settings, path), "extract")
+    [outcome] = run_batch(settings, [drop(settings, path)], "extract")["extract"].documents
+    assert outcome.status == "failed" and re.search(r"scan\.pdf: no text layer", outcome.error)
+
+
+def test_a_file_replaced_or_removed_after_listing_fails_alone_and_says_so(settings, sample_pdfs):
+    storage = Storage(settings)
+    replaced = drop(settings, sample_pdfs["metformin_trial_protocol.pdf"], name="replaced.pdf")
+    removed = drop(settings, sample_pdfs["metformin_trial_protocol.pdf"], name="removed #1.pdf")
+    kept = drop(settings, sample_pdfs["adverse_event_guide.pdf"])
+    storage.write_bytes(replaced.source_uri, sample_pdfs["adverse_event_guide.pdf"].read_bytes())
+    storage.delete(removed.source_uri)
+    outcomes = {o.doc_id: o for o in run_batch(settings, [replaced, removed, kept], "extract")["extract"].documents}
+    assert "changed after it was listed" in outcomes[replaced.doc_id].error
+    assert "removed from the inbox" in outcomes[removed.doc_id].error
+    assert outcomes[kept.doc_id].status == "succeeded"
+
+
+def test_page_ranges_are_put_back_in_order_and_give_the_same_markdown(settings, tmp_path):
+    from benchmarks.bench_extract import make_pdf
+
+    doc = drop(settings, make_pdf(tmp_path / "long.pdf", 7))
+    whole = Storage(settings).read_text(run_until(settings, doc, "extract")["extract"].outputs["markdown"])
+    by_two = settings.model_copy(update={"extract_pages_per_part": 2})
+    # Reuse does not care how a document was split: recompute to convert it again.
+    manifests = run_until(by_two, doc, "extract", recompute=True)
+    assert manifests["extract"].metrics["pages"] == 7
+    assert Storage(settings).read_text(manifests["extract"].outputs["markdown"]) == whole
+    assert [int(n) for n in re.findall(r"<!-- page: (\d+) -->", whole)] == list(range(1, 8))
+    assert "Page 7, paragraph 6." in whole.split(BOUNDARY)[6]
 
 
 def test_rebuild_page_joins_lines_splits_on_white_space_and_keeps_hyphenated_words():
@@ -120,4 +143,4 @@ def test_standard_pipeline_markdown_is_split_back_onto_its_pages_even_around_an_
     doc.add_heading(text="Intro", prov=on(1))
     doc.add_text(label=DocItemLabel.TEXT, text="First page text.", prov=on(1))
     doc.add_text(label=DocItemLabel.TEXT, text="Third page text.", prov=on(3))
-    assert _standard_pages(doc, 3) == ["## Intro\n\nFirst page text.", "", "Third page text."]
+    assert _standard_pages(doc, 1, 3) == ["## Intro\n\nFirst page text.", "", "Third page text."]

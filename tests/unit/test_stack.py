@@ -21,6 +21,23 @@ def test_a_busy_port_stops_up_with_the_port_and_the_setting_that_moves_it(monkey
     assert not (tmp_path / "work" / "pids" / "s3.pid").exists()
 
 
+def test_chroma_starts_between_s3_and_ray_and_its_busy_port_names_stack_chroma_port(monkeypatch, tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path / "work"))
+        monkeypatch.setenv("STACK_CHROMA_PORT", str(port))
+        pipeline, settings = stack._settings()
+        by_name = {service.name: service for service in stack.services(settings)}
+        assert list(by_name) == ["s3", "chroma", "ray"]  # `down` stops them in reverse
+        assert by_name["chroma"].ports == {port: "STACK_CHROMA_PORT"}
+        # Straight to chroma's start: going through `up` would first start a real SeaweedFS.
+        with pytest.raises(stack.StackError, match=rf"chroma: port {port} .*STACK_CHROMA_PORT=<free port>"):
+            stack._start(by_name["chroma"], pipeline, settings, timeout=5)
+    assert not (tmp_path / "work" / "pids" / "chroma.pid").exists()
+
+
 def test_ray_temp_dir_is_in_the_work_dir_unless_unix_socket_paths_would_get_too_long(tmp_path):
     from pathlib import Path
 
@@ -33,8 +50,11 @@ def test_ray_temp_dir_is_in_the_work_dir_unless_unix_socket_paths_would_get_too_
 def test_the_stack_environment_points_every_client_at_the_local_servers(monkeypatch, tmp_path):
     monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path))
     monkeypatch.setenv("STACK_S3_PORT", "28444")
+    monkeypatch.setenv("STACK_CHROMA_PORT", "28001")
     env = stack.stack_env()
     assert env["PIPELINE_S3_ENDPOINT_URL"] == "http://127.0.0.1:28444"
+    assert env["PIPELINE_CHROMA_URL"] == "http://127.0.0.1:28001"
+    assert env["ANONYMIZED_TELEMETRY"] == "False"
     assert '"endpoint_url": "http://127.0.0.1:28444"' in env["AIRFLOW_CONN_AWS_DEFAULT"]
     assert env["RAY_AUTH_MODE"] == "disabled"
     assert env["AIRFLOW_HOME"].startswith(str(tmp_path))

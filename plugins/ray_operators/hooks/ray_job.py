@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
@@ -38,13 +39,16 @@ class RayJobHook(BaseHook):
         return f"{conn.schema or 'http'}://{host}:{conn.port or 8265}"
 
     @cached_property
+    def _request_options(self) -> dict[str, Any]:
+        conn = self.get_connection(self.ray_conn_id)
+        headers = {"Authorization": f"Bearer {conn.password}"} if conn.password else None
+        return {"headers": headers, "verify": conn.extra_dejson.get("verify", True)}
+
+    @cached_property
     def client(self) -> JobSubmissionClient:
         from ray.job_submission import JobSubmissionClient
 
-        conn = self.get_connection(self.ray_conn_id)
-        headers = {"Authorization": f"Bearer {conn.password}"} if conn.password else None
-        verify = conn.extra_dejson.get("verify", True)
-        return JobSubmissionClient(self.address, headers=headers, verify=verify)
+        return JobSubmissionClient(self.address, **self._request_options)
 
     def submit(
         self,
@@ -64,13 +68,24 @@ class RayJobHook(BaseHook):
         )
 
     def find(self, submission_id: str) -> JobDetails | None:
-        """The job with this submission id, or None if the cluster has never seen it."""
-        try:
-            return self.client.get_job_info(submission_id)
-        except RuntimeError as exc:
-            if "404" in str(exc) or "does not exist" in str(exc):
-                return None
-            raise
+        """The job with this submission id, or None if the cluster has never seen it.
+
+        Asks the Job REST API directly (``GET /api/jobs/<id>``, what the SDK's
+        ``get_job_info`` does), because the SDK reports an unknown job only as a
+        RuntimeError's text, while the HTTP status tells it exactly.
+        """
+        import requests
+        from ray.job_submission import JobDetails
+
+        options = self._request_options
+        response = requests.get(
+            f"{self.address}/api/jobs/{quote(submission_id, safe='')}",
+            headers=options["headers"], verify=options["verify"], timeout=30,
+        )
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return JobDetails(**response.json())
 
     def logs(self, submission_id: str) -> str:
         return self.client.get_job_logs(submission_id)

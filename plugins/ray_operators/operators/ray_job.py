@@ -11,14 +11,19 @@ previous try's job on the cluster and
 A retry therefore never runs the same work twice at the same time. While the job
 runs, its driver log is streamed into the task log; killing the task stops the job.
 
-The job reports its outcome in a small JSON *result document* in object storage
-(``result_uri``). Its ``outputs`` and ``metrics`` become the task's XCom: URIs and
-numbers, never the data. A failed job whose result says ``"retryable": false`` (bad
-input, say) fails the task at once instead of burning its retries.
+The job reports its outcome in a small JSON *result document* in object storage.
+Each job gets its own: ``<result_prefix>/<submission id>.json``, passed to the job in
+the ``JOB_RESULT_URI`` environment variable (and its id in ``JOB_SUBMISSION_ID``).
+The operator reads it only once the job has ended, and only if it names that same
+submission id, so a result another job left behind can never decide the task.
+``result_to_xcom`` picks what goes to XCom (by default its ``outputs`` and
+``metrics``): URIs and numbers, never the data. A failed job whose result says
+``"retryable": false`` fails the task at once instead of burning its retries.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -26,7 +31,7 @@ import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -50,7 +55,8 @@ class RayJobOperator(BaseOperator):
     """Submit ``entrypoint`` as a Ray job, wait for it, and return its result document.
 
     :param entrypoint: shell command the job runs (templated).
-    :param result_uri: ``s3://`` or ``file://`` URI of the JSON result the job writes (templated).
+    :param result_prefix: ``s3://`` or ``file://`` folder of the JSON results the jobs
+        write, one per submission id (templated). None: the job writes no result.
     :param runtime_env: Ray runtime environment, e.g. ``working_dir`` (templated).
     :param ray_conn_id: connection to the cluster's Job API.
     :param aws_conn_id: connection used to read an ``s3://`` result.
@@ -61,7 +67,7 @@ class RayJobOperator(BaseOperator):
     :param job_timeout: seconds after which the job is stopped and the task fails.
     """
 
-    template_fields: Sequence[str] = ("entrypoint", "result_uri", "runtime_env")
+    template_fields: Sequence[str] = ("entrypoint", "result_prefix", "runtime_env")
     template_fields_renderers = {"runtime_env": "json"}
     ui_color = "#d6ecfa"
 
@@ -69,7 +75,7 @@ class RayJobOperator(BaseOperator):
         self,
         *,
         entrypoint: str,
-        result_uri: str | None = None,
+        result_prefix: str | None = None,
         runtime_env: dict[str, Any] | None = None,
         ray_conn_id: str = RayJobHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
@@ -80,7 +86,7 @@ class RayJobOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.entrypoint = entrypoint
-        self.result_uri = result_uri
+        self.result_prefix = result_prefix
         self.runtime_env = runtime_env
         self.ray_conn_id = ray_conn_id
         self.aws_conn_id = aws_conn_id
@@ -96,14 +102,23 @@ class RayJobOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         self.submission_id = self._attach_or_submit(context)
         status = self._wait(self.submission_id)
-        result = self._read_result()
+        # Only now, with the job ended, is its result final.
+        result = self._read_result(self.submission_id)
         if status != "SUCCEEDED":
             self._fail(self.submission_id, status, result)
         self.log.info("Ray job %s succeeded", self.submission_id)
-        if self.result_uri and result is None:
+        if self.result_prefix and result is None:
             # Downstream tasks would fail on a missing input, far from the cause.
-            raise AirflowException(f"Ray job {self.submission_id} succeeded but wrote no result at {self.result_uri}")
+            raise AirflowException(
+                f"Ray job {self.submission_id} succeeded but wrote no result at "
+                f"{self.result_uri(self.submission_id)}"
+            )
         return self.result_to_xcom(result) if result is not None else None
+
+    def result_uri(self, submission_id: str) -> str | None:
+        if not self.result_prefix:
+            return None
+        return f"{self.result_prefix.rstrip('/')}/{submission_id}.json"
 
     def result_to_xcom(self, result: dict[str, Any]) -> dict[str, Any]:
         """What of the result document goes to XCom: its outputs and metrics."""
@@ -141,14 +156,27 @@ class RayJobOperator(BaseOperator):
             self.log.info("Ray job %s of an earlier try ended as %s: submitting anew", candidate, status)
             break
         submission_id = ids[-1]
-        self.hook.submit(
-            entrypoint=self.entrypoint,
-            submission_id=submission_id,
-            runtime_env=self.runtime_env,
-            metadata={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
-                      "map_index": str(ti.map_index), "try_number": str(ti.try_number)},
-            entrypoint_num_cpus=self.entrypoint_num_cpus,
-        )
+        runtime_env = copy.deepcopy(self.runtime_env or {})
+        env_vars = runtime_env.setdefault("env_vars", {})
+        env_vars["JOB_SUBMISSION_ID"] = submission_id
+        if self.result_prefix:
+            env_vars["JOB_RESULT_URI"] = self.result_uri(submission_id)
+        try:
+            self.hook.submit(
+                entrypoint=self.entrypoint,
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
+                          "map_index": str(ti.map_index), "try_number": str(ti.try_number)},
+                entrypoint_num_cpus=self.entrypoint_num_cpus,
+            )
+        except Exception:
+            # A submission whose answer was lost (a timeout, a restarted worker) may
+            # have gone through: the id is taken by then, and the job is ours to attach to.
+            if self.hook.find(submission_id) is None:
+                raise
+            self.log.info("Ray job %s was already submitted: attaching to it", submission_id)
+            return submission_id
         self.log.info("Submitted Ray job %s to %s: %s", submission_id, self.hook.address, self.entrypoint)
         return submission_id
 
@@ -178,29 +206,44 @@ class RayJobOperator(BaseOperator):
 
     # --- outcome ------------------------------------------------------------
 
-    def _read_result(self) -> dict[str, Any] | None:
-        if not self.result_uri:
+    def _read_result(self, submission_id: str) -> dict[str, Any] | None:
+        """The job's result document, or None if it wrote none."""
+        uri = self.result_uri(submission_id)
+        if uri is None:
             return None
-        parsed = urlparse(self.result_uri)
-        try:
-            if parsed.scheme == "s3":
-                from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        text = self._read_text(uri)
+        if text is None:
+            self.log.warning("No result document at %s", uri)
+            return None
+        result = json.loads(text)
+        if result.get("submission_id") != submission_id:
+            raise AirflowException(
+                f"the result at {uri} names job {result.get('submission_id')!r}, not {submission_id!r}"
+            )
+        return result
 
-                text = S3Hook(aws_conn_id=self.aws_conn_id).read_key(parsed.path.lstrip("/"), parsed.netloc)
-            elif parsed.scheme == "file":
-                with open(parsed.path, encoding="utf-8") as handle:
-                    text = handle.read()
-            else:
-                raise AirflowException(f"unsupported result URI {self.result_uri!r}")
-        except (FileNotFoundError, OSError) as exc:
-            self.log.warning("No result document at %s: %s", self.result_uri, exc)
-            return None
-        except Exception as exc:  # a missing S3 key raises the client's own error
-            if "NoSuchKey" in repr(exc) or "Not Found" in str(exc) or "404" in str(exc):
-                self.log.warning("No result document at %s", self.result_uri)
+    def _read_text(self, uri: str) -> str | None:
+        """``s3://bucket/key`` (the raw key, '#' and '?' included) or ``file://`` (percent-encoded)."""
+        scheme, _, rest = uri.partition("://")
+        if scheme == "s3":
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+            from botocore.exceptions import ClientError
+
+            bucket, _, key = rest.partition("/")
+            try:
+                return S3Hook(aws_conn_id=self.aws_conn_id).read_key(key, bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+        if scheme == "file":
+            path = unquote(rest[rest.index("/"):])  # after the (empty or localhost) host
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    return handle.read()
+            except FileNotFoundError:
                 return None
-            raise
-        return json.loads(text)
+        raise AirflowException(f"unsupported result URI {uri!r}")
 
     def _fail(self, submission_id: str, status: str, result: dict[str, Any] | None) -> None:
         tail = "\n".join(self.hook.logs(submission_id).splitlines()[-_LOG_TAIL_LINES:])

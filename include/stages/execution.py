@@ -1,0 +1,144 @@
+"""Where a stage's split and worker run: on Ray Data (a job), or in this process (tests, baseline).
+
+Both executors take the documents of one batch and hand each back once, in input
+order, with its payloads in part order, or the ``DocumentError`` that stopped it.
+
+On Ray (``run_on_ray``), the batch is one Ray Data pipeline::
+
+    documents --flat_map(split)--> parts --map_batches(worker, actor pool)--> payloads
+
+The split runs as plain tasks (it only reads a file's size in pages or chunks); the
+worker runs on an actor pool (``ActorPoolStrategy``, sizes from the stage's
+``PoolSettings``), so its model loads once per actor and the parts of every document,
+a 600-page PDF's included, spread over the pool. Order is preserved, so the driver
+sees each document's parts together and assembles it while the rest still runs: it
+holds one document's payloads at a time, never the batch's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from include.settings import PipelineSettings
+from include.stages.base import DocInput, DocumentDone, DocumentError, Progress, Stage, StageInput
+
+log = logging.getLogger(__name__)
+
+# A split that yields no part (a document with nothing to do) still sends one row, so
+# the driver hears of every document.
+_NO_PART = -1
+
+
+def run_inline(
+    stage: Stage, settings: PipelineSettings, items: list[StageInput], progress: Progress
+) -> Iterator[DocumentDone]:
+    """Everything in this process, one document after the other; the worker is built once."""
+    worker = None
+    for item in items:
+        doc = item.doc_input()
+        clock = time.perf_counter()
+        try:
+            parts = stage.split(doc, settings)
+            worker = worker or stage.worker(settings)
+            payloads = []
+            for part in parts:
+                payloads.append(worker(doc, part))
+                progress.add(units=int(part.get("units", 0)))
+        except DocumentError as exc:
+            yield DocumentDone(item, error=exc, seconds=time.perf_counter() - clock)
+            continue
+        yield DocumentDone(item, payloads, seconds=time.perf_counter() - clock)
+
+
+def _split_rows(row: dict[str, Any], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
+    doc = DocInput.model_validate_json(row["doc"])
+    base = {"doc_id": row["doc_id"], "doc": row["doc"], "error": "", "units": 0}
+    try:
+        parts = stage.split(doc, settings)
+    except DocumentError as exc:
+        return [{**base, "index": _NO_PART, "part": "null", "error": str(exc)}]
+    if not parts:
+        return [{**base, "index": _NO_PART, "part": "null"}]
+    return [
+        {**base, "index": n, "part": json.dumps(part), "units": int(part.get("units", 0))}
+        for n, part in enumerate(parts)
+    ]
+
+
+class _PartWorker:
+    """Ray Data callable class around a stage's worker: one per actor, model loaded once."""
+
+    def __init__(self, stage: Stage, settings: PipelineSettings) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        clock = time.perf_counter()
+        self._worker = stage.worker(settings)
+        self._stage = stage.name
+        log.info("%s worker ready in %.1fs", stage.name, time.perf_counter() - clock)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"doc_id": [], "index": [], "payload": [], "error": [], "units": [],
+                                     "seconds": []}
+        for doc_id, doc_json, index, part_json, error, units in zip(
+            batch["doc_id"], batch["doc"], batch["index"], batch["part"], batch["error"], batch["units"]
+        ):
+            payload, seconds = "null", 0.0
+            if not error and index != _NO_PART:
+                clock = time.perf_counter()
+                try:
+                    payload = json.dumps(self._worker(DocInput.model_validate_json(doc_json), json.loads(part_json)))
+                except DocumentError as exc:
+                    error = str(exc)
+                seconds = time.perf_counter() - clock
+            for name, value in (("doc_id", doc_id), ("index", int(index)), ("payload", payload),
+                                ("error", error), ("units", int(units)), ("seconds", seconds)):
+                out[name].append(value)
+        return out
+
+
+def run_on_ray(
+    stage: Stage, settings: PipelineSettings, items: list[StageInput], progress: Progress
+) -> Iterator[DocumentDone]:
+    if not items:
+        return
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True  # a document's parts arrive together, in order
+    context.enable_progress_bars = False  # the job log gets our progress lines instead
+    pool = getattr(settings, stage.pool)
+
+    rows = [{"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()} for item in items]
+    payloads = (
+        ray.data.from_items(rows, override_num_blocks=len(rows))
+        .flat_map(_split_rows, fn_kwargs={"stage": stage, "settings": settings}, num_cpus=settings.split_cpus)
+        .map_batches(
+            _PartWorker,
+            fn_constructor_kwargs={"stage": stage, "settings": settings},
+            batch_size=1,  # a part is already a bounded unit of work
+            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+            num_cpus=pool.actor_cpus,
+        )
+    )
+    by_id = {item.document.doc_id: item for item in items}
+    current: str | None = None
+    collected: list[Any] = []
+    error: DocumentError | None = None
+    seconds = 0.0
+    for row in payloads.iter_rows():
+        if row["doc_id"] != current:
+            if current is not None:
+                yield DocumentDone(by_id[current], collected, error, seconds)
+            current, collected, error, seconds = row["doc_id"], [], None, 0.0
+        seconds += row["seconds"]
+        if row["error"]:
+            error = error or DocumentError(row["error"])
+        elif row["index"] != _NO_PART:
+            collected.append(json.loads(row["payload"]))
+            progress.add(units=row["units"])
+    if current is not None:
+        yield DocumentDone(by_id[current], collected, error, seconds)
