@@ -66,10 +66,15 @@ def sensor_keys(keys: list[str] | None) -> list[str]:
     matches them as wildcards, so a key's own '*', '?' and '[' are escaped.
     """
     inbox = get_settings().inbox_uri
-    _bucket, prefix = split_s3_uri(inbox)
+    bucket, prefix = split_s3_uri(inbox)
     if not keys:
         return [_GLOB_CHARS.sub(r"[\1]", prefix) + "*"]
-    return [_GLOB_CHARS.sub(r"[\1]", split_s3_uri(uri)[1]) for uri in key_uris(inbox, keys)]
+    found = []
+    for uri in key_uris(inbox, keys):
+        if not uri.startswith(f"s3://{bucket}/"):
+            raise ValueError(f"{uri} is not in the inbox's bucket s3://{bucket}/: name keys of that bucket")
+        found.append(_GLOB_CHARS.sub(r"[\1]", split_s3_uri(uri)[1]))
+    return found
 
 
 def runtime_env() -> dict[str, Any]:

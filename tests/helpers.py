@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from include.documents import DocumentRef, describe
-from include.ingest import STAGE_ORDER
 from include.settings import PipelineSettings
-from include.stages import STAGES
-from include.stages.base import BatchResult, StageInput, StageManifest, run_stage
-from include.stages.execution import run_inline
+from include.stages.base import BatchResult, StageManifest
+from include.stages.local import run_stages
 from include.storage import Storage, join_uri
 
 
@@ -21,24 +19,7 @@ def drop(settings: PipelineSettings, path: Path, name: str | None = None) -> Doc
     return describe(storage, uri)
 
 
-def run_batch(
-    settings: PipelineSettings, documents: list[DocumentRef], last: str = "load", executor=run_inline, **options
-) -> dict[str, BatchResult]:
-    """Every stage up to ``last`` over the batch; each takes the documents its upstream passed."""
-    storage = Storage(settings)
-    results: dict[str, BatchResult] = {}
-    items = [StageInput(document) for document in documents]
-    for stage in STAGE_ORDER[: STAGE_ORDER.index(last) + 1]:
-        result = run_stage(STAGES[stage], settings, items, batch_id="batch-test", executor=executor, **options)
-        results[stage] = result
-        items = []
-        for outcome in result.succeeded:
-            manifest = StageManifest.model_validate(storage.read_json(outcome.manifest_uri))
-            items.append(StageInput(manifest.document, manifest, outcome.manifest_uri))
-    return results
-
-
-def manifests(settings: PipelineSettings, results: dict[str, BatchResult], doc_id: str) -> dict[str, StageManifest]:
+def manifests_of(settings: PipelineSettings, results: dict[str, BatchResult], doc_id: str) -> dict[str, StageManifest]:
     """One document's manifest per stage it went through."""
     storage = Storage(settings)
     found = {}
@@ -51,4 +32,4 @@ def manifests(settings: PipelineSettings, results: dict[str, BatchResult], doc_i
 
 def run_until(settings: PipelineSettings, document: DocumentRef, last: str, **options) -> dict[str, StageManifest]:
     """One document alone through the stages, in this process; its manifests by stage."""
-    return manifests(settings, run_batch(settings, [document], last, **options), document.doc_id)
+    return manifests_of(settings, run_stages(settings, [document], last, **options), document.doc_id)

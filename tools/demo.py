@@ -1,9 +1,9 @@
 """The main job on embedded defaults: `make demo`.
 
-1. start the local stack (SeaweedFS S3, Ray head) and migrate Airflow's database;
+1. start the local stack (SeaweedFS S3, Chroma, Ray head) and migrate Airflow's database;
 2. drop the sample PDFs into the watched inbox;
-3. run the ``document_ingest`` DAG through Airflow (``airflow dags test``): five
-   Ray jobs per document;
+3. run the ``document_ingest`` DAG through Airflow (``airflow dags test``): the
+   documents make one batch, and each stage is one Ray job over it;
 4. print what each stage did (from the summary task's XCom) and answer a sample
    question by retrieval from the vector store.
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         storage.write_bytes(join_uri(settings.inbox_uri, path.name), path.read_bytes())
         print(f"  {path.name}", flush=True)
 
-    print(f"==> Running the {DAG_ID} DAG through Airflow (each stage is a Ray job)", flush=True)
+    print(f"==> Running the {DAG_ID} DAG through Airflow (one batch: one Ray job per stage)", flush=True)
     dag_log = logs / "demo-dag-test.log"
     clock = time.monotonic()
     code = run_airflow(["dags", "test", DAG_ID], env, dag_log)

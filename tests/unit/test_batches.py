@@ -12,8 +12,9 @@ import pytest
 from include.batching import BatchSpec, plan_batches, read_plan, run_folder
 from include.documents import DocumentRef
 from include.stages.execution import run_inline, run_on_ray
+from include.stages.local import run_stages
 from include.storage import Storage, join_uri
-from tests.helpers import drop, run_batch
+from tests.helpers import drop
 
 MAX_MAP_LENGTH = 1024  # Airflow's default [core] max_map_length
 
@@ -62,6 +63,8 @@ def test_sensor_keys_are_relative_to_the_bucket_and_escape_wildcards(monkeypatch
     monkeypatch.setattr(ingest, "get_settings", lambda: PipelineSettings(inbox_uri="s3://docs/in box/"))
     assert ingest.sensor_keys(None) == ["in box/*"]
     assert ingest.sensor_keys(["a#1?.pdf", "s3://docs/in box/[draft].pdf"]) == ["in box/a#1[?].pdf", "in box/[[]draft].pdf"]
+    with pytest.raises(ValueError, match="not in the inbox's bucket"):
+        ingest.sensor_keys(["s3://other/b.pdf"])
 
 
 @pytest.fixture
@@ -91,7 +94,7 @@ def test_a_batch_on_ray_data_fails_bad_documents_alone_and_equals_the_in_process
 ):
     # Small parts, so every document is split across several units of work.
     on_ray = settings.model_copy(update={"chunks_per_part": 1, "extract_pages_per_part": 1})
-    ray_results = run_batch(on_ray, mixed_batch, "embed", executor=run_on_ray)
+    ray_results = run_stages(on_ray, mixed_batch, "embed", executor=run_on_ray)
     good, corrupt, handbook = mixed_batch
 
     extract = {o.doc_id: o for o in ray_results["extract"].documents}
@@ -102,7 +105,7 @@ def test_a_batch_on_ray_data_fails_bad_documents_alone_and_equals_the_in_process
         assert all(o.status == "succeeded" for o in ray_results[stage].documents)
 
     inline = settings.model_copy(update={"artifacts_uri": (tmp_path / "inline").as_uri() + "/"})
-    inline_results = run_batch(inline, mixed_batch, "embed", executor=run_inline)
+    inline_results = run_stages(inline, mixed_batch, "embed", executor=run_inline)
     ours, theirs = _chunks_and_vectors(on_ray, ray_results), _chunks_and_vectors(inline, inline_results)
     assert set(ours) == set(theirs) == {good.doc_id, handbook.doc_id}
     for doc_id, (rows, vectors) in ours.items():
@@ -113,10 +116,10 @@ def test_a_batch_on_ray_data_fails_bad_documents_alone_and_equals_the_in_process
 def test_a_batch_loads_into_the_store_and_a_rerun_adds_nothing(settings, mixed_batch, ray_local):
     from include.backends.vector_stores import ChromaStore
 
-    first = run_batch(settings, mixed_batch, "load", executor=run_on_ray)
+    first = run_stages(settings, mixed_batch, "load", executor=run_on_ray)
     chunks = sum(o.metrics["chunks"] for o in first["chunk"].succeeded)
     assert ChromaStore(settings).count() == first["load"].metrics["vectors"] == chunks
-    second = run_batch(settings, mixed_batch, "load", executor=run_on_ray)
+    second = run_stages(settings, mixed_batch, "load", executor=run_on_ray)
     assert all(o.reused for stage in ("extract", "chunk", "enrich", "embed") for o in second[stage].succeeded)
     assert ChromaStore(settings).count() == chunks
     sources = {m["source_uri"] for m in ChromaStore(settings)._collection.get(include=["metadatas"])["metadatas"]}

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from include.stages.base import StageManifest
 from include.stages.chunk import build_chunks, parse_blocks
 from include.stages.extract import render
+from include.stages.local import run_stages
 from include.storage import Storage
-from include.stages.base import StageManifest
-from tests.helpers import drop, run_batch, run_until
+from tests.helpers import drop, run_until
 
 TABLE = "| a | b |\n| --- | --- |\n" + "\n".join(f"| row {i} | value {i} |" for i in range(40))
 
@@ -59,7 +60,7 @@ def test_chunk_stage_records_ids_pages_and_headings(settings, sample_pdfs):
 
 
 def _reused(settings, doc, last="chunk", **options) -> bool:
-    return run_batch(settings, [doc], last, **options)[last].documents[0].reused
+    return run_stages(settings, [doc], last, **options)[last].documents[0].reused
 
 
 def test_a_rerun_reuses_chunks_but_not_after_the_settings_or_the_code_change(settings, sample_pdfs, monkeypatch):
@@ -82,11 +83,11 @@ def test_a_rerun_reuses_chunks_but_not_after_the_settings_or_the_code_change(set
 
 def test_recompute_redoes_a_stage_and_downstream_reuse_follows_the_upstream_output(settings, sample_pdfs):
     doc = drop(settings, sample_pdfs["adverse_event_guide.pdf"])
-    first = run_batch(settings, [doc], "chunk")
-    forced = run_batch(settings, [doc], "chunk", recompute=True)
+    first = run_stages(settings, [doc], "chunk")
+    forced = run_stages(settings, [doc], "chunk", recompute=True)
     assert not any(result.documents[0].reused for result in forced.values())
     # Same bytes out of a recomputed extract: the chunks made from them stay valid.
-    again = run_batch(settings, [doc], "chunk")
+    again = run_stages(settings, [doc], "chunk")
     assert again["chunk"].documents[0].reused
     assert again["chunk"].documents[0].manifest_uri == first["chunk"].documents[0].manifest_uri
 
@@ -95,4 +96,4 @@ def test_recompute_redoes_a_stage_and_downstream_reuse_follows_the_upstream_outp
     extract = StageManifest.model_validate(storage.read_json(first["extract"].documents[0].manifest_uri))
     edited = extract.model_copy(update={"output_digest": "something-else"})
     storage.write_json(first["extract"].documents[0].manifest_uri, edited.model_dump(mode="json"))
-    assert not run_batch(settings, [doc], "chunk")["chunk"].documents[0].reused
+    assert not run_stages(settings, [doc], "chunk")["chunk"].documents[0].reused

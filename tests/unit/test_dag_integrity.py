@@ -29,15 +29,16 @@ def test_every_dag_has_tags_and_every_task_retries(dagbag):
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
 
 
-def test_ingest_dag_runs_the_five_stages_per_document_in_order(dagbag):
+def test_ingest_dag_maps_the_five_stages_over_batches_in_order(dagbag):
     dag = dagbag.dags["document_ingest"]
-    stages = [f"ingest_document.{s}" for s in ("extract", "chunk", "enrich", "embed", "load")]
+    stages = [f"ingest_batch.{s}" for s in ("extract", "chunk", "enrich", "embed", "load")]
     for upstream, downstream in zip(stages, stages[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    assert set(dag.get_task("summarize").upstream_task_ids) >= {"list_documents", stages[-1]}
-    assert "list_documents" in dag.get_task("wait_for_documents").downstream_task_ids
-    # A big drop must not start a Ray job driver per document at once.
-    assert all(dag.get_task(s).max_active_tis_per_dagrun == 4 for s in stages)
+    assert set(dag.get_task("summarize").upstream_task_ids) >= {"plan_batches", stages[-1]}
+    assert "plan_batches" in dag.get_task("wait_for_documents").downstream_task_ids
+    # A run has at most this many Ray jobs of one stage on the cluster at once.
+    assert all(dag.get_task(s).max_active_tis_per_dagrun == 2 for s in stages)
+    assert set(dag.params.get_param("recompute").schema["items"]["enum"]) == {"all", *(s.split(".")[1] for s in stages)}
 
 
 @pytest.mark.parametrize("package", ["include/stages", "include/backends"])

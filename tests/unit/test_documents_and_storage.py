@@ -73,16 +73,3 @@ def test_uri_helpers_reject_what_they_cannot_handle(settings):
         split_s3_uri("file:///tmp/x")
     with pytest.raises(StorageError, match="unsupported URI scheme"):
         Storage(settings).read_bytes("ftp://host/file")
-
-
-def test_the_sensor_waits_for_named_keys_or_anything_in_the_inbox(monkeypatch):
-    from include.ingest import inbox_uris
-    from include.settings import get_settings
-
-    monkeypatch.setenv("PIPELINE_INBOX_URI", "s3://docs/inbox/")
-    get_settings.cache_clear()
-    try:
-        assert inbox_uris([]) == ["s3://docs/inbox/*"]
-        assert inbox_uris(["a.pdf", "s3://other/b.pdf"]) == ["s3://docs/inbox/a.pdf", "s3://other/b.pdf"]
-    finally:
-        get_settings.cache_clear()

@@ -6,8 +6,9 @@ import pytest
 
 from include.stages.base import DocumentError, StageManifest
 from include.stages.extract import BOUNDARY, check_pdf, rebuild_page
+from include.stages.local import run_stages
 from include.storage import Storage
-from tests.helpers import drop, run_batch, run_until
+from tests.helpers import drop, run_until
 
 
 def _markdown(settings, manifests) -> str:
@@ -61,7 +62,7 @@ def test_an_encrypted_pdf_fails_its_document_and_records_why(settings, tmp_path)
     pdf.output(str(path))
 
     doc = drop(settings, path)
-    [outcome] = run_batch(settings, [doc], "extract")["extract"].documents
+    [outcome] = run_stages(settings, [doc], "extract")["extract"].documents
     assert outcome.status == "failed" and outcome.retryable is False
     assert re.search(r"locked\.pdf: the PDF is encrypted", outcome.error)
     failed = StageManifest.model_validate(Storage(settings).read_json(outcome.manifest_uri))
@@ -77,7 +78,7 @@ def test_a_pdf_without_a_text_layer_is_reported_not_ingested_empty(settings, tmp
     pdf.rect(20, 20, 100, 50)  # a drawing, no text: what a scan looks like to the native pipeline
     path = tmp_path / "scan.pdf"
     pdf.output(str(path))
-    [outcome] = run_batch(settings, [drop(settings, path)], "extract")["extract"].documents
+    [outcome] = run_stages(settings, [drop(settings, path)], "extract")["extract"].documents
     assert outcome.status == "failed" and re.search(r"scan\.pdf: no text layer", outcome.error)
 
 
@@ -88,7 +89,7 @@ def test_a_file_replaced_or_removed_after_listing_fails_alone_and_says_so(settin
     kept = drop(settings, sample_pdfs["adverse_event_guide.pdf"])
     storage.write_bytes(replaced.source_uri, sample_pdfs["adverse_event_guide.pdf"].read_bytes())
     storage.delete(removed.source_uri)
-    outcomes = {o.doc_id: o for o in run_batch(settings, [replaced, removed, kept], "extract")["extract"].documents}
+    outcomes = {o.doc_id: o for o in run_stages(settings, [replaced, removed, kept], "extract")["extract"].documents}
     assert "changed after it was listed" in outcomes[replaced.doc_id].error
     assert "removed from the inbox" in outcomes[removed.doc_id].error
     assert outcomes[kept.doc_id].status == "succeeded"

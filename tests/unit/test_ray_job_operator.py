@@ -16,6 +16,7 @@ class FakeJobApi:
     def __init__(self, jobs: dict[str, list[str]] | None = None) -> None:
         self.jobs = {k: list(v) for k, v in (jobs or {}).items()}
         self.submitted: list[str] = []
+        self.runtime_envs: list[dict] = []
         self.stopped: list[str] = []
         self.address = "http://fake:8265"
 
@@ -26,10 +27,11 @@ class FakeJobApi:
         status = states.pop(0) if len(states) > 1 else states[0]
         return SimpleNamespace(status=status, message=f"job {status.lower()}")
 
-    def submit(self, *, submission_id, **_):
+    def submit(self, *, submission_id, runtime_env=None, **_):
         if submission_id in self.jobs:
             raise RuntimeError("submission id already used")
         self.submitted.append(submission_id)
+        self.runtime_envs.append(runtime_env)
         self.jobs[submission_id] = ["PENDING", "RUNNING", "SUCCEEDED"]
         return submission_id
 
@@ -45,17 +47,24 @@ def _ti(try_number: int) -> SimpleNamespace:
     return SimpleNamespace(dag_id="dag", run_id="manual__1", task_id="stage", map_index=3, try_number=try_number)
 
 
-def _operator(tmp_path, api: FakeJobApi, result: dict | None = None) -> RayJobOperator:
-    uri = (tmp_path / "result.json").as_uri()
-    if result is not None:
-        (tmp_path / "result.json").write_text(json.dumps(result))
-    op = RayJobOperator(task_id="stage", entrypoint="python -m x", result_uri=uri, poll_interval=0)
-    op.hook = api  # cached_property: the instance attribute wins
-    return op
-
-
 def _id(try_number: int) -> str:
     return submission_id_for("dag", "manual__1", "stage", 3, try_number)
+
+
+def _write_result(tmp_path, try_number: int, result: dict) -> None:
+    """What the job of that try writes: its own file, naming itself."""
+    (tmp_path / "results").mkdir(exist_ok=True)
+    document = {"submission_id": _id(try_number), **result}
+    (tmp_path / "results" / f"{_id(try_number)}.json").write_text(json.dumps(document))
+
+
+def _operator(tmp_path, api: FakeJobApi, result: dict | None = None, try_number: int = 1) -> RayJobOperator:
+    if result is not None:
+        _write_result(tmp_path, try_number, result)
+    prefix = (tmp_path / "results").as_uri()
+    op = RayJobOperator(task_id="stage", entrypoint="python -m x", result_prefix=prefix, poll_interval=0)
+    op.hook = api  # cached_property: the instance attribute wins
+    return op
 
 
 def test_submission_ids_are_deterministic_url_safe_and_differ_per_try():
@@ -72,12 +81,49 @@ def test_first_try_submits_and_returns_outputs_and_metrics_only(tmp_path):
     xcom = _operator(tmp_path, api, result).execute({"ti": _ti(1)})
     assert api.submitted == [_id(1)]
     assert xcom == {"outputs": {"chunks": "s3://b/c.jsonl"}, "metrics": {"chunks": 4}}
+    # The job learns its own id and where its result goes; the operator's runtime env is untouched.
+    env_vars = api.runtime_envs[0]["env_vars"]
+    assert env_vars["JOB_SUBMISSION_ID"] == _id(1)
+    assert env_vars["JOB_RESULT_URI"] == (tmp_path / "results" / f"{_id(1)}.json").as_uri()
+
+
+def test_a_result_left_by_another_job_never_decides_the_task(tmp_path):
+    api = FakeJobApi()
+    _write_result(tmp_path, 1, {"outputs": {}, "metrics": {}})
+    stale = json.loads((tmp_path / "results" / f"{_id(1)}.json").read_text())
+    stale["submission_id"] = "airflow-some-other-job-try1"
+    (tmp_path / "results" / f"{_id(1)}.json").write_text(json.dumps(stale))
+    with pytest.raises(AirflowException, match="names job 'airflow-some-other-job-try1'"):
+        _operator(tmp_path, api).execute({"ti": _ti(1)})
+
+
+def test_a_lost_submission_answer_attaches_to_the_job_it_created(tmp_path):
+    api = FakeJobApi()
+
+    def submit_then_lose_the_answer(*, submission_id, **_):
+        api.jobs[submission_id] = ["RUNNING", "SUCCEEDED"]
+        raise ConnectionError("read timed out")
+
+    api.submit = submit_then_lose_the_answer
+    xcom = _operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {}}).execute({"ti": _ti(1)})
+    assert xcom["outputs"] == {"a": "s3://b/a"}
+
+
+def test_a_failed_submission_with_no_job_behind_it_fails_the_try(tmp_path):
+    api = FakeJobApi()
+
+    def refuse(**_):
+        raise ConnectionError("connection refused")
+
+    api.submit = refuse
+    with pytest.raises(ConnectionError):
+        _operator(tmp_path, api).execute({"ti": _ti(1)})
 
 
 def test_retry_reattaches_to_a_job_still_running_instead_of_submitting(tmp_path):
     api = FakeJobApi({_id(1): ["RUNNING", "RUNNING", "SUCCEEDED"]})
-    _operator(tmp_path, api, {"outputs": {}, "metrics": {}}).execute({"ti": _ti(2)})
-    assert api.submitted == []
+    xcom = _operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {}}).execute({"ti": _ti(2)})
+    assert api.submitted == [] and xcom["outputs"] == {"a": "s3://b/a"}  # try 1's job, try 1's result
 
 
 def test_a_try_that_died_before_submitting_does_not_hide_an_older_running_job(tmp_path):
@@ -94,7 +140,7 @@ def test_retry_reuses_a_job_that_already_succeeded(tmp_path):
 
 def test_retry_after_a_failed_job_submits_under_the_new_try_id(tmp_path):
     api = FakeJobApi({_id(1): ["FAILED"]})
-    _operator(tmp_path, api, {"outputs": {}, "metrics": {}}).execute({"ti": _ti(2)})
+    _operator(tmp_path, api, {"outputs": {}, "metrics": {}}, try_number=2).execute({"ti": _ti(2)})
     assert api.submitted == [_id(2)]
 
 

@@ -11,10 +11,10 @@ import re
 import pypdfium2
 import pytest
 
-from include.stages.base import DocumentError
 from include.stages.extract import BOUNDARY
+from include.stages.local import run_stages
 from include.storage import Storage
-from tests.helpers import drop, run_until
+from tests.helpers import drop, manifests_of
 
 pytestmark = pytest.mark.shared_testdata
 MIN_WORD_RECALL = 0.9
@@ -25,11 +25,12 @@ def _words(text: str) -> set[str]:
 
 
 def test_extraction_recalls_the_groundtruth_words_page_by_page(settings, shared_testdata):
+    pdfs = [pdf for pdf in sorted((shared_testdata / "pdf").glob("*.pdf")) if not pdf.name.startswith("encrypted")]
+    documents = [drop(settings, pdf) for pdf in pdfs]
+    results = run_stages(settings, documents, "chunk")  # all of them as one batch
     checked = 0
-    for pdf in sorted((shared_testdata / "pdf").glob("*.pdf")):
-        if pdf.name.startswith("encrypted"):
-            continue
-        manifests = run_until(settings, drop(settings, pdf), "chunk")
+    for pdf, document in zip(pdfs, documents):
+        manifests = manifests_of(settings, results, document.doc_id)
         markdown = Storage(settings).read_text(manifests["extract"].outputs["markdown"])
         pages = len(pypdfium2.PdfDocument(pdf.read_bytes()))
         assert len(markdown.split(BOUNDARY)) == pages == manifests["extract"].metrics["pages"], pdf.name
@@ -45,5 +46,6 @@ def test_extraction_recalls_the_groundtruth_words_page_by_page(settings, shared_
 
 def test_the_encrypted_sample_fails_with_a_message_naming_it(settings, shared_testdata):
     pdf = shared_testdata / "pdf" / "encrypted_2206.01062_pg3.pdf"
-    with pytest.raises(DocumentError, match=r"encrypted_2206\.01062_pg3\.pdf: the PDF is encrypted"):
-        run_until(settings, drop(settings, pdf), "extract")
+    [outcome] = run_stages(settings, [drop(settings, pdf)], "extract")["extract"].documents
+    assert outcome.status == "failed" and not outcome.retryable
+    assert re.search(r"encrypted_2206\.01062_pg3\.pdf: the PDF is encrypted", outcome.error)

@@ -80,7 +80,7 @@ class RayJobOperator(BaseOperator):
         ray_conn_id: str = RayJobHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
         entrypoint_num_cpus: float = 0,
-        poll_interval: float = 2.0,
+        poll_interval: float = 1.0,
         job_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:

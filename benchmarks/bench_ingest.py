@@ -1,0 +1,235 @@
+"""Benchmark: the document_ingest DAG (Airflow + Ray jobs) against the same five steps in one plain process.
+
+Both run on the same corpus in the same invocation:
+
+- **plain**: one Python process, every stage's worker (Docling converter, enricher,
+  embedder, vector store) built once, documents one after the other, local files and
+  an embedded Chroma (``run_inline``): the floor any orchestration is measured against;
+- **dag**: the real local stack (SeaweedFS, Chroma server, Ray head) on its own ports
+  and work dir, the corpus dropped into the S3 inbox, ``airflow dags test document_ingest``.
+
+It prints, per corpus: wall seconds of each, their ratio (plain / dag: 1.0 would mean
+orchestration costs nothing), Ray jobs the run submitted, pages per second, and the
+peak resident memory of the plain process and of the largest Ray worker (sampled).
+
+    .venv/bin/python -m benchmarks.bench_ingest                 # demo corpus and 50 mixed documents
+    .venv/bin/python -m benchmarks.bench_ingest --corpus demo   # only the three demo PDFs
+
+Corpora: ``demo`` is the three sample PDFs of ``make demo``; ``mixed`` is generated:
+``--documents`` PDFs of 1 to 40 pages, one of ``--big-pages`` pages, one corrupt file
+and one that is not a PDF (they must fail alone and cost next to nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_PORTS = {"STACK_S3_PORT": "38333", "STACK_RAY_DASHBOARD_PORT": "38265", "STACK_RAY_GCS_PORT": "36379",
+               "STACK_CHROMA_PORT": "38000"}
+DAG_ID = "document_ingest"
+_WORDS = ("trial dose metformin site visit protocol safety endpoint patient cohort analysis sample blood "
+          "monitoring report adverse event investigator schedule placebo baseline week clinic review").split()
+
+
+def _pdf(path: Path, pages: int, seed: int) -> Path:
+    from fpdf import FPDF
+
+    rng = random.Random(seed)
+    pdf = FPDF(format="A4")
+    for page in range(pages):
+        pdf.add_page()
+        pdf.set_font("Helvetica", "B", 16)
+        pdf.cell(0, 10, f"Section {page + 1}: {' '.join(rng.sample(_WORDS, 3)).title()}", new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", size=11)
+        for _ in range(4):
+            text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(40, 90))).capitalize() + "."
+            pdf.multi_cell(0, 6, text)
+            pdf.ln(3)
+        if page % 3 == 0:
+            for row in range(5):
+                pdf.cell(40, 7, f"Week {row}")
+                pdf.cell(40, 7, f"{500 * (row + 1)} mg")
+                pdf.cell(40, 7, rng.choice(["Clinic", "Phone", "Home"]), new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(path))
+    return path
+
+
+def make_corpus(name: str, folder: Path, documents: int, big_pages: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "demo":
+        from tools.sample_pdfs import write_samples
+
+        return list(write_samples(folder))
+    rng = random.Random(7)
+    paths = [_pdf(folder / f"report-{n:03d}.pdf", rng.choice([1, 1, 2, 3, 5, 8, 13, 20, 40]), n)
+             for n in range(documents - 3)]
+    paths.append(_pdf(folder / "big-manual.pdf", big_pages, 999))
+    (folder / "corrupt.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << broken")
+    (folder / "notes.txt").write_text("not a PDF at all")
+    return [*paths, folder / "corrupt.pdf", folder / "notes.txt"]
+
+
+def pages_of(paths: list[Path]) -> int:
+    import pypdfium2
+
+    total = 0
+    for path in paths:
+        try:
+            total += len(pypdfium2.PdfDocument(path.read_bytes()))
+        except pypdfium2.PdfiumError:
+            pass
+    return total
+
+
+# --- plain: the five steps in one process ------------------------------------------
+
+
+def run_plain(corpus: Path) -> dict:
+    """Runs in a child process of the benchmark (so its peak memory is its own)."""
+    os.environ.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                       "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": ""})
+    from include.documents import discover
+    from include.settings import PipelineSettings
+    from include.stages.local import run_stages
+    from include.storage import Storage
+
+    work = Path(tempfile.mkdtemp(prefix="bench-plain-"))
+    settings = PipelineSettings(work_dir=work, inbox_uri=corpus.resolve().as_uri() + "/",
+                                artifacts_uri=(work / "artifacts").as_uri() + "/")
+    clock = time.perf_counter()
+    documents, _ = discover(Storage(settings), settings.inbox_uri)
+    results = run_stages(settings, documents, "load")
+    seconds = time.perf_counter() - clock
+    shutil.rmtree(work, ignore_errors=True)
+    return {"seconds": seconds, "vectors": results["load"].metrics.get("vectors", 0),
+            "failed": len(results["extract"].failed)}
+
+
+def plain(corpus: Path) -> tuple[dict, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_ingest", "--plain-child", str(corpus)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result, max(peak_kb, before) / 1024
+
+
+# --- dag: Airflow + Ray jobs on the local stack -------------------------------------
+
+
+@dataclass
+class RssSampler:
+    """Peak RSS of any one Ray worker or job driver process, sampled every half second."""
+
+    peak_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.5):
+            for process in psutil.process_iter(["cmdline", "memory_info"]):
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if (cmdline.startswith("ray::") or "include.stages" in cmdline) and process.info["memory_info"]:
+                    self.peak_mb = max(self.peak_mb, process.info["memory_info"].rss / 2**20)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def dag(corpus: list[Path], work: Path) -> dict:
+    base = {**os.environ, **BENCH_PORTS, "PIPELINE_WORK_DIR": str(work), "PIPELINE_INGEST_SCHEDULE": ""}
+    stack_vars = subprocess.run(
+        [sys.executable, "-c", "import json; from tools.stack import stack_env; print(json.dumps(stack_env()))"],
+        env=base, cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    env = {**base, **json.loads(stack_vars)}
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([sys.executable, "-m", "tools.stack", "up"], env=env, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([airflow, "db", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    try:
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("PIPELINE_", "AWS_"))})
+        from include.settings import get_settings
+        from include.storage import Storage, join_uri
+
+        get_settings.cache_clear()
+        settings = get_settings()
+        storage = Storage(settings)
+        for path in corpus:
+            storage.write_bytes(join_uri(settings.inbox_uri, path.name), path.read_bytes())
+        with RssSampler() as sampler:
+            clock = time.perf_counter()
+            subprocess.run([airflow, "dags", "test", DAG_ID], env=env, cwd=ROOT, capture_output=True)
+            seconds = time.perf_counter() - clock
+        from ray.job_submission import JobSubmissionClient
+
+        from tools import airflow_db
+
+        run_id = airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID)
+        jobs = [j for j in JobSubmissionClient(env["RAY_ADDRESS"]).list_jobs() if j.metadata.get("run_id") == run_id]
+        summary = airflow_db.xcoms(Path(env["AIRFLOW_HOME"]), DAG_ID, run_id, key="summary").get(("summarize", -1))
+    finally:
+        subprocess.run([sys.executable, "-m", "tools.stack", "down"], env=env, cwd=ROOT, capture_output=True)
+    return {"seconds": seconds, "jobs": len(jobs), "peak_worker_mb": sampler.peak_mb,
+            "batches": summary["batches"] if summary else 0,
+            "succeeded": summary["succeeded"] if summary else 0,
+            "failed": len(summary["failed"]) if summary else -1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", choices=["demo", "mixed", "both"], default="both")
+    parser.add_argument("--documents", type=int, default=50)
+    parser.add_argument("--big-pages", type=int, default=320)
+    parser.add_argument("--plain-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.plain_child:
+        print(json.dumps(run_plain(args.plain_child)))
+        return 0
+
+    rows = []
+    for name in (["demo", "mixed"] if args.corpus == "both" else [args.corpus]):
+        scratch = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir="/tmp"))
+        corpus = make_corpus(name, scratch / "corpus", args.documents, args.big_pages)
+        pages = pages_of(corpus)
+        print(f"==> {name}: {len(corpus)} files, {pages} pages", flush=True)
+        plain_result, plain_mb = plain(scratch / "corpus")
+        print(f"    plain: {plain_result['seconds']:.1f}s", flush=True)
+        dag_result = dag(corpus, scratch / "w")
+        print(f"    dag:   {dag_result['seconds']:.1f}s, {dag_result['jobs']} Ray jobs", flush=True)
+        rows.append((name, len(corpus), pages, plain_result, plain_mb, dag_result))
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    header = (f"{'corpus':<7}{'files':>6}{'pages':>7}{'plain s':>9}{'dag s':>8}{'plain/dag':>10}{'batches':>8}"
+              f"{'Ray jobs':>9}{'pages/s plain':>14}{'pages/s dag':>12}{'plain MB':>9}{'worker MB':>10}{'failed':>7}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for name, files, pages, p, p_mb, d in rows:
+        print(f"{name:<7}{files:>6}{pages:>7}{p['seconds']:>9.1f}{d['seconds']:>8.1f}{p['seconds'] / d['seconds']:>10.2f}"
+              f"{d['batches']:>8}{d['jobs']:>9}{pages / p['seconds']:>14.1f}{pages / d['seconds']:>12.1f}"
+              f"{p_mb:>9.0f}{d['peak_worker_mb']:>10.0f}{d['failed']:>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Every stage over a batch from one Python process: the tests' path and the benchmark's baseline.
+
+In production each stage is its own Ray job (``python -m include.stages``); here the
+same ``run_stage`` calls follow each other, each stage taking the documents that
+succeeded in the one before, as the DAG passes them along.
+"""
+
+from __future__ import annotations
+
+from include.documents import DocumentRef
+from include.settings import PipelineSettings
+from include.stages import STAGES
+from include.stages.base import BatchResult, Executor, StageInput, StageManifest, run_stage
+from include.stages.execution import run_inline
+from include.storage import Storage
+
+
+def run_stages(
+    settings: PipelineSettings,
+    documents: list[DocumentRef],
+    last: str = "load",
+    *,
+    executor: Executor = run_inline,
+    recompute: bool = False,
+    batch_id: str = "local",
+) -> dict[str, BatchResult]:
+    storage = Storage(settings)
+    order = tuple(STAGES)
+    results: dict[str, BatchResult] = {}
+    items = [StageInput(document) for document in documents]
+    for stage in order[: order.index(last) + 1]:
+        result = run_stage(STAGES[stage], settings, items, batch_id=batch_id, executor=executor, recompute=recompute)
+        results[stage] = result
+        items = []
+        for outcome in result.succeeded:
+            manifest = StageManifest.model_validate(storage.read_json(outcome.manifest_uri))
+            items.append(StageInput(manifest.document, manifest, outcome.manifest_uri))
+    return results
