@@ -85,6 +85,10 @@ class LocalEnricher:
         self._threshold = settings.pii_score_threshold
         self._top_phrases = settings.key_phrases_per_chunk
         import yake
+        # Its import loads the drug dictionary (~2 s): part of building the enricher, not of its first call.
+        from drug_named_entity_recognition import find_drugs
+
+        self._find_drugs = find_drugs
 
         # Twice as many as kept: phrases around a redaction marker are dropped.
         self._keywords = yake.KeywordExtractor(lan="en", n=3, top=self._top_phrases * 2)
@@ -98,8 +102,6 @@ class LocalEnricher:
         return [self._enrich(text, artifacts) for text, artifacts in processed]
 
     def _enrich(self, text: str, artifacts: NlpArtifacts) -> Enrichment:
-        from drug_named_entity_recognition import find_drugs
-
         findings = self._analyzer.analyze(
             text=text,
             language="en",
@@ -122,7 +124,7 @@ class LocalEnricher:
             if group and not overlaps_pii and "\n" not in name:
                 entities[group].append(name)
         tokens = [token.text for token in artifacts.tokens]
-        entities["medications"] = [drug["name"] for drug, _start, _end in find_drugs(tokens)]
+        entities["medications"] = [drug["name"] for drug, _start, _end in self._find_drugs(tokens)]
         entities = {group: sorted(set(names)) for group, names in entities.items()}
 
         return Enrichment(

@@ -102,8 +102,8 @@ class BatchResult(BaseModel):
     stage: str
     batch_id: str
     submission_id: str | None = None
-    # "failed": the job itself failed (cluster, storage, a bug); documents listed so
-    # far are recorded and will be reused by the retry.
+    # "failed": the job itself failed (cluster, storage, a bug). The documents it
+    # finished first have their manifests written: the retry reuses them.
     status: Literal["succeeded", "failed"]
     error: str | None = None
     retryable: bool = True

@@ -76,7 +76,7 @@ class _PartWorker:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         clock = time.perf_counter()
         self._worker = stage.worker(settings)
-        self._stage = stage.name
+        self._stage = stage
         log.info("%s worker ready in %.1fs", stage.name, time.perf_counter() - clock)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
@@ -93,6 +93,10 @@ class _PartWorker:
                 except DocumentError as exc:
                     error = str(exc)
                 seconds = time.perf_counter() - clock
+                # Order is kept for assembly, so a long document holds back the driver's
+                # count: each part says itself when it is done.
+                what = f"{units} {self._stage.unit}" if self._stage.unit else "whole document"
+                log.info("%s of %s: part %d (%s) done in %.1fs", self._stage.name, doc_id, index + 1, what, seconds)
             for name, value in (("doc_id", doc_id), ("index", int(index)), ("payload", payload),
                                 ("error", error), ("units", int(units)), ("seconds", seconds)):
                 out[name].append(value)
@@ -115,7 +119,14 @@ def run_on_ray(
     rows = [{"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()} for item in items]
     payloads = (
         ray.data.from_items(rows, override_num_blocks=len(rows))
-        .flat_map(_split_rows, fn_kwargs={"stage": stage, "settings": settings}, num_cpus=settings.split_cpus)
+        .flat_map(
+            _split_rows,
+            fn_kwargs={"stage": stage, "settings": settings},
+            num_cpus=settings.split_cpus,
+            # As many splitters as actors they feed: each is a worker process to start,
+            # and starting processes is most of a small job's time.
+            concurrency=pool.max_actors,
+        )
         .map_batches(
             _PartWorker,
             fn_constructor_kwargs={"stage": stage, "settings": settings},
@@ -125,6 +136,7 @@ def run_on_ray(
         )
     )
     by_id = {item.document.doc_id: item for item in items}
+    seen: set[str] = set()
     current: str | None = None
     collected: list[Any] = []
     error: DocumentError | None = None
@@ -134,6 +146,7 @@ def run_on_ray(
             if current is not None:
                 yield DocumentDone(by_id[current], collected, error, seconds)
             current, collected, error, seconds = row["doc_id"], [], None, 0.0
+            seen.add(current)
         seconds += row["seconds"]
         if row["error"]:
             error = error or DocumentError(row["error"])
@@ -142,3 +155,6 @@ def run_on_ray(
             progress.add(units=row["units"])
     if current is not None:
         yield DocumentDone(by_id[current], collected, error, seconds)
+    if missing := set(by_id) - seen:
+        # Every split sends at least one row per document: a gap is a bug, and retryable.
+        raise RuntimeError(f"{len(missing)} document(s) came back from Ray Data with no result: {sorted(missing)}")
