@@ -114,14 +114,19 @@ def run_plain(corpus: Path) -> dict:
     results = run_stages(settings, documents, "load")
     seconds = time.perf_counter() - clock
     shutil.rmtree(work, ignore_errors=True)
+    stages = {stage: (r.finished_at - r.started_at).total_seconds() for stage, r in results.items()}
     return {"seconds": seconds, "vectors": results["load"].metrics.get("vectors", 0),
-            "failed": len(results["extract"].failed)}
+            "failed": len(results["extract"].failed), "stages": stages}
 
 
 def plain(corpus: Path) -> tuple[dict, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # The plain run knows nothing of a stack: no PIPELINE_*/STACK_* variable reaches it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "STACK_"))}
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_ingest", "--plain-child", str(corpus)],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the plain run failed:\n{out.stderr[-4000:]}")
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result, max(peak_kb, before) / 1024
@@ -158,16 +163,18 @@ class RssSampler:
         self._thread.join()
 
 
-def dag(corpus: list[Path], work: Path) -> dict:
+def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
+    """The DAG of ``project`` (this checkout, or an older one for a before/after comparison)."""
     base = {**os.environ, **BENCH_PORTS, "PIPELINE_WORK_DIR": str(work), "PIPELINE_INGEST_SCHEDULE": ""}
     stack_vars = subprocess.run(
         [sys.executable, "-c", "import json; from tools.stack import stack_env; print(json.dumps(stack_env()))"],
-        env=base, cwd=ROOT, capture_output=True, text=True, check=True,
+        env=base, cwd=project, capture_output=True, text=True, check=True,
     ).stdout
     env = {**base, **json.loads(stack_vars)}
     airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([sys.executable, "-m", "tools.stack", "up"], env=env, cwd=ROOT, check=True, capture_output=True)
-    subprocess.run([airflow, "db", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "tools.stack", "up"], env=env, cwd=project, check=True, capture_output=True)
+    subprocess.run([airflow, "db", "migrate"], env=env, cwd=project, check=True, capture_output=True)
+    saved = dict(os.environ)
     try:
         os.environ.update({k: v for k, v in env.items() if k.startswith(("PIPELINE_", "AWS_"))})
         from include.settings import get_settings
@@ -179,8 +186,10 @@ def dag(corpus: list[Path], work: Path) -> dict:
         for path in corpus:
             storage.write_bytes(join_uri(settings.inbox_uri, path.name), path.read_bytes())
         with RssSampler() as sampler:
-            clock = time.perf_counter()
-            subprocess.run([airflow, "dags", "test", DAG_ID], env=env, cwd=ROOT, capture_output=True)
+            clock, started = time.perf_counter(), time.time()
+            with (work / "dags-test.log").open("w") as log:
+                subprocess.run([airflow, "dags", "test", DAG_ID], env=env, cwd=project, stdout=log,
+                               stderr=subprocess.STDOUT)
             seconds = time.perf_counter() - clock
         from ray.job_submission import JobSubmissionClient
 
@@ -188,11 +197,20 @@ def dag(corpus: list[Path], work: Path) -> dict:
 
         run_id = airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID)
         jobs = [j for j in JobSubmissionClient(env["RAY_ADDRESS"]).list_jobs() if j.metadata.get("run_id") == run_id]
+        # Seconds inside Ray jobs per stage (summed over batches), and when the first job started.
+        stages: dict[str, float] = {}
+        for job in jobs:
+            stage = job.entrypoint.split()[3]
+            stages[stage] = stages.get(stage, 0.0) + (job.end_time - job.start_time) / 1000
+        first_job = min((j.start_time / 1000 - started for j in jobs), default=0.0)
         summary = airflow_db.xcoms(Path(env["AIRFLOW_HOME"]), DAG_ID, run_id, key="summary").get(("summarize", -1))
     finally:
-        subprocess.run([sys.executable, "-m", "tools.stack", "down"], env=env, cwd=ROOT, capture_output=True)
-    return {"seconds": seconds, "jobs": len(jobs), "peak_worker_mb": sampler.peak_mb,
-            "batches": summary["batches"] if summary else 0,
+        subprocess.run([sys.executable, "-m", "tools.stack", "down"], env=env, cwd=project, capture_output=True)
+        os.environ.clear()
+        os.environ.update(saved)
+    return {"seconds": seconds, "jobs": len(jobs), "peak_worker_mb": sampler.peak_mb, "stages": stages,
+            "first_job_after": first_job,
+            "batches": summary.get("batches", 0) if summary else 0,
             "succeeded": summary["succeeded"] if summary else 0,
             "failed": len(summary["failed"]) if summary else -1}
 
@@ -202,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", choices=["demo", "mixed", "both"], default="both")
     parser.add_argument("--documents", type=int, default=50)
     parser.add_argument("--big-pages", type=int, default=320)
+    parser.add_argument("--project", type=Path, default=ROOT,
+                        help="run the DAG of this checkout instead (e.g. a git worktree of an older commit): "
+                        "the before of a before/after comparison")
     parser.add_argument("--plain-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_child:
@@ -216,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> {name}: {len(corpus)} files, {pages} pages", flush=True)
         plain_result, plain_mb = plain(scratch / "corpus")
         print(f"    plain: {plain_result['seconds']:.1f}s", flush=True)
-        dag_result = dag(corpus, scratch / "w")
-        print(f"    dag:   {dag_result['seconds']:.1f}s, {dag_result['jobs']} Ray jobs", flush=True)
+        dag_result = dag(corpus, scratch / "w", args.project.resolve())
+        print(f"    dag:   {dag_result['seconds']:.1f}s, {dag_result['jobs']} Ray jobs, the first "
+              f"{dag_result['first_job_after']:.0f}s after the run started", flush=True)
+        for stage, plain_seconds in plain_result["stages"].items():
+            print(f"    {stage:<8} plain {plain_seconds:7.1f}s   Ray jobs {dag_result['stages'].get(stage, 0):7.1f}s",
+                  flush=True)
         rows.append((name, len(corpus), pages, plain_result, plain_mb, dag_result))
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Param, TriggerRule, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
 
 from include import ingest
 from include.settings import get_settings
@@ -84,7 +85,8 @@ with DAG(
         print(ingest.format_summary(summary))
         ti.xcom_push(key="summary", value=summary)  # kept even when the run fails below
         if summary["failed"]:
-            raise RuntimeError(f"{len(summary['failed'])} document(s) failed: see the summary above")
+            # Fail the run so nobody misses it, without retries: the same summary would fail again.
+            raise AirflowFailException(f"{len(summary['failed'])} document(s) failed: see the summary above")
 
     batches = plan_batches()
     summary = summarize()

@@ -85,6 +85,7 @@ class LocalEnricher:
         self._threshold = settings.pii_score_threshold
         self._top_phrases = settings.key_phrases_per_chunk
         import yake
+
         # Its import loads the drug dictionary (~2 s): part of building the enricher, not of its first call.
         from drug_named_entity_recognition import find_drugs
 

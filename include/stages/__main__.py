@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the Chroma client logs every request
     settings = get_settings()
     storage = Storage(settings)
     submission_id = os.environ.get("JOB_SUBMISSION_ID")

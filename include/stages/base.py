@@ -225,6 +225,12 @@ def ranges(count: int, size: int) -> list[Part]:
     return [{"start": a, "stop": min(a + size, count), "units": min(size, count - a)} for a in range(0, count, size)]
 
 
+def chunk_parts(doc: DocInput, settings: PipelineSettings) -> list[Part]:
+    """Ranges of ``chunks_per_part`` chunks of the upstream's ``chunks`` JSON-lines file."""
+    count = len(Storage(settings).read_jsonl(doc.upstream_output("chunks")))
+    return ranges(count, settings.chunks_per_part)
+
+
 def stage_prefix(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:
     return join_uri(settings.artifacts_uri, stage.output_dir, doc_id)
 

@@ -15,16 +15,14 @@ from typing import Any
 
 from include.backends.embedders import build_embedder
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, chunk_parts
 from include.storage import Storage
 
 _COLUMNS = ("chunk_id", "doc_id", "chunk_no", "text", "page_start", "page_end", "heading", "source_uri",
             "content_sha256")
 
 
-def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
-    count = len(Storage(settings).read_jsonl(doc.upstream_output("chunks")))
-    return ranges(count, settings.chunks_per_part)
+split = chunk_parts
 
 
 class ChunkEmbedder:

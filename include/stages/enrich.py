@@ -13,13 +13,10 @@ from typing import Any
 
 from include.backends.enrichers import build_enricher
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, chunk_parts
 from include.storage import Storage
 
-
-def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
-    count = len(Storage(settings).read_jsonl(doc.upstream_output("chunks")))
-    return ranges(count, settings.chunks_per_part)
+split = chunk_parts
 
 
 class ChunkEnricher:
