@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + header + "\n" + "-" * len(header))
     for name, files, pages, p, p_mb, d in rows:
         print(f"{name:<7}{files:>6}{pages:>7}{p['seconds']:>9.1f}{d['seconds']:>8.1f}{p['seconds'] / d['seconds']:>10.2f}"
-              f"{d['batches']:>8}{d['jobs']:>9}{pages / p['seconds']:>14.1f}{pages / d['seconds']:>12.1f}"
+              f"{d['batches']:>8}{d['jobs']:>9}{pages / p['seconds']:>14.2f}{pages / d['seconds']:>12.2f}"
               f"{p_mb:>9.0f}{d['peak_worker_mb']:>10.0f}{d['failed']:>7}")
     return 0
 
