@@ -58,7 +58,7 @@ def main() -> None:
         pdf = make_pdf(Path(tmp) / "bench.pdf", args.pages)
         doc = _converter(None, 1).convert(pdf).document
 
-    ours, ours_peak = timed(lambda: _native_pages(doc, args.pages), args.repeat)
+    ours, ours_peak = timed(lambda: _native_pages(doc, 1, args.pages), args.repeat)
     baseline, base_peak = timed(
         lambda: [doc.export_to_markdown(page_no=n) for n in range(1, args.pages + 1)], args.repeat
     )
