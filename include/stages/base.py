@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
@@ -229,6 +229,17 @@ def chunk_parts(doc: DocInput, settings: PipelineSettings) -> list[Part]:
     """Ranges of ``chunks_per_part`` chunks of the upstream's ``chunks`` JSON-lines file."""
     count = len(Storage(settings).read_jsonl(doc.upstream_output("chunks")))
     return ranges(count, settings.chunks_per_part)
+
+
+class ChunkRows:
+    """The upstream ``chunks`` rows of one part. The parts of a document reach a worker one
+    after another, so its file is read once and kept until the next document."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._read = lru_cache(maxsize=1)(Storage(settings).read_jsonl)
+
+    def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
+        return self._read(doc.upstream_output("chunks"))[part["start"] : part["stop"]]
 
 
 def stage_prefix(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
 from typing import Any
 
 from include.backends.embedders import build_embedder
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, chunk_parts
-from include.storage import Storage
+from include.stages.base import AssembleContext, ChunkRows, DocInput, Metrics, Outputs, Part, chunk_parts
 
 _COLUMNS = ("chunk_id", "doc_id", "chunk_no", "text", "page_start", "page_end", "heading", "source_uri",
             "content_sha256")
@@ -28,10 +26,10 @@ split = chunk_parts
 class ChunkEmbedder:
     def __init__(self, settings: PipelineSettings) -> None:
         self._embedder = build_embedder(settings)
-        self._read = lru_cache(maxsize=1)(Storage(settings).read_jsonl)
+        self._rows = ChunkRows(settings)
 
     def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
-        rows = self._read(doc.upstream_output("chunks"))[part["start"] : part["stop"]]
+        rows = self._rows(doc, part)
         result = self._embedder.embed([row["text"] for row in rows])
         return [
             {

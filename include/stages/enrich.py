@@ -8,13 +8,11 @@ through spaCy in one ``nlp.pipe`` pass. The metrics count each kind of redaction
 from __future__ import annotations
 
 from collections import Counter
-from functools import lru_cache
 from typing import Any
 
 from include.backends.enrichers import build_enricher
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, chunk_parts
-from include.storage import Storage
+from include.stages.base import AssembleContext, ChunkRows, DocInput, Metrics, Outputs, Part, chunk_parts
 
 split = chunk_parts
 
@@ -22,11 +20,10 @@ split = chunk_parts
 class ChunkEnricher:
     def __init__(self, settings: PipelineSettings) -> None:
         self._enricher = build_enricher(settings)
-        # The parts of one document come one after another: read its chunks once.
-        self._read = lru_cache(maxsize=1)(Storage(settings).read_jsonl)
+        self._rows = ChunkRows(settings)
 
     def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
-        rows = self._read(doc.upstream_output("chunks"))[part["start"] : part["stop"]]
+        rows = self._rows(doc, part)
         results = self._enricher.enrich_many([row["text"] for row in rows])
         return [
             {

@@ -9,32 +9,35 @@ import pytest
 from tools import stack
 
 
-def test_a_busy_port_stops_up_with_the_port_and_the_setting_that_moves_it(monkeypatch, tmp_path):
+@pytest.fixture
+def busy_port():
+    """A port on 127.0.0.1 that another program holds."""
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
-        port = blocker.getsockname()[1]
-        monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path / "work"))
-        monkeypatch.setenv("STACK_S3_PORT", str(port))
-        with pytest.raises(stack.StackError, match=rf"port {port} .*STACK_S3_PORT=<free port>"):
-            stack.up(timeout=5)
+        yield blocker.getsockname()[1]
+
+
+def test_a_busy_port_stops_up_with_the_port_and_the_setting_that_moves_it(monkeypatch, tmp_path, busy_port):
+    port = busy_port
+    monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("STACK_S3_PORT", str(port))
+    with pytest.raises(stack.StackError, match=rf"port {port} .*STACK_S3_PORT=<free port>"):
+        stack.up(timeout=5)
     assert not (tmp_path / "work" / "pids" / "s3.pid").exists()
 
 
-def test_chroma_starts_between_s3_and_ray_and_its_busy_port_names_stack_chroma_port(monkeypatch, tmp_path):
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path / "work"))
-        monkeypatch.setenv("STACK_CHROMA_PORT", str(port))
-        pipeline, settings = stack._settings()
-        by_name = {service.name: service for service in stack.services(settings)}
-        assert list(by_name) == ["s3", "chroma", "ray"]  # `down` stops them in reverse
-        assert by_name["chroma"].ports == {port: "STACK_CHROMA_PORT"}
-        # Straight to chroma's start: going through `up` would first start a real SeaweedFS.
-        with pytest.raises(stack.StackError, match=rf"chroma: port {port} .*STACK_CHROMA_PORT=<free port>"):
-            stack._start(by_name["chroma"], pipeline, settings, timeout=5)
+def test_chroma_starts_between_s3_and_ray_and_its_busy_port_names_stack_chroma_port(monkeypatch, tmp_path, busy_port):
+    port = busy_port
+    monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("STACK_CHROMA_PORT", str(port))
+    pipeline, settings = stack._settings()
+    by_name = {service.name: service for service in stack.services(settings)}
+    assert list(by_name) == ["s3", "chroma", "ray"]  # `down` stops them in reverse
+    assert by_name["chroma"].ports == {port: "STACK_CHROMA_PORT"}
+    # Straight to chroma's start: going through `up` would first start a real SeaweedFS.
+    with pytest.raises(stack.StackError, match=rf"chroma: port {port} .*STACK_CHROMA_PORT=<free port>"):
+        stack._start(by_name["chroma"], pipeline, settings, timeout=5)
     assert not (tmp_path / "work" / "pids" / "chroma.pid").exists()
 
 
