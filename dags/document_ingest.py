@@ -1,10 +1,15 @@
 """PDFs in the inbox -> Markdown -> chunks -> redacted, enriched chunks -> vectors -> vector store.
 
-Wait for documents in the inbox, plan them into batches, then for each batch run the
+Wait until the inbox holds work (a new, changed or deleted document: the ledger knows
+the rest), claim it for this run, plan it into batches, then for each batch run the
 five stages, each as one Ray job over the whole batch (a bad document fails alone
-inside its batch), and print per-stage totals. Trigger with ``{"keys": ["a.pdf", ...]}``
-(relative to the inbox, or full URIs) to ingest only those, and with
-``{"recompute": ["embed"]}`` (or ``["all"]``) to redo stages instead of reusing results.
+inside its batch, then goes to quarantine). Documents gone from the inbox lose their
+vectors. The summary settles every document in the ledger and writes the run report.
+
+Trigger with ``{"keys": ["a.pdf", ...]}`` (relative to the inbox, or full URIs) to look
+only at those, with ``{"reprocess": true}`` to put them (or the whole inbox) through
+every stage again, and with ``{"recompute": ["embed"]}`` (or ``["all"]``) to redo stages
+instead of reusing their results.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
-from include import ingest
+from include import ingest, report
 from include.settings import get_settings
 from include.stage_operator import PipelineStageOperator
 
@@ -28,10 +33,14 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    # Dropping a file into the inbox is all it takes: the DAG is not left paused.
+    is_paused_upon_creation=False,
     render_template_as_native_obj=True,
     user_defined_macros={"sensor_keys": ingest.sensor_keys},
     params={
         "keys": Param([], type="array", description="Only these inbox keys (empty: all)."),
+        "reprocess": Param(False, type="boolean",
+                           description="Process the documents again even if the ledger has them unchanged."),
         "recompute": Param(
             [], type="array", items={"enum": ["all", *ingest.STAGE_ORDER]},
             description="Stages that redo every document instead of reusing recorded results.",
@@ -51,16 +60,26 @@ with DAG(
         bucket_name=ingest.sensor_bucket(),
         bucket_key="{{ sensor_keys(params['keys']) }}",
         wildcard_match=True,
+        check_fn=lambda files, **context: ingest.inbox_has_work(files, context.get("params")),
+        metadata_keys=["Key", "Size", "ETag"],
         aws_conn_id="aws_default",
-        poke_interval=30,
+        poke_interval=settings.sensor_poke_seconds,
         timeout=settings.sensor_timeout_seconds,
         mode="reschedule",
-        soft_fail=True,  # an empty inbox skips the run instead of failing it
+        soft_fail=True,  # no work in the inbox skips the run instead of failing it
     )
 
     @task
-    def plan_batches(params: dict | None = None, dag_run=None) -> list[dict]:
-        return ingest.plan_run(dag_run.dag_id, dag_run.run_id, (params or {}).get("keys"))
+    def plan_batches(params: dict | None = None, dag_run=None, ti=None) -> list[dict]:
+        params = params or {}
+        return ingest.plan_run(
+            dag_run.dag_id, dag_run.run_id, params.get("keys"), reprocess=bool(params.get("reprocess")),
+            is_active=lambda dag_id, run_id: ti.get_dagrun_state(dag_id, run_id) in ("queued", "running"),
+        )
+
+    @task
+    def reconcile(dag_run=None) -> dict:
+        return ingest.reconcile(dag_run.dag_id, dag_run.run_id)
 
     @task_group
     def ingest_batch(batch: dict) -> None:
@@ -81,14 +100,14 @@ with DAG(
             stage: ti.xcom_pull(task_ids=[f"ingest_batch.{stage}"]) or []
             for stage in ingest.STAGE_ORDER
         }
-        summary = ingest.summarize(dag_run.dag_id, dag_run.run_id, results)
-        print(ingest.format_summary(summary))
-        ti.xcom_push(key="summary", value=summary)  # kept even when the run fails below
+        summary = ingest.finish_run(dag_run.dag_id, dag_run.run_id, results)
+        print(report.markdown(summary))
+        ti.xcom_push(key="summary", value=report.for_xcom(summary))  # kept even when the run fails below
         if summary["failed"]:
             # Fail the run so nobody misses it, without retries: the same summary would fail again.
             raise AirflowFailException(f"{len(summary['failed'])} document(s) failed: see the summary above")
 
     batches = plan_batches()
     summary = summarize()
-    wait_for_documents >> batches >> summary
+    wait_for_documents >> batches >> reconcile() >> summary
     ingest_batch.expand(batch=batches) >> summary

@@ -45,10 +45,30 @@ class BatchRef(BaseModel):
     bytes: int
 
 
+class Rejected(BaseModel):
+    """A document refused before any stage ran (over the size limit): the summary quarantines it."""
+
+    document: DocumentRef
+    error: str
+
+
 class RunPlan(BaseModel):
+    """What a run set out to do; the run's report is made from it and the stage results."""
+
     run_id: str
     batches: list[BatchRef]
     unreadable: list[Unreadable] = []
+    rejected: list[Rejected] = []
+    # Source URI -> why the run processes it (new, changed, stale, retry, reprocess), and the
+    # object's version tag when planned: quarantine moves a file only if it is still that version.
+    reasons: dict[str, str] = {}
+    versions: dict[str, str | None] = {}
+    unchanged: int = 0
+    gave_up: int = 0
+    # Source URI -> the run that holds its claim: another run is processing it.
+    held: dict[str, str] = {}
+    # Ingested documents no longer in the inbox: the reconcile step removes their vectors.
+    deleted: list[str] = []
 
 
 def plan_batches(
@@ -85,21 +105,17 @@ def run_folder(artifacts_uri: str, dag_id: str, run_id: str) -> str:
     return join_uri(artifacts_uri, "runs", _UNSAFE.sub("_", dag_id), f"{_UNSAFE.sub('_', run_id)[:60]}-{digest}")
 
 
-def write_plan(
-    storage: Storage,
-    folder: str,
-    run_id: str,
-    batches: list[list[DocumentRef]],
-    unreadable: list[Unreadable],
-) -> RunPlan:
+def write_plan(storage: Storage, folder: str, plan: RunPlan, batches: list[list[DocumentRef]]) -> RunPlan:
+    """Write a batch file per batch, then the plan (with its batches) last."""
     refs = []
     for number, documents in enumerate(batches, 1):
         batch_id = f"batch-{number:04d}"
         uri = join_uri(folder, batch_id, "batch.json")
-        storage.write_json(uri, BatchSpec(batch_id=batch_id, run_id=run_id, documents=documents).model_dump(mode="json"))
+        spec = BatchSpec(batch_id=batch_id, run_id=plan.run_id, documents=documents)
+        storage.write_json(uri, spec.model_dump(mode="json"))
         refs.append(BatchRef(batch_id=batch_id, batch_uri=uri, documents=len(documents),
                              bytes=sum(d.size_bytes for d in documents)))
-    plan = RunPlan(run_id=run_id, batches=refs, unreadable=unreadable)
+    plan = plan.model_copy(update={"batches": refs})
     # Last: a plan file means every batch file it names is there.
     storage.write_json(join_uri(folder, "plan.json"), plan.model_dump(mode="json"))
     return plan

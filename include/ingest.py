@@ -1,10 +1,13 @@
 """What the ``document_ingest`` DAG does besides running stages, free of Airflow imports.
 
-- ``plan_run``: the run's documents, in batches, written once per run;
-- ``sensor_bucket`` / ``sensor_keys``: what the sensor waits for;
-- ``runtime_env``: what every stage's Ray job ships with;
-- ``summarize`` / ``format_summary``: per-stage totals of a run, and which documents
-  failed where and why.
+- ``inbox_has_work``: the sensor's test: is anything in the inbox new, changed or gone?
+- ``plan_run``: what this run processes (the ledger says what is new, changed, stale or
+  failed before), claimed for the run and grouped in batches, written once per run;
+- ``record_stage``: each stage's per-document outcome, into the ledger;
+- ``reconcile``: documents gone from the inbox lose their vectors;
+- ``finish_run``: final status per document into the ledger, bad files to quarantine,
+  the run report (JSON and Markdown) into the artifacts;
+- ``runtime_env``: what every stage's Ray job ships with.
 """
 
 from __future__ import annotations
@@ -12,27 +15,71 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 
-from include.batching import BatchSpec, RunPlan, plan_batches, read_plan, run_folder, write_plan
-from include.documents import discover, key_uris
-from include.settings import PROJECT_ROOT, get_settings
-from include.stages import STAGES
+from include import report
+from include.backends.vector_stores import build_vector_store
+from include.batching import BatchSpec, Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
+from include.documents import Unreadable, describe, key_uris
+from include.incremental import WORK, Reason, decide, pending
+from include.ledger import Candidate, Final, Ledger, Status
+from include.quarantine import quarantine
+from include.settings import PROJECT_ROOT, PipelineSettings, get_settings
+from include.stages import STAGES, pipeline_fingerprint
 from include.stages.base import BatchResult, DocumentOutcome
-from include.storage import Storage, split_s3_uri
+from include.storage import ObjectInfo, ObjectNotFound, Storage, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)
 
 STAGE_ORDER = tuple(STAGES)  # extract, chunk, enrich, embed, load
-# What the summary shows per stage, in the order it prints them.
-SUMMARY_METRICS = ("pages", "chunks", "redactions", "vectors", "seconds", "reused")
 # Shipped with every job: the project code, without local state and tooling.
 RUNTIME_EXCLUDES = [".venv", ".work", ".git", ".ci", "tests", "tools", "benchmarks", "*.pdf", "__pycache__"]
 _GLOB_CHARS = re.compile(r"([*?\[])")
 
+# (dag_id, run_id) -> is that run still queued or running?
+RunIsActive = Callable[[str, str], bool]
 
-def plan_run(dag_id: str, run_id: str, keys: list[str] | None) -> list[dict[str, Any]]:
-    """The run's batches; planned and written on the first call, read back on a retry."""
+
+def _assume_active(_dag_id: str, _run_id: str) -> bool:
+    """Without Airflow to ask, another run's claim is respected."""
+    return True
+
+
+def inbox_has_work(files: list[dict[str, Any]], params: dict[str, Any] | None = None) -> bool:
+    """The sensor's ``check_fn``: true when a listed object is new, changed, stale or to retry,
+    or an ingested document has left the inbox. Reads the listing and the ledger, no object.
+
+    ``files`` are the listing entries the sensor found (``Key``, ``Size``, ``ETag``). A run
+    that names its keys, or asks to reprocess, has work as soon as those objects exist.
+    """
+    params = params or {}
+    if params.get("keys") or params.get("reprocess"):
+        return True
+    settings = get_settings()
+    bucket = split_s3_uri(settings.inbox_uri)[0]
+    listing = [s3_object_info(bucket, entry) for entry in files]
+    entries = Ledger.open(settings).entries(under=settings.inbox_uri)
+    found = pending(listing, entries, fingerprint=pipeline_fingerprint(settings), max_attempts=settings.max_attempts)
+    log.info("Inbox: %s", found.describe())
+    return bool(found)
+
+
+def plan_run(
+    dag_id: str,
+    run_id: str,
+    keys: list[str] | None = None,
+    *,
+    reprocess: bool = False,
+    is_active: RunIsActive = _assume_active,
+) -> list[dict[str, Any]]:
+    """The run's batches; planned, claimed and written on the first call, read back on a retry.
+
+    With ``keys``, only those objects (relative to the inbox, or full URIs) are looked at,
+    and nothing is reconciled; with ``reprocess``, they go through every stage again even
+    if the ledger has them ingested and unchanged.
+    """
     settings = get_settings()
     storage = Storage(settings)
     folder = run_folder(settings.artifacts_uri, dag_id, run_id)
@@ -40,19 +87,105 @@ def plan_run(dag_id: str, run_id: str, keys: list[str] | None) -> list[dict[str,
     if plan is not None:
         log.info("This run's plan is already written at %s: using it", folder)
     else:
-        documents, unreadable = discover(storage, settings.inbox_uri, keys or None)
-        batches = plan_batches(
-            documents,
-            max_documents=settings.batch_max_documents,
-            max_bytes=settings.batch_max_bytes,
-            max_batches=settings.max_batches_per_run,
-        )
-        plan = write_plan(storage, folder, run_id, batches, unreadable)
+        plan = _plan(settings, storage, folder, dag_id, run_id, keys, reprocess, is_active)
     for item in plan.unreadable:
         log.warning("not ingested: %s", item.error)
-    log.info("%d document(s) in %d batch(es) at %s", sum(b.documents for b in plan.batches),
-             len(plan.batches), folder)
+    for uri, holder in plan.held.items():
+        log.warning("not ingested by this run: %s is being processed by run %s", uri, holder)
+    documents = sum(b.documents for b in plan.batches)
+    if not plan.batches and not plan.deleted and not plan.rejected:
+        log.info("Nothing to do: %d document(s) unchanged since they were ingested; no Ray job is submitted",
+                 plan.unchanged)
+    else:
+        log.info("%d document(s) to process in %d batch(es) (%s), %d unchanged, %d deleted, at %s",
+                 documents, len(plan.batches), _reason_counts(plan), plan.unchanged, len(plan.deleted), folder)
     return [batch.model_dump() for batch in plan.batches]
+
+
+def _listing(storage: Storage, inbox_uri: str, keys: list[str] | None) -> tuple[list[ObjectInfo], list[Unreadable]]:
+    if not keys:
+        return storage.list_objects(inbox_uri), []
+    found, missing = [], []
+    for uri in key_uris(inbox_uri, keys):
+        try:
+            found.append(storage.stat(uri))
+        except ObjectNotFound as exc:
+            missing.append(Unreadable(source_uri=uri, error=f"{uri}: no such object ({exc})"))
+    return found, missing
+
+
+def _plan(settings: PipelineSettings, storage: Storage, folder: str, dag_id: str, run_id: str,
+          keys: list[str] | None, reprocess: bool, is_active: RunIsActive) -> RunPlan:
+    ledger = Ledger.open(settings)
+    fingerprint = pipeline_fingerprint(settings)
+    listing, unreadable = _listing(storage, settings.inbox_uri, keys)
+    if keys:
+        entries = ledger.entries(source_uris=[info.uri for info in listing])
+    else:
+        entries = ledger.entries(under=settings.inbox_uri)
+    first = pending(listing, entries, fingerprint=fingerprint, max_attempts=settings.max_attempts,
+                    reprocess=reprocess, whole_inbox=not keys)
+    candidates: list[Candidate] = []
+    reasons: dict[str, str] = {}
+    unchanged_by_hash: dict[str, str | None] = {}
+    gave_up = first.gave_up
+    for info in first.work:
+        try:
+            document = describe(storage, info.uri)  # hashes the object
+        except ObjectNotFound as exc:
+            unreadable.append(Unreadable(source_uri=info.uri, error=f"{info.uri}: no such object ({exc})"))
+            continue
+        entry = entries.get(info.uri)
+        reason = Reason.REPROCESS if reprocess else decide(
+            entry, same_bytes=entry is not None and entry.doc_id == document.doc_id,
+            fingerprint=fingerprint, max_attempts=settings.max_attempts)
+        if reason in WORK:
+            candidates.append(Candidate(document, info.version))
+            reasons[info.uri] = reason
+        elif reason == Reason.GAVE_UP:
+            gave_up += 1
+        else:  # rewritten with the same bytes
+            unchanged_by_hash[info.uri] = info.version
+    ledger.touch(run_id, unchanged_by_hash)
+    claimed, held = ledger.claim(dag_id, run_id, candidates, fingerprint, is_active)
+    rejected = [
+        Rejected(document=c.document, error=f"{c.document.source_uri}: {c.document.size_bytes} bytes is over "
+                 f"the limit of {settings.max_document_bytes} (PIPELINE_MAX_DOCUMENT_BYTES)")
+        for c in claimed if c.document.size_bytes > settings.max_document_bytes
+    ]
+    too_big = {r.document.source_uri for r in rejected}
+    deleted = [uri for uri in first.deleted
+               if not (entries[uri].claim_run_id and entries[uri].claim_run_id != run_id
+                       and is_active(entries[uri].claim_dag_id or dag_id, entries[uri].claim_run_id))]
+    batches = plan_batches(
+        [c.document for c in claimed if c.document.source_uri not in too_big],
+        max_documents=settings.batch_max_documents,
+        max_bytes=settings.batch_max_bytes,
+        max_batches=settings.max_batches_per_run,
+    )
+    kept = {c.document.source_uri for c in claimed}
+    plan = RunPlan(
+        run_id=run_id, batches=[], unreadable=unreadable, rejected=rejected,
+        reasons={uri: reason for uri, reason in reasons.items() if uri in kept},
+        versions={c.document.source_uri: c.object_version for c in claimed},
+        unchanged=first.unchanged + len(unchanged_by_hash), gave_up=gave_up, held=held, deleted=deleted,
+    )
+    plan = write_plan(storage, folder, plan, batches)
+    ledger.start_run(dag_id, run_id, {**_reason_tally(plan), "unchanged": plan.unchanged, "deleted": len(deleted)})
+    return plan
+
+
+def _reason_tally(plan: RunPlan) -> dict[str, int]:
+    names = {Reason.NEW: "new", Reason.CHANGED: "changed", Reason.STALE: "stale", Reason.RETRY: "retried",
+             Reason.REPROCESS: "reprocessed"}
+    tally = dict.fromkeys(names.values(), 0)
+    for reason in plan.reasons.values():
+        tally[names[Reason(reason)]] += 1
+    return tally
+
+
+def _reason_counts(plan: RunPlan) -> str:
+    return ", ".join(f"{n} {name}" for name, n in _reason_tally(plan).items() if n) or "none"
 
 
 def sensor_bucket() -> str:
@@ -88,15 +221,39 @@ def stage_result_prefix(dag_id: str, run_id: str, batch_id: str, stage: str) -> 
     return f"{run_folder(get_settings().artifacts_uri, dag_id, run_id)}/{batch_id}/{stage}"
 
 
-def summarize(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Totals per stage, and for each document that did not finish, where and why it stopped.
+def record_stage(run_id: str, result: BatchResult) -> None:
+    """One stage's outcome for each document of a batch, into the ledger (history and progress)."""
+    Ledger.open(get_settings()).record_stage(run_id, result.stage, result.documents, result.submission_id)
+
+
+def reconcile(dag_id: str, run_id: str) -> dict[str, Any]:
+    """Remove the vectors of documents gone from the inbox, and mark them deleted in the ledger."""
+    settings = get_settings()
+    plan = read_plan(Storage(settings), run_folder(settings.artifacts_uri, dag_id, run_id))
+    if plan is None or not plan.deleted:
+        return {"deleted": 0, "vectors_removed": 0}
+    ledger = Ledger.open(settings)
+    store = build_vector_store(settings)
+    removed = 0
+    for uri in plan.deleted:
+        count = store.delete_stale(uri, keep_ids=set())
+        ledger.mark_deleted(run_id, uri, count)
+        log.info("DELETED %s: gone from the inbox, %d vector(s) removed", uri, count)
+        removed += count
+    return {"deleted": len(plan.deleted), "vectors_removed": removed}
+
+
+def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Settle every document the run claimed, quarantine bad files, write the run report.
 
     ``results`` maps a stage name to the XComs its mapped tasks pushed (one per batch
-    whose job succeeded); each names the batch result it read.
+    whose job succeeded); each names the batch result it read. Returns the summary,
+    which names the report's URI.
     """
     settings = get_settings()
     storage = Storage(settings)
-    plan = read_plan(storage, run_folder(settings.artifacts_uri, dag_id, run_id)) or RunPlan(run_id=run_id, batches=[])
+    folder = run_folder(settings.artifacts_uri, dag_id, run_id)
+    plan = read_plan(storage, folder) or RunPlan(run_id=run_id, batches=[])
     outcomes: dict[str, dict[str, DocumentOutcome]] = {}
     stages: dict[str, dict[str, float]] = {}
     for stage in STAGE_ORDER:
@@ -110,39 +267,49 @@ def summarize(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any]]]
                 totals[name] = totals.get(name, 0.0) + value
         stages[stage] = totals
 
-    failed = [{"doc_id": None, "source_uri": u.source_uri, "stage": "plan", "error": u.error} for u in plan.unreadable]
-    documents = 0
+    finals: list[Final] = []
+    rows: list[dict[str, Any]] = []
+    vector_store = cache(lambda: build_vector_store(settings))
+
+    def settle(document: Any, stage: str | None, error: str | None, bad_file: bool, metrics: dict[str, float]) -> None:
+        status, moved = Status.INGESTED, None
+        if error is not None:
+            status = Status.FAILED
+            if bad_file:
+                moved = quarantine(settings, storage, document, planned_version=plan.versions.get(document.source_uri),
+                                   stage=stage or "plan", error=error, dag_id=dag_id, run_id=run_id)
+                if moved:
+                    status = Status.QUARANTINED
+                    # Its key left the inbox: an older version's vectors go too.
+                    vector_store().delete_stale(document.source_uri, keep_ids=set())
+        finals.append(Final(document.source_uri, document.doc_id, status,
+                            stage_reached="load" if status == Status.INGESTED else None,
+                            error=error, error_stage=stage if error else None, quarantine_uri=moved))
+        rows.append({"source_uri": document.source_uri, "doc_id": document.doc_id,
+                     "reason": plan.reasons.get(document.source_uri, "reprocess"), "status": str(status),
+                     "stage": stage if error else None, "error": error, "quarantine_uri": moved, **metrics})
+
     for batch in plan.batches:
         for doc in BatchSpec.model_validate(storage.read_json(batch.batch_uri)).documents:
-            documents += 1
+            stopped: tuple[str, str, bool] | None = None
+            metrics: dict[str, float] = {}
             for stage in STAGE_ORDER:
                 outcome = outcomes[stage].get(doc.doc_id)
                 if outcome is None:
-                    error = f"the {stage} job of {batch.batch_id} did not finish: see that task's log"
+                    stopped = (stage, f"the {stage} job of {batch.batch_id} did not finish: see that task's log", False)
                 elif outcome.status == "failed":
-                    error = (outcome.error or "failed").splitlines()[0]
+                    stopped = (stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file)
                 else:
+                    metrics.update({k: int(v) for k, v in outcome.metrics.items() if k in report.DOCUMENT_METRICS})
                     continue
-                failed.append({"doc_id": doc.doc_id, "source_uri": doc.source_uri, "stage": stage, "error": error})
                 break
-    documents += len(plan.unreadable)
-    return {"documents": documents, "batches": len(plan.batches), "succeeded": documents - len(failed),
-            "failed": failed, "stages": stages}
+            settle(doc, *(stopped or (None, None, False)), metrics)
+    for item in plan.rejected:
+        settle(item.document, "plan", item.error, True, {})
 
-
-def format_summary(summary: dict[str, Any]) -> str:
-    header = f"{'stage':<8}{'batches':>8}{'docs':>6}{'failed':>7}" + "".join(f"{m:>12}" for m in SUMMARY_METRICS)
-    lines = [header, "-" * len(header)]
-    for stage, totals in summary["stages"].items():
-        cells = "".join(
-            f"{totals[m]:>12.1f}" if m == "seconds" and m in totals
-            else f"{int(totals[m]):>12d}" if m in totals else f"{'':>12}"
-            for m in SUMMARY_METRICS
-        )
-        counts = f"{int(totals.get('batches', 0)):>8}{int(totals.get('documents', 0)):>6}{int(totals.get('failed', 0)):>7}"
-        lines.append(f"{stage:<8}{counts}{cells}")
-    lines.append(f"{summary['succeeded']} of {summary['documents']} document(s) ingested "
-                 f"in {summary['batches']} batch(es).")
-    for item in summary["failed"]:
-        lines.append(f"FAILED at {item['stage']}: {item['source_uri']}: {item['error']}")
-    return "\n".join(lines)
+    ledger = Ledger.open(settings)
+    ledger.finish(run_id, finals)
+    summary = report.summarize(dag_id, run_id, plan, stages, rows)
+    summary["report_uri"] = report.write(storage, folder, summary)
+    ledger.finish_run(run_id, report.run_totals(summary))
+    return summary

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +60,16 @@ class PipelineSettings(BaseSettings):
         default="s3://documents/artifacts/",
         description="Root of the stage outputs (extracted/, chunks/, enriched/, embeddings/).",
     )
+    quarantine_uri: str = Field(
+        default="s3://documents/quarantine/",
+        description="Bad files are moved here from the inbox, each with a JSON note of why "
+        "(outside the inbox, so the next run does not pick them up again).",
+    )
+    ledger_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the ledger database. Unset: the Airflow connection "
+        "'pipeline_ledger' if there is one, else a SQLite file <work_dir>/ledger.sqlite.",
+    )
 
     # --- orchestration -------------------------------------------------------
     ingest_schedule: str | None = Field(
@@ -86,7 +96,17 @@ class PipelineSettings(BaseSettings):
         "cluster at once.",
     )
     sensor_timeout_seconds: int = Field(
-        default=50 * 60, description="How long a run waits for documents before it is skipped."
+        default=50 * 60, description="How long a run waits for new or changed documents before it is skipped."
+    )
+    sensor_poke_seconds: int = Field(default=30, ge=1, description="How often the sensor lists the inbox.")
+    max_document_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="A bigger file is not ingested: it goes to quarantine."
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs that may try one version of a document whose job kept failing; after "
+        "that it waits for a changed file or a reprocess.",
     )
 
     # --- extract -------------------------------------------------------------
@@ -163,6 +183,15 @@ class PipelineSettings(BaseSettings):
     progress_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a stage's job logs its progress."
     )
+
+    @model_validator(mode="after")
+    def _quarantine_outside_inbox(self) -> PipelineSettings:
+        inbox = self.inbox_uri.rstrip("/") + "/"
+        for name in ("quarantine_uri", "artifacts_uri"):
+            if (getattr(self, name).rstrip("/") + "/").startswith(inbox):
+                raise ValueError(f"{name} must not lie inside inbox_uri ({self.inbox_uri}): "
+                                 "every object there is taken for a document")
+        return self
 
     @property
     def resolved_chroma_path(self) -> Path:

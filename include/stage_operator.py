@@ -8,7 +8,7 @@ from typing import Any
 
 from ray_operators.operators.ray_job import RayJobOperator
 
-from include.ingest import runtime_env, stage_result_prefix
+from include.ingest import record_stage, runtime_env, stage_result_prefix
 from include.stages import STAGES
 from include.stages.base import BatchResult
 
@@ -18,7 +18,9 @@ class PipelineStageOperator(RayJobOperator):
 
     ``upstream`` is the batch (first stage: its ``batch_uri``) or the previous stage's
     XCom (its ``result_uri``). The run's ``recompute`` param lists stages that must
-    redo every document instead of reusing recorded results (``"all"``: every stage).
+    redo every document instead of reusing recorded results (``"all"``: every stage);
+    its ``reprocess`` param redoes every stage. Each document's outcome goes into the
+    ledger as soon as the job's result is read.
     """
 
     template_fields = (*RayJobOperator.template_fields, "upstream")
@@ -38,10 +40,13 @@ class PipelineStageOperator(RayJobOperator):
             source = f"--batch {shlex.quote(upstream['batch_uri'])}"
         else:
             source = f"--upstream {shlex.quote(upstream['result_uri'])}"
-        recompute = (context.get("params") or {}).get("recompute") or []
-        flag = " --recompute" if self.stage in recompute or "all" in recompute else ""
+        params = context.get("params") or {}
+        recompute = params.get("recompute") or []
+        redo = params.get("reprocess") or self.stage in recompute or "all" in recompute
+        flag = " --recompute" if redo else ""
         self.entrypoint = f"python -m include.stages {self.stage} {source}{flag}"
         ti = context["ti"]
+        self._run_id = ti.run_id
         self.result_prefix = stage_result_prefix(ti.dag_id, ti.run_id, upstream["batch_id"], self.stage)
         self.runtime_env = self.runtime_env or runtime_env()
         self.log.info("%s of %s", self.stage, upstream["batch_id"])
@@ -49,6 +54,7 @@ class PipelineStageOperator(RayJobOperator):
 
     def result_to_xcom(self, result: dict[str, Any]) -> dict[str, Any]:
         batch = BatchResult.model_validate(result)
+        record_stage(self._run_id, batch)
         for outcome in batch.failed:
             self.log.warning("FAILED: %s: %s", outcome.source_uri, outcome.error)
         return {

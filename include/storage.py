@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote
@@ -96,6 +98,15 @@ def canonical_uri(uri: str) -> str:
     raise StorageError(f"unsupported URI scheme {scheme!r} in {uri!r}")
 
 
+def relative_key(prefix_uri: str, uri: str) -> str:
+    """The raw key of ``uri`` below ``prefix_uri`` (decoded for ``file://``), for ``join_uri`` elsewhere."""
+    prefix = prefix_uri.rstrip("/") + "/"
+    if not uri.startswith(prefix):
+        raise StorageError(f"{uri} is not under {prefix_uri}")
+    rest = uri[len(prefix) :]
+    return unquote(rest, errors="surrogateescape") if uri_scheme(uri) == "file" else rest
+
+
 def object_name(uri: str) -> str:
     """The last path segment of the object's raw key (decoded for ``file://``): the file's name."""
     scheme = uri_scheme(uri)
@@ -106,13 +117,28 @@ def object_name(uri: str) -> str:
     raise StorageError(f"unsupported URI scheme {scheme!r} in {uri!r}")
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: its URI, size, and a version tag that changes whenever its bytes may have.
+
+    The tag is S3's ETag, or a local file's modification time and size: equal tags mean
+    unchanged bytes without reading them; a different tag means "hash it to be sure".
+    """
+
+    uri: str
+    size: int
+    version: str
+
+
 class Backend(Protocol):
     def read_bytes(self, uri: str) -> bytes: ...
     def write_bytes(self, uri: str, data: bytes) -> None: ...
     def exists(self, uri: str) -> bool: ...
-    def list(self, prefix_uri: str) -> list[str]: ...
+    def list(self, prefix_uri: str) -> list[ObjectInfo]: ...
     def delete(self, uri: str) -> None: ...
     def iter_chunks(self, uri: str) -> Iterator[bytes]: ...
+    def stat(self, uri: str) -> ObjectInfo: ...
+    def copy(self, source_uri: str, target_uri: str) -> None: ...
 
 
 class LocalBackend:
@@ -136,13 +162,39 @@ class LocalBackend:
     def exists(self, uri: str) -> bool:
         return self._path(uri).is_file()
 
-    def list(self, prefix_uri: str) -> list[str]:
+    @staticmethod
+    def _info(path: Path) -> ObjectInfo:
+        stat = path.stat()
+        return ObjectInfo(path.as_uri(), stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+
+    def stat(self, uri: str) -> ObjectInfo:
+        path = self._path(uri)
+        if not path.is_file():
+            raise ObjectNotFound(f"no object at {uri}")
+        info = self._info(path)
+        return ObjectInfo(uri, info.size, info.version)
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        source, target = self._path(source_uri), self._path(target_uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object at {source_uri}") from exc
+        tmp.replace(target)
+
+    def list(self, prefix_uri: str) -> list[ObjectInfo]:
         root = self._path(prefix_uri)
         if not root.is_dir():
             return []
+        found = []
         # Not resolve()d: under a symlinked folder that would name a file outside the prefix,
         # unlike join_uri(prefix, key) for the same file.
-        return sorted(p.as_uri() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for path in root.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                found.append(self._info(path))
+        return sorted(found, key=lambda info: info.uri)
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)
@@ -158,6 +210,11 @@ class LocalBackend:
 
 def _error_code(exc: ClientError) -> str | None:
     return exc.response.get("Error", {}).get("Code")
+
+
+def s3_object_info(bucket: str, listed: dict[str, Any]) -> ObjectInfo:
+    """An entry of ``list_objects_v2`` (as boto3, or Airflow's S3 hook, returns it) as an ``ObjectInfo``."""
+    return ObjectInfo(f"s3://{bucket}/{listed['Key']}", int(listed["Size"]), str(listed["ETag"]).strip('"'))
 
 
 class S3Backend:
@@ -207,19 +264,44 @@ class S3Backend:
             raise
         return True
 
-    def list(self, prefix_uri: str) -> list[str]:
+    def list(self, prefix_uri: str) -> list[ObjectInfo]:
         bucket, prefix = split_s3_uri(prefix_uri)
         paginator = self._client.get_paginator("list_objects_v2")
-        uris = []
+        found = []
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 if not obj["Key"].endswith("/"):  # skip folder markers
-                    uris.append(f"s3://{bucket}/{obj['Key']}")
-        return sorted(uris)
+                    found.append(s3_object_info(bucket, obj))
+        return sorted(found, key=lambda info: info.uri)
 
     def delete(self, uri: str) -> None:
         bucket, key = split_s3_uri(uri)
         self._client.delete_object(Bucket=bucket, Key=key)
+
+    def stat(self, uri: str) -> ObjectInfo:
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3_uri(uri)
+        try:
+            head = self._client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise ObjectNotFound(f"no object at {uri}") from exc
+            raise
+        return ObjectInfo(uri, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        """Server-side (multipart above 8 MB, so any size S3 holds); the bytes never pass through here."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3_uri(source_uri)
+        target_bucket, target_key = split_s3_uri(target_uri)
+        try:
+            self._client.copy({"Bucket": bucket, "Key": key}, target_bucket, target_key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                raise ObjectNotFound(f"no object at {source_uri}") from exc
+            raise
 
     def iter_chunks(self, uri: str) -> Iterator[bytes]:
         body = self._get(uri)["Body"]
@@ -280,10 +362,26 @@ class Storage:
         return self._backend(uri).exists(uri)
 
     def list(self, prefix_uri: str) -> list[str]:
+        return [info.uri for info in self.list_objects(prefix_uri)]
+
+    def list_objects(self, prefix_uri: str) -> list[ObjectInfo]:
+        """Every object under the prefix, sorted by URI, with its size and version tag."""
         return self._backend(prefix_uri).list(prefix_uri)
 
     def delete(self, uri: str) -> None:
         self._backend(uri).delete(uri)
+
+    def stat(self, uri: str) -> ObjectInfo:
+        """Size and version tag of one object; ``ObjectNotFound`` if there is none."""
+        return self._backend(uri).stat(uri)
+
+    def move(self, source_uri: str, target_uri: str) -> None:
+        """Copy, then delete the source: the object is never absent from both places."""
+        if uri_scheme(source_uri) != uri_scheme(target_uri):
+            self.write_bytes(target_uri, self.read_bytes(source_uri))
+        else:
+            self._backend(source_uri).copy(source_uri, target_uri)
+        self.delete(source_uri)
 
     def sha256(self, uri: str) -> tuple[str, int]:
         """Content hash and size, streamed so a large PDF is never held in memory."""

@@ -49,6 +49,7 @@ def settings(tmp_path) -> PipelineSettings:
         work_dir=tmp_path / "work",
         inbox_uri=(tmp_path / "inbox").as_uri() + "/",
         artifacts_uri=(tmp_path / "artifacts").as_uri() + "/",
+        quarantine_uri=(tmp_path / "quarantine").as_uri() + "/",
     )
 
 

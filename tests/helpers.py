@@ -33,3 +33,30 @@ def manifests_of(settings: PipelineSettings, results: dict[str, BatchResult], do
 def run_until(settings: PipelineSettings, document: DocumentRef, last: str, **options) -> dict[str, StageManifest]:
     """One document alone through the stages, in this process; its manifests by stage."""
     return manifests_of(settings, run_stages(settings, [document], last, **options), document.doc_id)
+
+
+DAG_ID = "document_ingest"
+
+
+def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess: bool = False,
+                        is_active=lambda dag_id, run_id: True) -> dict:
+    """One ``document_ingest`` run in this process, task by task, with the stages run inline;
+    the settings come from the environment, as in the DAG. Returns the run's summary."""
+    from include import ingest
+    from include.batching import BatchSpec
+    from include.settings import get_settings
+
+    settings = get_settings()
+    storage = Storage(settings)
+    batches = ingest.plan_run(DAG_ID, run_id, keys, reprocess=reprocess, is_active=is_active)
+    results: dict[str, list[dict]] = {stage: [] for stage in ingest.STAGE_ORDER}
+    for batch in batches:
+        spec = BatchSpec.model_validate(storage.read_json(batch["batch_uri"]))
+        by_stage = run_stages(settings, spec.documents, "load", batch_id=spec.batch_id, recompute=reprocess)
+        for stage, result in by_stage.items():
+            uri = join_uri(ingest.stage_result_prefix(DAG_ID, run_id, spec.batch_id, stage), "inline.json")
+            storage.write_json(uri, result.model_dump(mode="json"))
+            ingest.record_stage(run_id, result)
+            results[stage].append({"result_uri": uri})
+    ingest.reconcile(DAG_ID, run_id)
+    return ingest.finish_run(DAG_ID, run_id, results)

@@ -6,8 +6,9 @@ what each Ray job the DAG submits does.
 
 from __future__ import annotations
 
+from include.settings import PipelineSettings
 from include.stages import chunk, embed, enrich, extract, load
-from include.stages.base import Stage
+from include.stages.base import Stage, stage_fingerprint
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
@@ -68,3 +69,13 @@ STAGES: dict[str, Stage] = {
         ),
     )
 }
+
+
+def pipeline_fingerprint(settings: PipelineSettings) -> str:
+    """What a document's vectors depend on: every stage's settings, code and libraries.
+
+    Equal to the ``config_fingerprint`` the last stage's manifest records: a document
+    ingested under another fingerprint is stale and goes through the stages again
+    (each stage still reuses what its own fingerprint says is current).
+    """
+    return ".".join(stage_fingerprint(stage, settings) for stage in STAGES.values())

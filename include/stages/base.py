@@ -56,11 +56,20 @@ Payload = Any  # JSON-able result of one part
 
 
 class DocumentError(Exception):
-    """This document cannot go through the stage (corrupt, encrypted, empty, not a PDF...).
+    """This document cannot go through the stage (it vanished or changed while being read...).
 
     The message must name the document and the cause: it ends up in the Airflow
-    task log, the document's manifest and the run summary.
+    task log, the document's manifest, the ledger and the run summary.
     """
+
+    bad_file = False
+
+
+class BadFileError(DocumentError):
+    """The file itself is bad (empty, corrupt, encrypted, not a PDF, no text): trying again cannot
+    help, so the orchestrator moves it to quarantine until a fixed file is dropped."""
+
+    bad_file = True
 
 
 class StageManifest(BaseModel):
@@ -74,6 +83,7 @@ class StageManifest(BaseModel):
     error: str | None = None
     # False when trying again cannot help (the input itself is bad).
     retryable: bool = True
+    bad_file: bool = False
     config_fingerprint: str
     # What the outputs were made from, and a digest of what they hold: a downstream
     # stage reuses its result only if its upstream's outputs are still the same.
@@ -92,6 +102,8 @@ class DocumentOutcome(BaseModel):
     manifest_uri: str
     error: str | None = None
     retryable: bool = True
+    # The file itself is bad (``BadFileError``): it goes to quarantine.
+    bad_file: bool = False
     reused: bool = False
     metrics: Metrics = {}
 
@@ -215,8 +227,14 @@ def code_fingerprint(stage: Stage) -> str:
     return digest.hexdigest()[:12]
 
 
+def stage_fingerprint(stage: Stage, settings: PipelineSettings) -> str:
+    """What shapes this stage's own output: its settings, its code, its libraries."""
+    return f"{settings.fingerprint(*stage.settings_fields)}-{code_fingerprint(stage)}"
+
+
 def config_fingerprint(stage: Stage, settings: PipelineSettings, upstream: StageManifest | None) -> str:
-    own = f"{settings.fingerprint(*stage.settings_fields)}-{code_fingerprint(stage)}"
+    """The stage's fingerprint chained after its upstream's: what shaped the output, end to end."""
+    own = stage_fingerprint(stage, settings)
     return f"{upstream.config_fingerprint}.{own}" if upstream is not None else own
 
 
@@ -401,10 +419,11 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
             error = exc
     if error is not None:
         log.warning("%s: %s", stage.name, error)
-        manifest = StageManifest(status="failed", error=str(error), retryable=False, finished_at=now(), **base)
+        manifest = StageManifest(status="failed", error=str(error), retryable=False, bad_file=error.bad_file,
+                                 finished_at=now(), **base)
         storage.write_json(target, manifest.model_dump(mode="json"))
         return DocumentOutcome(doc_id=document.doc_id, source_uri=document.source_uri, status="failed",
-                               manifest_uri=target, error=str(error), retryable=False)
+                               manifest_uri=target, error=str(error), retryable=False, bad_file=error.bad_file)
     metrics = {**metrics, "seconds": round(done.seconds, 3)}
     manifest = StageManifest(status="succeeded", outputs=outputs, metrics=metrics, output_digest=ctx.digest(),
                              finished_at=now(), **base)

@@ -24,7 +24,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from include.settings import PipelineSettings
-from include.stages.base import DocInput, DocumentDone, DocumentError, Progress, Stage, StageInput
+from include.stages.base import (
+    BadFileError,
+    DocInput,
+    DocumentDone,
+    DocumentError,
+    Progress,
+    Stage,
+    StageInput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +64,11 @@ def run_inline(
 
 def _split_rows(row: dict[str, Any], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
     doc = DocInput.model_validate_json(row["doc"])
-    base = {"doc_id": row["doc_id"], "doc": row["doc"], "error": "", "units": 0}
+    base = {"doc_id": row["doc_id"], "doc": row["doc"], "error": "", "bad_file": False, "units": 0}
     try:
         parts = stage.split(doc, settings)
     except DocumentError as exc:
-        return [{**base, "index": _NO_PART, "part": "null", "error": str(exc)}]
+        return [{**base, "index": _NO_PART, "part": "null", "error": str(exc), "bad_file": exc.bad_file}]
     if not parts:
         return [{**base, "index": _NO_PART, "part": "null"}]
     return [
@@ -80,10 +88,11 @@ class _PartWorker:
         log.info("%s worker ready in %.1fs", stage.name, time.perf_counter() - clock)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"doc_id": [], "index": [], "payload": [], "error": [], "units": [],
-                                     "seconds": []}
-        for doc_id, doc_json, index, part_json, error, units in zip(
-            batch["doc_id"], batch["doc"], batch["index"], batch["part"], batch["error"], batch["units"]
+        out: dict[str, list[Any]] = {"doc_id": [], "index": [], "payload": [], "error": [], "bad_file": [],
+                                     "units": [], "seconds": []}
+        for doc_id, doc_json, index, part_json, error, bad_file, units in zip(
+            batch["doc_id"], batch["doc"], batch["index"], batch["part"], batch["error"], batch["bad_file"],
+            batch["units"],
         ):
             payload, seconds = "null", 0.0
             if not error and index != _NO_PART:
@@ -91,14 +100,14 @@ class _PartWorker:
                 try:
                     payload = json.dumps(self._worker(DocInput.model_validate_json(doc_json), json.loads(part_json)))
                 except DocumentError as exc:
-                    error = str(exc)
+                    error, bad_file = str(exc), exc.bad_file
                 seconds = time.perf_counter() - clock
                 # Order is kept for assembly, so a long document holds back the driver's
                 # count: each part says itself when it is done.
                 what = f"{units} {self._stage.unit}" if self._stage.unit else "whole document"
                 log.info("%s of %s: part %d (%s) done in %.1fs", self._stage.name, doc_id, index + 1, what, seconds)
-            for name, value in (("doc_id", doc_id), ("index", int(index)), ("payload", payload),
-                                ("error", error), ("units", int(units)), ("seconds", seconds)):
+            for name, value in (("doc_id", doc_id), ("index", int(index)), ("payload", payload), ("error", error),
+                                ("bad_file", bool(bad_file)), ("units", int(units)), ("seconds", seconds)):
                 out[name].append(value)
         return out
 
@@ -149,7 +158,7 @@ def run_on_ray(
             seen.add(current)
         seconds += row["seconds"]
         if row["error"]:
-            error = error or DocumentError(row["error"])
+            error = error or (BadFileError if row["bad_file"] else DocumentError)(row["error"])
         elif row["index"] != _NO_PART:
             collected.append(json.loads(row["payload"]))
             progress.add(units=row["units"])

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, DocInput, DocumentError, Metrics, Outputs, Part
+from include.stages.base import AssembleContext, BadFileError, DocInput, DocumentError, Metrics, Outputs, Part
 from include.storage import ObjectNotFound, Storage
 
 if TYPE_CHECKING:
@@ -74,24 +74,24 @@ def check_pdf(data: bytes, name: str) -> int:
     import pypdfium2
 
     if not data:
-        raise DocumentError(f"{name}: the file is empty (0 bytes)")
+        raise BadFileError(f"{name}: the file is empty (0 bytes)")
     if not data.lstrip()[:5] == b"%PDF-":
-        raise DocumentError(f"{name}: not a PDF (it starts with {data[:8]!r}, not '%PDF-')")
+        raise BadFileError(f"{name}: not a PDF (it starts with {data[:8]!r}, not '%PDF-')")
     try:
         pdf = pypdfium2.PdfDocument(data)
     except pypdfium2.PdfiumError as exc:
         if "password" in str(exc).lower():
-            raise DocumentError(
+            raise BadFileError(
                 f"{name}: the PDF is encrypted (password-protected); "
                 "decrypt it and drop it into the inbox again"
             ) from exc
-        raise DocumentError(f"{name}: the PDF is corrupt and cannot be opened ({exc})") from exc
+        raise BadFileError(f"{name}: the PDF is corrupt and cannot be opened ({exc})") from exc
     try:
         pages = len(pdf)
     finally:
         pdf.close()
     if pages == 0:
-        raise DocumentError(f"{name}: the PDF has no pages")
+        raise BadFileError(f"{name}: the PDF has no pages")
     return pages
 
 
@@ -294,7 +294,7 @@ class PageConverter:
         result = self._converter.convert(self._local_pdf(doc), raises_on_error=False, page_range=(first, last))
         if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
             errors = "; ".join(e.error_message for e in result.errors) or str(result.status)
-            raise DocumentError(f"{uri}: Docling could not convert pages {first}-{last} ({errors})")
+            raise BadFileError(f"{uri}: Docling could not convert pages {first}-{last} ({errors})")
         for error in result.errors:
             log.warning("%s: %s", uri, error.error_message)
         document = result.document
@@ -314,7 +314,7 @@ class PageConverter:
 def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outputs, Metrics]:
     pages = [page for payload in payloads for page in payload["pages"]]
     if not any(page.strip() for page in pages):
-        raise DocumentError(
+        raise BadFileError(
             f"{ctx.document.source_uri}: no text layer on any of its {len(pages)} page(s) "
             "(a scan? OCR needs the standard pipeline: set PIPELINE_DOCLING_ARTIFACTS_PATH)"
         )

@@ -12,6 +12,7 @@ from botocore.stub import Stubber
 from include.documents import DocumentRef, describe, discover, document_id, key_uris
 from include.settings import PipelineSettings
 from include.storage import (
+    ObjectInfo,
     ObjectNotFound,
     S3Backend,
     Storage,
@@ -139,12 +140,13 @@ def test_s3_sends_raw_keys_and_lists_raw_uris():
     key = "inbox/sub dir/a#1?x=2 %.pdf"
     stub.add_response(
         "list_objects_v2",
-        {"Contents": [{"Key": key}, {"Key": "inbox/sub dir/"}], "IsTruncated": False},
+        {"Contents": [{"Key": key, "Size": 7, "ETag": '"abc"'}, {"Key": "inbox/sub dir/", "Size": 0, "ETag": '"d"'}],
+         "IsTruncated": False},
         {"Bucket": "b", "Prefix": "inbox/"},
     )
     stub.add_response("head_object", {}, {"Bucket": "b", "Key": key})
     with stub:
-        assert backend.list("s3://b/inbox/") == [f"s3://b/{key}"]
+        assert backend.list("s3://b/inbox/") == [ObjectInfo(f"s3://b/{key}", 7, "abc")]
         assert backend.exists(f"s3://b/{key}")
     stub.assert_no_pending_responses()
 

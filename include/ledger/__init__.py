@@ -1,0 +1,14 @@
+"""The ledger: the pipeline's own database of every document it has seen, what it did with
+each, and every run's totals. It is what makes runs incremental (an unchanged document
+costs nothing), lets two runs share an inbox without doing the same work twice
+(claims), and answers "is this document in the index, and if not, why not?".
+
+SQLite under the work dir by default; PostgreSQL (or any SQLAlchemy database) through
+the Airflow connection ``pipeline_ledger`` or ``PIPELINE_LEDGER_URL``. The schema is
+migrated by Alembic on open. ``python -m include.ledger --help`` shows and queries it.
+"""
+
+from include.ledger.schema import Status
+from include.ledger.store import Candidate, Entry, Final, Ledger
+
+__all__ = ["Candidate", "Entry", "Final", "Ledger", "Status"]

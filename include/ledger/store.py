@@ -1,0 +1,398 @@
+"""Reads and writes of the ledger. Only the orchestration side calls these: stage code never does.
+
+Every write is one short transaction. On SQLite, a transaction takes the write lock as it
+begins (``BEGIN IMMEDIATE``), so concurrent tasks queue for it instead of failing on a
+lock upgrade; claims are compare-and-set updates, correct on PostgreSQL as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from include.documents import DocumentRef
+from include.ledger.schema import Document, Event, Run, Status
+from include.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+LEDGER_CONN_ID = "pipeline_ledger"
+MIGRATIONS = Path(__file__).with_name("migrations")
+# PostgreSQL: one migrator at a time (any constant key shared by every process).
+_MIGRATION_LOCK_KEY = 0x1ED6E2
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Entry(BaseModel):
+    """A document row as read: a plain value, safe to keep after the session closes."""
+
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    source_uri: str
+    doc_id: str
+    content_sha256: str
+    size_bytes: int
+    object_version: str | None
+    status: Status
+    pipeline_fingerprint: str
+    stage_reached: str | None
+    pages: int | None
+    chunks: int | None
+    vectors: int | None
+    indexed_doc_id: str | None
+    error: str | None
+    error_stage: str | None
+    quarantine_uri: str | None
+    attempts: int
+    claim_dag_id: str | None
+    claim_run_id: str | None
+    claimed_at: datetime | None
+    first_seen: datetime
+    last_seen: datetime
+    last_run_id: str | None
+
+
+class EventEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    at: datetime
+    source_uri: str
+    doc_id: str
+    run_id: str
+    stage: str
+    event: str
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A document version a run wants to process, with the tag of the object it was read from."""
+
+    document: DocumentRef
+    object_version: str | None
+
+
+@dataclass(frozen=True)
+class Final:
+    """How a run left one document."""
+
+    source_uri: str
+    doc_id: str
+    status: Status
+    stage_reached: str | None = None
+    error: str | None = None
+    error_stage: str | None = None
+    quarantine_uri: str | None = None
+
+
+def default_url(settings: PipelineSettings) -> str:
+    """The ledger's URL: the setting, else the Airflow connection, else SQLite in the work dir."""
+    if settings.ledger_url:
+        return settings.ledger_url
+    try:
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+    except ImportError:  # plain Python (the CLI on a machine without Airflow)
+        pass
+    else:
+        try:
+            return sqlalchemy_url(BaseHook.get_connection(LEDGER_CONN_ID).get_uri())
+        except AirflowNotFoundException:
+            pass
+    return f"sqlite:///{settings.work_dir / 'ledger.sqlite'}"
+
+
+def sqlalchemy_url(connection_uri: str) -> str:
+    """An Airflow connection URI as SQLAlchemy spells it (``postgres://`` -> the pg8000 driver)."""
+    scheme, _, rest = connection_uri.partition("://")
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+pg8000://{rest}"
+    return connection_uri
+
+
+def _engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    database = url.split("///", 1)[-1]
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA busy_timeout=60000")
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Ledger:
+    """The pipeline's own record of every document: status, version, history, runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = _engine(url)
+
+    @classmethod
+    def open(cls, settings: PipelineSettings, url: str | None = None) -> Ledger:
+        """The ledger at ``url`` (default: ``default_url``), its schema migrated to the latest revision."""
+        ledger = cls(url or default_url(settings))
+        ledger.migrate()
+        return ledger
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(config).get_current_head()
+        quiet = logging.getLogger("alembic.runtime.migration")
+        level, quiet.level = quiet.level, logging.WARNING  # it announces its dialect on every check
+        try:
+            with self._engine.connect() as connection:
+                current = MigrationContext.configure(connection).get_current_revision()
+        finally:
+            quiet.setLevel(level)
+        if current == head:
+            return
+        log.info("Migrating the ledger at %s to revision %s", self._engine.url.render_as_string(), head)
+        with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def revision(self) -> str | None:
+        with self._engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # --- reading -------------------------------------------------------------
+
+    def entries(self, *, under: str | None = None, source_uris: Iterable[str] | None = None,
+                status: Status | None = None) -> dict[str, Entry]:
+        """Rows by source URI: those under a prefix, or named, or all; optionally of one status."""
+        query = select(Document)
+        if under is not None:
+            query = query.where(Document.source_uri.startswith(under, autoescape=True))
+        if status is not None:
+            query = query.where(Document.status == status)
+        wanted = None if source_uris is None else set(source_uris)
+        with self._session() as session:
+            rows = session.scalars(query.order_by(Document.source_uri)).all()
+            return {r.source_uri: Entry.model_validate(r) for r in rows if wanted is None or r.source_uri in wanted}
+
+    def counts(self) -> dict[str, int]:
+        with self._session() as session:
+            rows = session.execute(select(Document.status, func.count()).group_by(Document.status)).all()
+        return {status: count for status, count in rows}
+
+    def history(self, source_uri: str) -> list[EventEntry]:
+        with self._session() as session:
+            rows = session.scalars(
+                select(Event).where(Event.source_uri == source_uri).order_by(Event.at, Event.id)
+            ).all()
+            return [EventEntry.model_validate(r) for r in rows]
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._session() as session:
+            rows = session.scalars(select(Run).order_by(Run.planned_at.desc()).limit(limit)).all()
+            return [{c.key: getattr(r, c.key) for c in Run.__table__.columns} for r in rows]
+
+    def daily(self, days: int = 14) -> list[dict[str, Any]]:
+        with self._engine.connect() as connection:
+            result = connection.execute(text("SELECT * FROM daily_metrics ORDER BY day DESC LIMIT :n"), {"n": days})
+            return [dict(row._mapping) for row in result]
+
+    # --- writing -------------------------------------------------------------
+
+    def touch(self, run_id: str, seen: dict[str, str | None]) -> None:
+        """Documents found unchanged: remember when, and the object's current version tag."""
+        stamp = now()
+        with self._session() as session:
+            for source_uri, version in seen.items():
+                session.execute(
+                    update(Document).where(Document.source_uri == source_uri)
+                    .values(object_version=version, last_seen=stamp)
+                )
+
+    def claim(
+        self,
+        dag_id: str,
+        run_id: str,
+        candidates: list[Candidate],
+        fingerprint: str,
+        is_active: Callable[[str, str], bool],
+    ) -> tuple[list[Candidate], dict[str, str]]:
+        """Claim documents for this run: the claimed ones, and the others with the run that holds them.
+
+        A claim is a conditional update (set only if the holder is still the one read), so of
+        two runs racing for a document exactly one wins. A claim held by a run that is no
+        longer running (``is_active`` says so) is taken over. A retried planning task finds
+        its own claims and keeps them.
+        """
+        existing = self.entries(source_uris=[c.document.source_uri for c in candidates])
+        alive: dict[tuple[str, str], bool] = {}
+        held: dict[str, str] = {}
+        claimed: list[Candidate] = []
+        stamp = now()
+        with self._session() as session:
+            for candidate in candidates:
+                doc, uri = candidate.document, candidate.document.source_uri
+                row = existing.get(uri)
+                holder = row.claim_run_id if row else None
+                if holder and holder != run_id:
+                    key = (row.claim_dag_id or dag_id, holder)
+                    if key not in alive:
+                        alive[key] = is_active(*key)
+                    if alive[key]:
+                        held[uri] = holder
+                        continue
+                    log.warning("%s: taking over the claim of run %s, which is no longer running", uri, holder)
+                values = dict(
+                    doc_id=doc.doc_id, content_sha256=doc.content_sha256, size_bytes=doc.size_bytes,
+                    object_version=candidate.object_version, status=Status.PROCESSING,
+                    pipeline_fingerprint=fingerprint, claim_dag_id=dag_id, claim_run_id=run_id,
+                    claimed_at=stamp, last_seen=stamp, last_run_id=run_id, updated_at=stamp,
+                )
+                if row is None:
+                    if self._insert(session, Document(source_uri=uri, first_seen=stamp, attempts=0, **values)):
+                        claimed.append(candidate)
+                    else:
+                        held[uri] = "another run (claimed just now)"
+                    continue
+                if row.doc_id != doc.doc_id:
+                    values.update(attempts=0, error=None, error_stage=None, stage_reached=None,
+                                  pages=None, chunks=None, vectors=None)
+                won = session.execute(
+                    update(Document)
+                    .where(Document.source_uri == uri, Document.claim_run_id.is_not_distinct_from(holder))
+                    .values(**values)
+                ).rowcount
+                if won:
+                    claimed.append(candidate)
+                else:
+                    held[uri] = "another run (claimed just now)"
+            for candidate in claimed:
+                self._event(session, candidate.document.source_uri, candidate.document.doc_id, run_id,
+                            "plan", "claimed", {"fingerprint": fingerprint})
+        return claimed, held
+
+    @staticmethod
+    def _insert(session: Session, row: Document) -> bool:
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    @staticmethod
+    def _event(session: Session, source_uri: str, doc_id: str, run_id: str, stage: str, name: str,
+               detail: dict[str, Any] | None = None) -> None:
+        """Append an event, once per run, document, stage and kind (a retried task repeats itself)."""
+        exists = session.scalar(select(Event.id).where(
+            Event.run_id == run_id, Event.doc_id == doc_id, Event.stage == stage, Event.event == name))
+        if exists is None:
+            session.add(Event(at=now(), source_uri=source_uri, doc_id=doc_id, run_id=run_id, stage=stage,
+                              event=name, detail=detail))
+
+    def record_stage(self, run_id: str, stage: str, outcomes: Iterable[Any], submission_id: str | None) -> None:
+        """A stage's outcome for each document of a batch (``DocumentOutcome``s), as it is known."""
+        counted = {"extract": "pages", "chunk": "chunks", "load": "vectors"}
+        with self._session() as session:
+            for outcome in outcomes:
+                name = "reused" if outcome.reused else str(outcome.status)
+                self._event(session, outcome.source_uri, outcome.doc_id, run_id, stage, name,
+                            {"submission_id": submission_id, "error": outcome.error, "metrics": outcome.metrics})
+                values: dict[str, Any] = {"updated_at": now()}
+                if outcome.status == "succeeded":
+                    values["stage_reached"] = stage
+                    if stage in counted and counted[stage] in outcome.metrics:
+                        values[counted[stage]] = int(outcome.metrics[counted[stage]])
+                else:
+                    values.update(error=outcome.error, error_stage=stage)
+                session.execute(
+                    update(Document)
+                    .where(Document.source_uri == outcome.source_uri, Document.claim_run_id == run_id)
+                    .values(**values)
+                )
+
+    def finish(self, run_id: str, finals: Iterable[Final]) -> None:
+        """Final status of each document the run claimed; releases its claims."""
+        stamp = now()
+        with self._session() as session:
+            for final in finals:
+                values: dict[str, Any] = dict(
+                    status=final.status, claim_run_id=None, claim_dag_id=None, claimed_at=None,
+                    attempts=Document.attempts + 1, last_run_id=run_id, updated_at=stamp,
+                    error=final.error, error_stage=final.error_stage, quarantine_uri=final.quarantine_uri,
+                )
+                if final.stage_reached:
+                    values["stage_reached"] = final.stage_reached
+                if final.status == Status.INGESTED:
+                    values["indexed_doc_id"] = final.doc_id
+                if final.status == Status.QUARANTINED:
+                    values["indexed_doc_id"] = None  # load never ran for it; older vectors were removed too
+                done = session.execute(
+                    update(Document)
+                    .where(Document.source_uri == final.source_uri, Document.claim_run_id == run_id)
+                    .values(**values)
+                ).rowcount
+                if done:
+                    self._event(session, final.source_uri, final.doc_id, run_id, "finish", str(final.status),
+                                {"error": final.error, "quarantine_uri": final.quarantine_uri})
+                else:
+                    log.warning("%s: not claimed by run %s any more: its outcome is not recorded",
+                                final.source_uri, run_id)
+
+    def mark_deleted(self, run_id: str, source_uri: str, vectors_removed: int) -> None:
+        with self._session() as session:
+            row = session.scalar(select(Document).where(Document.source_uri == source_uri))
+            if row is None:
+                return
+            row.status, row.indexed_doc_id, row.vectors = Status.DELETED, None, 0
+            row.last_run_id, row.updated_at = run_id, now()
+            self._event(session, source_uri, row.doc_id, run_id, "reconcile", "deleted",
+                        {"vectors_removed": vectors_removed})
+
+    def start_run(self, dag_id: str, run_id: str, counts: dict[str, int]) -> None:
+        with self._session() as session:
+            run = session.get(Run, run_id) or Run(run_id=run_id, dag_id=dag_id, planned_at=now())
+            for name, value in counts.items():
+                setattr(run, name, value)
+            session.add(run)
+
+    def finish_run(self, run_id: str, totals: dict[str, Any]) -> None:
+        with self._session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                return
+            for name, value in totals.items():
+                setattr(run, name, value)
+            run.finished_at = now()

@@ -1,0 +1,113 @@
+"""The run report: what a run found in the inbox and what became of every document it touched.
+
+Written by the summary task as ``report.json`` (for machines) and ``report.md`` (for
+people) into the run's folder of the artifacts; the summary's XCom names the JSON's URI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from include.batching import RunPlan
+from include.storage import Storage, join_uri
+
+# Per-document numbers the report keeps from the stage outcomes.
+DOCUMENT_METRICS = ("pages", "chunks", "redactions", "vectors")
+# Per-stage columns of the stage table, in order.
+STAGE_METRICS = ("pages", "chunks", "redactions", "vectors", "seconds", "reused")
+COUNTS = ("new", "changed", "stale", "retried", "reprocessed", "unchanged", "deleted",
+          "ingested", "failed", "quarantined", "held", "unreadable", "gave_up")
+_REASON_COUNT = {"new": "new", "changed": "changed", "stale": "stale", "retry": "retried", "reprocess": "reprocessed"}
+
+
+def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[str, float]],
+              documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's content. ``documents`` holds one row per document the run processed."""
+    counts = dict.fromkeys(COUNTS, 0)
+    for row in documents:
+        counts[_REASON_COUNT[row["reason"]]] += 1
+        counts[row["status"]] += 1
+    counts.update(unchanged=plan.unchanged, deleted=len(plan.deleted), held=len(plan.held),
+                  unreadable=len(plan.unreadable), gave_up=plan.gave_up)
+    failed = [{"doc_id": None, "source_uri": u.source_uri, "stage": "plan", "error": u.error} for u in plan.unreadable]
+    failed += [{key: row[key] for key in ("doc_id", "source_uri", "stage", "error")}
+               for row in documents if row["status"] != "ingested"]
+    return {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "documents": len(documents) + len(plan.unreadable),
+        "batches": len(plan.batches),
+        "succeeded": counts["ingested"],
+        "failed": failed,
+        "counts": counts,
+        "stages": stages,
+        "touched": documents,
+        "deleted": plan.deleted,
+        "held": plan.held,
+    }
+
+
+def for_xcom(summary: dict[str, Any], max_failed: int = 50) -> dict[str, Any]:
+    """The summary without per-document rows (those are in the report): numbers, the report's
+    URI, and the first failures so the UI shows why a run failed."""
+    compact = {key: summary[key] for key in ("report_uri", "documents", "batches", "succeeded", "counts", "stages")}
+    compact["failed"] = summary["failed"][:max_failed]
+    compact["failed_total"] = len(summary["failed"])
+    return compact
+
+
+def write(storage: Storage, folder: str, summary: dict[str, Any]) -> str:
+    uri = join_uri(folder, "report.json")
+    storage.write_text(join_uri(folder, "report.md"), markdown(summary))
+    storage.write_json(uri, {**summary, "report_uri": uri})
+    return uri
+
+
+def run_totals(summary: dict[str, Any]) -> dict[str, Any]:
+    """The ledger's row of the run."""
+    counts = summary["counts"]
+    totals = {name: counts[name] for name in ("ingested", "failed", "quarantined")}
+    for name in ("pages", "chunks", "vectors"):
+        totals[name] = sum(int(row.get(name, 0)) for row in summary["touched"])
+    totals["seconds"] = {stage: round(t.get("seconds", 0.0), 1) for stage, t in summary["stages"].items()}
+    totals["report_uri"] = summary.get("report_uri")
+    return totals
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        text = "" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    counts = summary["counts"]
+    lines = [f"# {summary['dag_id']} run {summary['run_id']}", ""]
+    found = ", ".join(f"{counts[name]} {name}" for name in COUNTS if counts[name]) or "nothing"
+    lines += [f"{summary['succeeded']} of {summary['documents']} document(s) ingested in "
+              f"{summary['batches']} batch(es). In all: {found}.", ""]
+    if any(t.get("batches") for t in summary["stages"].values()):
+        header = ["stage", "batches", "docs", "failed", *STAGE_METRICS]
+        rows = []
+        for stage, totals in summary["stages"].items():
+            rows.append([stage, *(int(totals.get(m, 0)) for m in ("batches", "documents", "failed")),
+                         *(round(totals[m], 1) if m == "seconds" and m in totals
+                           else int(totals[m]) if m in totals else None for m in STAGE_METRICS)])
+        lines += ["## Stages", "", *_table(header, rows), ""]
+    if summary["touched"]:
+        header = ["document", "why", "status", "pages", "chunks", "vectors", "stopped at", "cause"]
+        rows = [[row["source_uri"], row["reason"], row["status"], *(row.get(m) for m in ("pages", "chunks", "vectors")),
+                 row["stage"], row["error"]] for row in summary["touched"]]
+        lines += ["## Documents", "", *_table(header, rows), ""]
+    for title, items in (("Deleted from the inbox (vectors removed)", summary["deleted"]),
+                         ("Held by another run", [f"{uri} (run {run})" for uri, run in summary["held"].items()])):
+        if items:
+            lines += [f"## {title}", "", *(f"- {item}" for item in items), ""]
+    for item in summary["failed"]:
+        # Errors name their document already; older ones may not.
+        cause = item["error"] if item["error"].startswith(item["source_uri"]) else f"{item['source_uri']}: {item['error']}"
+        lines.append(f"FAILED at {item['stage']}: {cause}")
+    return "\n".join(lines).rstrip() + "\n"
