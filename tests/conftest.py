@@ -53,6 +53,19 @@ def settings(tmp_path) -> PipelineSettings:
     )
 
 
+@pytest.fixture
+def pipeline_env(settings, monkeypatch) -> PipelineSettings:
+    """The ``settings`` fixture's places as ``PIPELINE_*`` variables, for code that reads
+    ``get_settings()`` as the DAG's tasks do."""
+    from include.settings import get_settings
+
+    for name in ("work_dir", "inbox_uri", "artifacts_uri", "quarantine_uri"):
+        monkeypatch.setenv(f"PIPELINE_{name.upper()}", str(getattr(settings, name)))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A throwaway local Ray (not the stack's head), shipping the project like a job does."""

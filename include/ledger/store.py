@@ -151,6 +151,11 @@ class Ledger:
         self.url = url
         self._engine = _engine(url)
 
+    @property
+    def location(self) -> str:
+        """The URL without its password: fit for logs."""
+        return self._engine.url.render_as_string(hide_password=True)
+
     @classmethod
     def open(cls, settings: PipelineSettings, url: str | None = None) -> Ledger:
         """The ledger at ``url`` (default: ``default_url``), its schema migrated to the latest revision."""
@@ -176,7 +181,7 @@ class Ledger:
             quiet.setLevel(level)
         if current == head:
             return
-        log.info("Migrating the ledger at %s to revision %s", self._engine.url.render_as_string(), head)
+        log.info("Migrating the ledger at %s to revision %s", self.location, head)
         with self._engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})

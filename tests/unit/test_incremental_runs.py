@@ -1,0 +1,130 @@
+"""Runs of ``document_ingest`` one after another over a changing inbox, task by task in this
+process (stages inline): what each run plans, what the ledger and the vector store hold after."""
+
+from __future__ import annotations
+
+import pytest
+
+from include import ingest
+from include.backends.vector_stores import ChromaStore
+from include.ledger import Ledger, Status
+from include.quarantine import NOTE_SUFFIX
+from include.storage import Storage, join_uri
+from tests.helpers import DAG_ID, ingest_like_the_dag
+
+GOOD, OTHER = "metformin_trial_protocol.pdf", "site_operations_handbook.pdf"
+
+
+def _doc_ids_in_store(settings) -> dict[str, set[str]]:
+    stored = ChromaStore(settings)._collection.get(include=["metadatas"])
+    found: dict[str, set[str]] = {}
+    for meta in stored["metadatas"]:
+        found.setdefault(meta["source_uri"], set()).add(meta["doc_id"])
+    return found
+
+
+def _plan(run_id: str, **options) -> dict:
+    from include.batching import read_plan, run_folder
+    from include.settings import get_settings
+
+    settings = get_settings()
+    ingest.plan_run(DAG_ID, run_id, **options)
+    return read_plan(Storage(settings), run_folder(settings.artifacts_uri, DAG_ID, run_id)).model_dump()
+
+
+@pytest.fixture
+def inbox(pipeline_env, sample_pdfs):
+    storage = Storage(pipeline_env)
+
+    def put(key: str, data: bytes) -> str:
+        uri = join_uri(pipeline_env.inbox_uri, key)
+        storage.write_bytes(uri, data)
+        return uri
+
+    put.storage = storage
+    return put
+
+
+def test_runs_ingest_what_is_new_or_changed_only_and_keep_the_ledger_and_store_in_step(pipeline_env, inbox, sample_pdfs):
+    settings, storage = pipeline_env, inbox.storage
+    good = inbox("reports/Quartal Ü1.pdf", sample_pdfs[GOOD].read_bytes())
+    bad = inbox("broken.pdf", b"%PDF-1.7\n1 0 obj << broken")
+
+    first = ingest_like_the_dag("run-1")
+    assert first["counts"] | {"new": 2, "ingested": 1, "quarantined": 1} == first["counts"]
+    ledger = Ledger.open(settings)
+    entries = ledger.entries()
+    assert entries[good].status == Status.INGESTED and entries[good].vectors == first["stages"]["load"]["vectors"]
+    # The bad file left the inbox for quarantine, with a note saying why.
+    assert entries[bad].status == Status.QUARANTINED and not storage.exists(bad)
+    note = storage.read_json(entries[bad].quarantine_uri + NOTE_SUFFIX)
+    assert note["stage"] == "extract" and "corrupt" in note["error"] and note["run_id"] == "run-1"
+    assert storage.exists(entries[bad].quarantine_uri)
+    report = storage.read_text(first["report_uri"].replace("report.json", "report.md"))
+    assert "| quarantined |" in report and "Quartal" in report
+
+    # Nothing changed: nothing to do, no batch at all.
+    second = _plan("run-2")
+    assert second["batches"] == [] and second["unchanged"] == 1 and second["reasons"] == {}
+
+    # Written again with the same bytes: its tag changed, so it is hashed once, found unchanged,
+    # and the ledger keeps the new tag so the sensor no longer sees work.
+    inbox("reports/Quartal Ü1.pdf", sample_pdfs[GOOD].read_bytes())
+    listing = storage.list_objects(settings.inbox_uri)
+    assert ingest.pending(listing, ledger.entries(), fingerprint=ingest.pipeline_fingerprint(settings),
+                          max_attempts=3).work
+    assert _plan("run-3")["batches"] == []
+    assert not ingest.pending(listing, ledger.entries(), fingerprint=ingest.pipeline_fingerprint(settings),
+                              max_attempts=3)
+
+    # Changed bytes under the same key, and the bad key fixed: only those two are processed.
+    old_doc = entries[good].doc_id
+    inbox("reports/Quartal Ü1.pdf", sample_pdfs[OTHER].read_bytes())
+    inbox("broken.pdf", sample_pdfs[GOOD].read_bytes())
+    third = ingest_like_the_dag("run-4")
+    assert {row["source_uri"]: row["reason"] for row in third["touched"]} == {good: "changed", bad: "changed"}
+    entries = ledger.entries()
+    assert entries[good].status == entries[bad].status == Status.INGESTED
+    in_store = _doc_ids_in_store(settings)
+    assert in_store[good] == {entries[good].doc_id} != {old_doc}  # the old version's vectors are gone
+
+    # Deleted from the inbox: its vectors go, the ledger says deleted.
+    storage.delete(good)
+    fourth = ingest_like_the_dag("run-5")
+    assert fourth["deleted"] == [good] and fourth["touched"] == []
+    assert good not in _doc_ids_in_store(settings) and ledger.entries()[good].status == Status.DELETED
+    assert [e.event for e in ledger.history(good)][-1] == "deleted"
+
+    # Reprocess on request: every stage redone for the named key, nothing reused.
+    fifth = ingest_like_the_dag("run-6", keys=["broken.pdf"], reprocess=True)
+    assert [row["reason"] for row in fifth["touched"]] == ["reprocess"]
+    assert all(t.get("reused", 0) == 0 for t in fifth["stages"].values())
+    runs = {run["run_id"]: run for run in ledger.runs()}
+    assert (runs["run-1"]["new"], runs["run-1"]["quarantined"], runs["run-5"]["deleted"]) == (2, 1, 1)
+
+
+def test_a_new_pipeline_fingerprint_makes_ingested_documents_stale_and_reuses_what_still_holds(
+        pipeline_env, inbox, sample_pdfs, monkeypatch):
+    from include.settings import get_settings
+
+    inbox(GOOD, sample_pdfs[GOOD].read_bytes())
+    ingest_like_the_dag("run-1")
+    monkeypatch.setenv("PIPELINE_CHUNK_TARGET_CHARS", "600")
+    get_settings.cache_clear()
+    again = ingest_like_the_dag("run-2")
+    assert [row["reason"] for row in again["touched"]] == ["stale"]
+    assert again["stages"]["extract"]["reused"] == 1 and "reused" not in again["stages"]["chunk"]
+
+
+def test_a_file_replaced_after_planning_is_not_quarantined_by_mistake(pipeline_env, inbox, sample_pdfs):
+    from include.documents import describe
+    from include.quarantine import quarantine
+
+    uri = inbox("late.pdf", b"not a pdf")
+    storage = inbox.storage
+    planned = storage.stat(uri)
+    document = describe(storage, uri)
+    inbox("late.pdf", sample_pdfs[GOOD].read_bytes())  # the fixed file lands before the summary runs
+    moved = quarantine(pipeline_env, storage, document, planned_version=planned.version, stage="extract",
+                       error="not a PDF", dag_id=DAG_ID, run_id="r")
+    assert moved is None and storage.exists(uri)

@@ -1,0 +1,146 @@
+"""The ledger on its own: schema migrations, claims under contention, idempotent records,
+and what ``decide`` makes of each state a document can be in."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import inspect
+
+from include.documents import DocumentRef, document_id
+from include.incremental import Reason, decide, pending
+from include.ledger import Candidate, Entry, Final, Ledger, Status
+from include.stages.base import DocumentOutcome
+from include.storage import ObjectInfo
+
+INBOX = "s3://documents/inbox/"
+
+
+def _candidate(name: str, content: str = "v1", version: str = "e1") -> Candidate:
+    uri = f"{INBOX}{name}"
+    return Candidate(DocumentRef(doc_id=document_id(uri, content), source_uri=uri, content_sha256=content,
+                                 size_bytes=10), version)
+
+
+def _ledger(tmp_path) -> Ledger:
+    from include.settings import PipelineSettings
+
+    return Ledger.open(PipelineSettings(work_dir=tmp_path))
+
+
+def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_path):
+    ledger = _ledger(tmp_path)
+    assert ledger.revision() == "0001"
+    tables = set(inspect(ledger._engine).get_table_names())
+    assert {"documents", "document_events", "runs", "alembic_version"} <= tables
+    assert "daily_metrics" in inspect(ledger._engine).get_view_names()
+    assert _ledger(tmp_path).revision() == "0001" and ledger.counts() == {}
+
+
+def _claim_all(url: str, run_id: str, names: list[str], queue) -> None:
+    ledger = Ledger(url)
+    claimed, _ = ledger.claim("document_ingest", run_id, [_candidate(n) for n in names], "fp",
+                              is_active=lambda *_: True)
+    queue.put((run_id, sorted(c.document.source_uri for c in claimed)))
+
+
+def test_two_processes_racing_for_the_same_documents_never_both_get_one(tmp_path):
+    ledger = _ledger(tmp_path)
+    names = [f"doc-{n:03d}.pdf" for n in range(60)]
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    racers = [context.Process(target=_claim_all, args=(ledger.url, f"run-{n}", names, queue)) for n in range(2)]
+    for racer in racers:
+        racer.start()
+    results = dict(queue.get(timeout=120) for _ in racers)
+    for racer in racers:
+        racer.join(timeout=60)
+    first, second = results.values()
+    assert not set(first) & set(second)
+    assert sorted(first + second) == [f"{INBOX}{n}" for n in names]
+    holders = {e.claim_run_id for e in ledger.entries().values()}
+    assert holders <= set(results)
+
+
+def test_a_live_runs_claim_is_held_a_dead_runs_is_taken_over_and_a_retry_keeps_its_own(tmp_path):
+    ledger = _ledger(tmp_path)
+    docs = [_candidate("a.pdf"), _candidate("b.pdf")]
+    claimed, held = ledger.claim("dag", "run-1", docs, "fp", is_active=lambda *_: True)
+    assert len(claimed) == 2 and held == {}
+
+    claimed, held = ledger.claim("dag", "run-2", docs, "fp", is_active=lambda dag, run: run == "run-1")
+    assert claimed == [] and held == {d.document.source_uri: "run-1" for d in docs}
+    # run-1's planning task is retried: it finds its own claims.
+    claimed, _ = ledger.claim("dag", "run-1", docs, "fp", is_active=lambda *_: True)
+    assert len(claimed) == 2
+    # run-1 died: run-2 takes over.
+    claimed, held = ledger.claim("dag", "run-2", docs, "fp", is_active=lambda dag, run: False)
+    assert len(claimed) == 2 and held == {}
+    assert {e.claim_run_id for e in ledger.entries().values()} == {"run-2"}
+    # The dead run's late outcome does not overwrite the new holder's row.
+    ledger.finish("run-1", [Final(d.document.source_uri, d.document.doc_id, Status.INGESTED) for d in docs])
+    assert {e.status for e in ledger.entries().values()} == {Status.PROCESSING}
+
+
+def test_a_stage_recorded_twice_by_a_retried_task_is_one_event(tmp_path):
+    ledger = _ledger(tmp_path)
+    [doc] = ledger.claim("dag", "run-1", [_candidate("a.pdf")], "fp", is_active=lambda *_: True)[0]
+    outcome = DocumentOutcome(doc_id=doc.document.doc_id, source_uri=doc.document.source_uri, status="succeeded",
+                              manifest_uri="s3://x/_manifest.json", metrics={"pages": 3.0})
+    for _ in range(2):
+        ledger.record_stage("run-1", "extract", [outcome], "job-1")
+    ledger.finish("run-1", [Final(doc.document.source_uri, doc.document.doc_id, Status.INGESTED, "load")])
+    events = [(e.stage, e.event) for e in ledger.history(doc.document.source_uri)]
+    assert events == [("plan", "claimed"), ("extract", "succeeded"), ("finish", "ingested")]
+    entry = ledger.entries()[doc.document.source_uri]
+    assert (entry.status, entry.pages, entry.attempts, entry.claim_run_id) == (Status.INGESTED, 3, 1, None)
+    assert entry.indexed_doc_id == doc.document.doc_id
+
+
+def _entry(**changes) -> Entry:
+    stamp = datetime.now(UTC)
+    base = dict(source_uri=f"{INBOX}a.pdf", doc_id="a-1", content_sha256="v1", size_bytes=10, object_version="e1",
+                status=Status.INGESTED, pipeline_fingerprint="fp", stage_reached="load", pages=1, chunks=1,
+                vectors=1, indexed_doc_id="a-1", error=None, error_stage=None, quarantine_uri=None, attempts=1,
+                claim_dag_id=None, claim_run_id=None, claimed_at=None, first_seen=stamp, last_seen=stamp,
+                last_run_id="r")
+    return Entry(**{**base, **changes})
+
+
+@pytest.mark.parametrize(
+    ("entry", "same_bytes", "expected"),
+    [
+        (None, False, Reason.NEW),
+        (_entry(status=Status.DELETED), True, Reason.NEW),
+        (_entry(), False, Reason.CHANGED),
+        (_entry(), True, Reason.UNCHANGED),
+        (_entry(pipeline_fingerprint="older"), True, Reason.STALE),
+        (_entry(status=Status.FAILED, attempts=1), True, Reason.RETRY),
+        (_entry(status=Status.FAILED, attempts=3), True, Reason.GAVE_UP),
+        (_entry(status=Status.FAILED, attempts=3), False, Reason.CHANGED),
+        (_entry(status=Status.QUARANTINED), True, Reason.RETRY),
+        (_entry(status=Status.QUARANTINED), False, Reason.CHANGED),
+        (_entry(status=Status.PROCESSING, claim_run_id="other"), True, Reason.RETRY),
+    ],
+)
+def test_decide(entry, same_bytes, expected):
+    assert decide(entry, same_bytes=same_bytes, fingerprint="fp", max_attempts=3) == expected
+
+
+def test_pending_settles_what_the_listing_can_and_flags_the_rest_as_work():
+    entries = {
+        f"{INBOX}same.pdf": _entry(source_uri=f"{INBOX}same.pdf"),
+        f"{INBOX}touched.pdf": _entry(source_uri=f"{INBOX}touched.pdf"),
+        f"{INBOX}gone.pdf": _entry(source_uri=f"{INBOX}gone.pdf"),
+        f"{INBOX}quarantined.pdf": _entry(source_uri=f"{INBOX}quarantined.pdf", status=Status.QUARANTINED),
+    }
+    listing = [ObjectInfo(f"{INBOX}same.pdf", 10, "e1"), ObjectInfo(f"{INBOX}touched.pdf", 10, "e2"),
+               ObjectInfo(f"{INBOX}new.pdf", 5, "e9")]
+    found = pending(listing, entries, fingerprint="fp", max_attempts=3)
+    assert [i.uri for i in found.work] == [f"{INBOX}touched.pdf", f"{INBOX}new.pdf"]
+    assert found.unchanged == 1 and found.deleted == [f"{INBOX}gone.pdf"]  # a quarantined file left on purpose
+    assert not pending(listing[:1], entries, fingerprint="fp", max_attempts=3, whole_inbox=False)
+    assert [i.uri for i in pending(listing[:1], entries, fingerprint="fp", max_attempts=3, reprocess=True).work] == [
+        f"{INBOX}same.pdf"]
