@@ -23,7 +23,7 @@ from fpdf.enums import EncryptionMethod
 EMPTY = r"the file is empty \(0 bytes\)"
 NOT_A_PDF = r"not a PDF \(it starts with .*, not '%PDF-'\)"
 ENCRYPTED = r"the PDF is encrypted \(password-protected\)"
-CORRUPT = r"the PDF is corrupt and cannot be opened"
+CORRUPT = r"the PDF is corrupt and cannot be opened \(PDFium: data format error\)"
 NO_PAGES = r"the PDF has no pages"
 NO_TEXT = r"no text layer on any of its 1 page\(s\)"
 OVER_THE_LIMIT = r"over the limit of \d+ \(PIPELINE_MAX_DOCUMENT_BYTES\)"
@@ -59,7 +59,9 @@ def bad_inputs(good_pdf: bytes, *, size_limit: int) -> list[BadInput]:
         BadInput("zero-pages.pdf", pdf_without_pages(), NO_PAGES),
         BadInput("corrupt.pdf", corrupt_pdf(), CORRUPT),
         BadInput(OVERSIZED_KEY, padded(good_pdf, size_limit + OVERSIZE_MARGIN), OVER_THE_LIMIT),
-        BadInput("notes.txt", b"Meeting notes, 3 March\n- budget approved\n- next review in May\n", NOT_A_PDF),
+        BadInput(
+            "notes.txt", b"Meeting notes, 3 March\n- budget approved\n- next review in May\n", NOT_A_PDF
+        ),
         BadInput("report.docx.pdf", docx_document(), NOT_A_PDF),
     ]
 
@@ -95,8 +97,11 @@ def png_image() -> bytes:
     width, height = 2, 2
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     row = b"\x00" + b"\xff\x00\x00" * width  # filter type 0, then red pixels
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height)) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
     )
 
 

@@ -70,29 +70,42 @@ class Line:
 
 
 def check_pdf(data: bytes, name: str) -> int:
-    """Fail early, with a message naming the file, on what Docling reports only vaguely."""
-    import pypdfium2
+    """Fail early, with a message naming the file, on what Docling reports only vaguely.
+
+    Through pdfium's C API: pypdfium2's ``PdfDocument`` refuses a PDF of zero pages as
+    "failed to load" and takes the cause from pdfium's last error, left over from
+    whatever file came before (a zero-page file after an encrypted one read "encrypted").
+    """
+    import ctypes
+
+    import pypdfium2  # noqa: F401  (initialises pdfium for the raw bindings)
+    import pypdfium2.raw as pdfium
 
     if not data:
         raise BadFileError(f"{name}: the file is empty (0 bytes)")
     if not data.lstrip()[:5] == b"%PDF-":
         raise BadFileError(f"{name}: not a PDF (it starts with {data[:8]!r}, not '%PDF-')")
-    try:
-        pdf = pypdfium2.PdfDocument(data)
-    except pypdfium2.PdfiumError as exc:
-        if "password" in str(exc).lower():
+    buffer = ctypes.create_string_buffer(data, len(data))
+    document = pdfium.FPDF_LoadMemDocument64(buffer, len(data), None)
+    if not document:
+        error = pdfium.FPDF_GetLastError()  # right after the failed load: this file's error
+        if error == pdfium.FPDF_ERR_PASSWORD:
             raise BadFileError(
-                f"{name}: the PDF is encrypted (password-protected); "
-                "decrypt it and drop it into the inbox again"
-            ) from exc
-        raise BadFileError(f"{name}: the PDF is corrupt and cannot be opened ({exc})") from exc
+                f"{name}: the PDF is encrypted (password-protected); decrypt it and drop it into the inbox again"
+            )
+        cause = _PDFIUM_ERRORS.get(error, f"error {error}")
+        raise BadFileError(f"{name}: the PDF is corrupt and cannot be opened (PDFium: {cause})")
     try:
-        pages = len(pdf)
+        pages = pdfium.FPDF_GetPageCount(document)
     finally:
-        pdf.close()
+        pdfium.FPDF_CloseDocument(document)
     if pages == 0:
         raise BadFileError(f"{name}: the PDF has no pages")
     return pages
+
+
+_PDFIUM_ERRORS = {1: "unknown error", 2: "file not found or unreadable", 3: "data format error",
+                  5: "unsupported security scheme", 6: "page not found or content error"}
 
 
 def _group_lines(items: list[tuple[str, tuple[float, float, float, float]]]) -> list[Line]:
