@@ -11,6 +11,8 @@ Both run on the same corpus in the same invocation:
 It prints, per corpus: wall seconds of each, their ratio (plain / dag: 1.0 would mean
 orchestration costs nothing), Ray jobs the run submitted, pages per second, and the
 peak resident memory of the plain process and of the largest Ray worker (sampled).
+Then the DAG runs a second time over the unchanged inbox, naming its files as a person
+triggering it would: the seconds and Ray jobs of that run are what an unchanged inbox costs.
 
     .venv/bin/python -m benchmarks.bench_ingest                 # demo corpus and 50 mixed documents
     .venv/bin/python -m benchmarks.bench_ingest --corpus demo   # only the three demo PDFs
@@ -163,6 +165,17 @@ class RssSampler:
         self._thread.join()
 
 
+def _dag_run(airflow: str, env: dict[str, str], project: Path, log: Path, conf: dict | None = None) -> tuple[str, float]:
+    """One ``airflow dags test`` run: its run id and wall seconds."""
+    from tools import airflow_db
+
+    clock = time.perf_counter()
+    with log.open("w") as out:
+        subprocess.run([airflow, "dags", "test", DAG_ID, *(["-c", json.dumps(conf)] if conf else [])],
+                       env=env, cwd=project, stdout=out, stderr=subprocess.STDOUT)
+    return airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID), time.perf_counter() - clock
+
+
 def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
     """The DAG of ``project`` (this checkout, or an older one for a before/after comparison)."""
     base = {**os.environ, **BENCH_PORTS, "PIPELINE_WORK_DIR": str(work), "PIPELINE_INGEST_SCHEDULE": ""}
@@ -186,17 +199,14 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
         for path in corpus:
             storage.write_bytes(join_uri(settings.inbox_uri, path.name), path.read_bytes())
         with RssSampler() as sampler:
-            clock, started = time.perf_counter(), time.time()
-            with (work / "dags-test.log").open("w") as log:
-                subprocess.run([airflow, "dags", "test", DAG_ID], env=env, cwd=project, stdout=log,
-                               stderr=subprocess.STDOUT)
-            seconds = time.perf_counter() - clock
+            started = time.time()
+            run_id, seconds = _dag_run(airflow, env, project, work / "dags-test.log")
         from ray.job_submission import JobSubmissionClient
 
         from tools import airflow_db
 
-        run_id = airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID)
-        jobs = [j for j in JobSubmissionClient(env["RAY_ADDRESS"]).list_jobs() if j.metadata.get("run_id") == run_id]
+        client = JobSubmissionClient(env["RAY_ADDRESS"])
+        jobs = [j for j in client.list_jobs() if j.metadata.get("run_id") == run_id]
         # Seconds inside Ray jobs per stage (summed over batches), and when the first job started.
         stages: dict[str, float] = {}
         for job in jobs:
@@ -204,11 +214,16 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
             stages[stage] = stages.get(stage, 0.0) + (job.end_time - job.start_time) / 1000
         first_job = min((j.start_time / 1000 - started for j in jobs), default=0.0)
         summary = airflow_db.xcoms(Path(env["AIRFLOW_HOME"]), DAG_ID, run_id, key="summary").get(("summarize", -1))
+        # The same inbox again (bad files may have left it for quarantine), every file named.
+        keys = [uri.removeprefix(settings.inbox_uri) for uri in storage.list(settings.inbox_uri)]
+        rerun_id, rerun_seconds = _dag_run(airflow, env, project, work / "dags-test-rerun.log", {"keys": keys})
+        rerun_jobs = [j for j in client.list_jobs() if j.metadata.get("run_id") == rerun_id]
     finally:
         subprocess.run([sys.executable, "-m", "tools.stack", "down"], env=env, cwd=project, capture_output=True)
         os.environ.clear()
         os.environ.update(saved)
     return {"seconds": seconds, "jobs": len(jobs), "peak_worker_mb": sampler.peak_mb, "stages": stages,
+            "rerun_seconds": rerun_seconds, "rerun_jobs": len(rerun_jobs),
             "first_job_after": first_job,
             "batches": summary.get("batches", 0) if summary else 0,
             "succeeded": summary["succeeded"] if summary else 0,
@@ -240,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         dag_result = dag(corpus, scratch / "w", args.project.resolve())
         print(f"    dag:   {dag_result['seconds']:.1f}s, {dag_result['jobs']} Ray jobs, the first "
               f"{dag_result['first_job_after']:.0f}s after the run started", flush=True)
+        print(f"    again, unchanged: {dag_result['rerun_seconds']:.1f}s, {dag_result['rerun_jobs']} Ray jobs", flush=True)
         for stage, plain_seconds in plain_result["stages"].items():
             print(f"    {stage:<8} plain {plain_seconds:7.1f}s   Ray jobs {dag_result['stages'].get(stage, 0):7.1f}s",
                   flush=True)
@@ -247,12 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     header = (f"{'corpus':<7}{'files':>6}{'pages':>7}{'plain s':>9}{'dag s':>8}{'plain/dag':>10}{'batches':>8}"
-              f"{'Ray jobs':>9}{'pages/s plain':>14}{'pages/s dag':>12}{'plain MB':>9}{'worker MB':>10}{'failed':>7}")
+              f"{'Ray jobs':>9}{'pages/s plain':>14}{'pages/s dag':>12}{'plain MB':>9}{'worker MB':>10}{'failed':>7}"
+              f"{'again s':>8}{'again jobs':>11}")
     print("\n" + header + "\n" + "-" * len(header))
     for name, files, pages, p, p_mb, d in rows:
         print(f"{name:<7}{files:>6}{pages:>7}{p['seconds']:>9.1f}{d['seconds']:>8.1f}{p['seconds'] / d['seconds']:>10.2f}"
               f"{d['batches']:>8}{d['jobs']:>9}{pages / p['seconds']:>14.2f}{pages / d['seconds']:>12.2f}"
-              f"{p_mb:>9.0f}{d['peak_worker_mb']:>10.0f}{d['failed']:>7}")
+              f"{p_mb:>9.0f}{d['peak_worker_mb']:>10.0f}{d['failed']:>7}{d['rerun_seconds']:>8.1f}{d['rerun_jobs']:>11}")
     return 0
 
 

@@ -74,7 +74,7 @@ with DAG(
         params = params or {}
         return ingest.plan_run(
             dag_run.dag_id, dag_run.run_id, params.get("keys"), reprocess=bool(params.get("reprocess")),
-            is_active=lambda dag_id, run_id: ti.get_dagrun_state(dag_id, run_id) in ("queued", "running"),
+            is_active=ingest.airflow_run_is_active(ti),
         )
 
     @task

@@ -47,6 +47,22 @@ def _assume_active(_dag_id: str, _run_id: str) -> bool:
     return True
 
 
+def airflow_run_is_active(ti: Any) -> RunIsActive:
+    """Ask Airflow (through the running task) whether the run holding a claim still runs."""
+    from airflow.sdk.exceptions import AirflowRuntimeError
+
+    def active(dag_id: str, run_id: str) -> bool:
+        try:
+            state = ti.get_dagrun_state(dag_id, run_id)
+        except AirflowRuntimeError as exc:
+            if "not_found" in str(exc.error.detail):
+                return False  # the run was deleted: nothing holds its claims
+            raise
+        return state in ("queued", "running")
+
+    return active
+
+
 def inbox_has_work(files: list[dict[str, Any]], params: dict[str, Any] | None = None) -> bool:
     """The sensor's ``check_fn``: true when a listed object is new, changed, stale or to retry,
     or an ingested document has left the inbox. Reads the listing and the ledger, no object.
@@ -94,8 +110,8 @@ def plan_run(
         log.warning("not ingested by this run: %s is being processed by run %s", uri, holder)
     documents = sum(b.documents for b in plan.batches)
     if not plan.batches and not plan.deleted and not plan.rejected:
-        log.info("Nothing to do: %d document(s) unchanged since they were ingested; no Ray job is submitted",
-                 plan.unchanged)
+        log.info("Nothing to do: %d document(s) unchanged since they were ingested, %d held by another run; "
+                 "no Ray job is submitted", plan.unchanged, len(plan.held))
     else:
         log.info("%d document(s) to process in %d batch(es) (%s), %d unchanged, %d deleted, at %s",
                  documents, len(plan.batches), _reason_counts(plan), plan.unchanged, len(plan.deleted), folder)

@@ -24,6 +24,13 @@ def latest_run_id(airflow_home: Path, dag_id: str) -> str | None:
     return row[0] if row else None
 
 
+def run_ids(airflow_home: Path, dag_id: str) -> list[str]:
+    """Every run of the DAG, oldest first."""
+    with _connect(airflow_home) as db:
+        rows = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id", (dag_id,)).fetchall()
+    return [row[0] for row in rows]
+
+
 def task_states(airflow_home: Path, dag_id: str, run_id: str) -> dict[tuple[str, int], str]:
     with _connect(airflow_home) as db:
         rows = db.execute(

@@ -3,7 +3,7 @@ head, Airflow's DB.
 
     python -m tools.stack up       # start what is not running, health-check all
     python -m tools.stack status
-    python -m tools.stack down     # stop by PID
+    python -m tools.stack down     # stop by PID (``down s3``: only the S3 server)
     python -m tools.stack env      # print the environment as shell exports
 
 Each server runs as a child process in its own session; its PID is kept in
@@ -287,12 +287,15 @@ def _stop(service: Service, work: Path, grace: float = 20.0) -> None:
     print(f"{service.name}: stopped (pid {pid})", flush=True)
 
 
-def down() -> None:
+def down(names: list[str] | None = None) -> None:
+    """Stop every service, or only those named (``down s3`` takes the S3 server away)."""
     pipeline, stack = _settings()
     work = pipeline.work_dir.resolve()
     for service in reversed(services(stack)):
-        _stop(service, work)
-    if still_busy := [p for p in (stack.ray_gcs_port, stack.ray_dashboard_port) if _port_busy(p)]:
+        if not names or service.name in names:
+            _stop(service, work)
+    ray_stopped = not names or "ray" in names
+    if ray_stopped and (still_busy := [p for p in (stack.ray_gcs_port, stack.ray_dashboard_port) if _port_busy(p)]):
         print(f"warning: ports {still_busy} still busy after stopping Ray", flush=True)
 
 
@@ -312,12 +315,15 @@ def status() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack")
     parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("services", nargs="*", help="down: only these of s3, chroma, ray (default: all)")
     args = parser.parse_args(argv)
+    if unknown := set(args.services) - {"s3", "chroma", "ray"}:
+        parser.error(f"unknown services {sorted(unknown)}: choose from s3, chroma, ray")
     try:
         if args.command == "up":
             up()
         elif args.command == "down":
-            down()
+            down(args.services)
         elif args.command == "status":
             return 0 if status() else 1
         else:

@@ -292,8 +292,10 @@ class Ledger:
                         held[uri] = "another run (claimed just now)"
                     continue
                 if row.doc_id != doc.doc_id:
-                    values.update(attempts=0, error=None, error_stage=None, stage_reached=None,
-                                  pages=None, chunks=None, vectors=None)
+                    values.update(error=None, error_stage=None, stage_reached=None, pages=None, chunks=None,
+                                  vectors=None)
+                if row.doc_id != doc.doc_id or row.status not in (Status.FAILED, Status.PROCESSING):
+                    values["attempts"] = 0  # attempts count the tries of one version at one piece of work
                 won = session.execute(
                     update(Document)
                     .where(Document.source_uri == uri, Document.claim_run_id.is_not_distinct_from(holder))

@@ -1,145 +1,139 @@
-"""The whole thing for real: SeaweedFS S3 and a Ray head started by the launcher, the
-``document_ingest`` DAG run by Airflow (``airflow dags test``), vectors in Chroma.
-
-The stack runs on its own ports and work dir, so a demo stack left running does not
-interfere.
+"""The whole thing for real, as a user drives it: files dropped into the S3 inbox, the
+``document_ingest`` DAG run by Airflow, one Ray job per stage, vectors in Chroma, the
+ledger, quarantine and the run report; then runs that find nothing new to do.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from include.ingest import STAGE_ORDER as STAGES
+from tests.bad_inputs import OVERSIZED_KEY, bad_inputs, tricky_valid_keys
+from tests.integration.conftest import DAG_ID, TEST_SETTINGS, chroma, dag_test, isolated_env, ray_jobs_of
 from tools import airflow_db
 from tools.sample_pdfs import SAMPLES
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-DAG_ID = "document_ingest"
 GOOD = ("metformin_trial_protocol.pdf", "site_operations_handbook.pdf")
 # A good PDF under a key with every character that once broke a URI round trip.
 TRICKY = "Übersicht #2 ?100%.PDF"
-TEST_PORTS = {"STACK_S3_PORT": "28333", "STACK_RAY_DASHBOARD_PORT": "28265", "STACK_RAY_GCS_PORT": "26379",
-              "STACK_CHROMA_PORT": "28000"}
-
-
-def _run(env: dict[str, str], *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
+SIZE_LIMIT = int(TEST_SETTINGS["PIPELINE_MAX_DOCUMENT_BYTES"])
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from include.settings import get_settings
-    from tools.stack import stack_env
-
-    patch = pytest.MonkeyPatch()
-    work = tmp_path_factory.mktemp("stack") / "work"
-    for name, value in {**TEST_PORTS, "PIPELINE_WORK_DIR": str(work), "PIPELINE_INGEST_SCHEDULE": ""}.items():
-        patch.setenv(name, value)
-    for name, value in stack_env().items():  # this process reads the stack like the DAG does
-        patch.setenv(name, value)
-    env = dict(os.environ)
-    get_settings.cache_clear()
-    python = sys.executable
-    try:
-        _run(env, python, "-m", "tools.stack", "up")
-        again = _run(env, python, "-m", "tools.stack", "up")  # idempotent: nothing restarted
-        assert "s3: already running" in again.stdout and "ray: already running" in again.stdout
-        _run(env, str(Path(python).parent / "airflow"), "db", "migrate")
-        yield env
-    finally:
-        _run(env, python, "-m", "tools.stack", "down", check=False)
-        patch.undo()
-        get_settings.cache_clear()
+def env(stack):
+    yield from isolated_env(stack, "ingest")
 
 
 @pytest.fixture(scope="module")
-def inbox(stack, sample_pdfs, tmp_path_factory):
-    """Two good PDFs, a corrupt one and an encrypted one, dropped into the S3 inbox."""
-    from fpdf import FPDF
-
+def inbox(env, sample_pdfs):
+    """Good PDFs under plain and tricky keys, and one bad file of every kind."""
     from include.settings import get_settings
     from include.storage import Storage, join_uri
 
     settings = get_settings()
     storage = Storage(settings)
-    for name in GOOD:
-        storage.write_bytes(join_uri(settings.inbox_uri, name), sample_pdfs[name].read_bytes())
-    storage.write_bytes(join_uri(settings.inbox_uri, TRICKY), sample_pdfs["adverse_event_guide.pdf"].read_bytes())
-    storage.write_bytes(join_uri(settings.inbox_uri, "corrupt.pdf"), b"%PDF-1.7\n1 0 obj << broken")
-    locked = FPDF()
-    locked.set_encryption(owner_password="owner", user_password="1234")
-    locked.add_page()
-    locked.set_font("Helvetica", size=12)
-    locked.cell(text="locked away")
-    storage.write_bytes(join_uri(settings.inbox_uri, "locked.pdf"), bytes(locked.output()))
-    return settings
-
-
-def _dag_test(env) -> str:
-    _run(env, str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG_ID, check=False)
-    return airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID)
+    good = {name: sample_pdfs[name].read_bytes() for name in GOOD}
+    good[TRICKY] = sample_pdfs["adverse_event_guide.pdf"].read_bytes()
+    for key in tricky_valid_keys():
+        good[key] = sample_pdfs["adverse_event_guide.pdf"].read_bytes()
+    bad = {item.key: item for item in bad_inputs(good[GOOD[0]], size_limit=SIZE_LIMIT)}
+    for key, data in {**good, **{k: item.data for k, item in bad.items()}}.items():
+        storage.write_bytes(join_uri(settings.inbox_uri, key), data)
+    return SimpleNamespace(settings=settings, storage=storage, good=good, bad=bad)
 
 
 @pytest.fixture(scope="module")
-def first_run(stack, inbox):
-    return _dag_test(stack)
+def first_run(env, inbox):
+    return dag_test(env)
+
+
+def _home(env) -> Path:
+    return Path(env["AIRFLOW_HOME"])
 
 
 def _stage_xcoms(env, run_id):
-    values = airflow_db.xcoms(Path(env["AIRFLOW_HOME"]), DAG_ID, run_id)
+    values = airflow_db.xcoms(_home(env), DAG_ID, run_id)
     return {key: value for key, value in values.items() if key[0].startswith("ingest_batch.")}
 
 
-def test_good_documents_finish_all_stages_in_one_batch_and_bad_ones_fail_alone(stack, first_run):
-    states = airflow_db.task_states(Path(stack["AIRFLOW_HOME"]), DAG_ID, first_run)
+def _summary(env, run_id):
+    return airflow_db.xcoms(_home(env), DAG_ID, run_id, key="summary")[("summarize", -1)]
+
+
+def test_good_documents_finish_all_stages_in_one_batch_and_every_bad_one_fails_alone_for_its_cause(
+        env, inbox, first_run):
+    states = airflow_db.task_states(_home(env), DAG_ID, first_run)
     # One batch: every stage task is map index 0, and a bad document fails none of them.
     assert {(task, index): state for (task, index), state in states.items() if task.startswith("ingest_batch.")} == {
         (f"ingest_batch.{stage}", 0): "success" for stage in STAGES
     }
-    summary = airflow_db.xcoms(Path(stack["AIRFLOW_HOME"]), DAG_ID, first_run, key="summary")[("summarize", -1)]
-    assert summary["batches"] == 1 and summary["documents"] == 5 and summary["succeeded"] == 3
-    errors = {item["source_uri"].rsplit("/", 1)[-1]: (item["stage"], item["error"]) for item in summary["failed"]}
-    assert errors["locked.pdf"][0] == errors["corrupt.pdf"][0] == "extract"
-    assert "locked.pdf: the PDF is encrypted" in errors["locked.pdf"][1]
-    assert "corrupt.pdf: the PDF is corrupt" in errors["corrupt.pdf"][1]
+    summary = _summary(env, first_run)
+    assert summary["batches"] == 1 and summary["documents"] == len(inbox.good) + len(inbox.bad)
+    assert summary["succeeded"] == len(inbox.good)
+    assert summary["counts"]["new"] == len(inbox.good) + len(inbox.bad)
+    assert summary["counts"]["quarantined"] == len(inbox.bad)
+    failed = {item["source_uri"].split("/inbox/", 1)[1]: item for item in summary["failed"]}
+    assert set(failed) == set(inbox.bad)
+    for key, bad in inbox.bad.items():
+        assert failed[key]["stage"] == ("plan" if key == OVERSIZED_KEY else "extract"), key
+        assert re.search(f"{re.escape(key)}: {bad.cause}", failed[key]["error"]), failed[key]["error"]
     assert states[("summarize", -1)] == "failed"  # the run says some documents failed
 
 
-def test_xcom_holds_the_batch_result_uri_counts_and_metrics_only(stack, first_run):
-    values = _stage_xcoms(stack, first_run)
+def test_bad_files_move_to_quarantine_with_a_note_and_the_ledger_says_why(env, inbox, first_run):
+    from include.ledger import Ledger, Status
+    from include.quarantine import NOTE_SUFFIX
+    from include.storage import join_uri
+
+    settings, storage = inbox.settings, inbox.storage
+    entries = Ledger.open(settings).entries(under=settings.inbox_uri)
+    for key in inbox.bad:
+        uri = join_uri(settings.inbox_uri, key)
+        entry = entries[uri]
+        assert entry.status == Status.QUARANTINED and not storage.exists(uri), key
+        assert entry.quarantine_uri == join_uri(settings.quarantine_uri, key)
+        note = storage.read_json(entry.quarantine_uri + NOTE_SUFFIX)
+        assert note["run_id"] == first_run and note["error"] == entry.error and note["source_uri"] == uri
+        assert storage.read_bytes(entry.quarantine_uri) == inbox.bad[key].data
+    ingested = [e for e in entries.values() if e.status == Status.INGESTED]
+    assert len(ingested) == len(inbox.good) and all(e.vectors and e.indexed_doc_id == e.doc_id for e in ingested)
+
+
+def test_the_run_report_names_every_document_it_touched(env, inbox, first_run):
+    summary = _summary(env, first_run)
+    report = inbox.storage.read_json(summary["report_uri"])
+    assert {row["source_uri"].split("/inbox/", 1)[1] for row in report["touched"]} == {*inbox.good, *inbox.bad}
+    markdown = inbox.storage.read_text(summary["report_uri"].replace("report.json", "report.md"))
+    assert "| extract |" in markdown and "Jahresbericht Müller 2026.pdf" in markdown
+
+
+def test_xcom_holds_the_batch_result_uri_counts_and_metrics_only(env, inbox, first_run):
+    values = _stage_xcoms(env, first_run)
     assert {task for task, _ in values} == {f"ingest_batch.{stage}" for stage in STAGES}
     for (task, _), value in values.items():
         assert set(value) == {"stage", "batch_id", "result_uri", "documents", "succeeded", "failed", "metrics"}
         assert value["result_uri"].startswith("s3://") and value["result_uri"].endswith("-try1.json")
         assert all(isinstance(n, (int, float)) for n in value["metrics"].values())
     extract = values[("ingest_batch.extract", 0)]
-    assert (extract["documents"], extract["succeeded"], extract["failed"]) == (5, 3, 2)
-    assert values[("ingest_batch.load", 0)]["documents"] == 3  # the bad ones were left out
+    sent = len(inbox.good) + len(inbox.bad) - 1  # the oversized file never reaches a stage
+    assert (extract["documents"], extract["succeeded"], extract["failed"]) == (sent, len(inbox.good), sent - len(inbox.good))
+    assert values[("ingest_batch.load", 0)]["documents"] == len(inbox.good)  # the bad ones were left out
 
 
-def _chroma(settings):
-    from include.backends.vector_stores import ChromaStore
-
-    return ChromaStore(settings)._collection
-
-
-def test_every_chunk_has_one_vector_no_pii_is_stored_and_keys_round_trip(stack, inbox, first_run):
+def test_every_chunk_has_one_vector_no_pii_is_stored_and_keys_round_trip(env, inbox, first_run):
     from include.storage import join_uri
 
-    values = _stage_xcoms(stack, first_run)
+    values = _stage_xcoms(env, first_run)
     chunks = values[("ingest_batch.enrich", 0)]["metrics"]["chunks"]
-    collection = _chroma(inbox)
+    collection = chroma(inbox.settings)
     stored = collection.get(include=["documents", "metadatas"])
     assert len(stored["ids"]) == collection.count() == chunks
     everything = " ".join(stored["documents"]) + " ".join(str(m) for m in stored["metadatas"])
@@ -147,52 +141,78 @@ def test_every_chunk_has_one_vector_no_pii_is_stored_and_keys_round_trip(stack, 
     assert secrets and not [s for s in secrets if s in everything]
     assert "[REDACTED:EMAIL]" in everything and "[REDACTED:SSN]" in everything
     sources = {m["source_uri"] for m in stored["metadatas"]}
-    assert sources == {join_uri(inbox.inbox_uri, name) for name in (*GOOD, TRICKY)}
+    assert sources == {join_uri(inbox.settings.inbox_uri, key) for key in inbox.good}
 
 
-def test_each_stage_ran_as_one_ray_job_per_batch_with_a_deterministic_id(stack, first_run):
-    from ray.job_submission import JobSubmissionClient
-
-    jobs = JobSubmissionClient(stack["RAY_ADDRESS"]).list_jobs()
-    ours = [j for j in jobs if j.submission_id.startswith("airflow-document_ingest") and j.metadata.get("run_id") == first_run]
+def test_each_stage_ran_as_one_ray_job_per_batch_with_a_deterministic_id(env, first_run):
+    ours = ray_jobs_of(env, first_run)
     assert len(ours) == len(STAGES) * 1  # five stages x one batch, whatever the number of documents
     assert all(j.submission_id.endswith("-try1") and str(j.status) == "SUCCEEDED" for j in ours)
     assert sorted(j.entrypoint.split()[3] for j in ours) == sorted(STAGES)
 
 
-def test_a_second_run_reuses_results_and_adds_no_vectors(stack, inbox, first_run):
-    before = _chroma(inbox).count()
-    second = _dag_test(stack)
-    assert second != first_run
-    assert _chroma(inbox).count() == before
-    values = _stage_xcoms(stack, second)
-    for stage in STAGES[:-1]:
-        value = values[(f"ingest_batch.{stage}", 0)]
-        assert value["metrics"]["reused"] == value["succeeded"] > 0
+def test_an_inbox_of_ingested_documents_starts_no_ray_job(env, inbox, first_run):
+    """A scheduled run's sensor waits for work, not for objects: it gives up and the run is skipped."""
+    before = chroma(inbox.settings).count()
+    run_id = dag_test(env)
+    assert run_id != first_run
+    states = airflow_db.task_states(_home(env), DAG_ID, run_id)
+    assert states[("wait_for_documents", -1)] == "skipped"
+    assert {state for (task, _), state in states.items()} == {"skipped"}
+    assert ray_jobs_of(env, run_id) == [] and chroma(inbox.settings).count() == before
 
 
-def test_a_retry_reattaches_to_the_running_batch_job_of_the_previous_try(stack, inbox):
+def test_a_run_naming_unchanged_documents_short_circuits_without_a_ray_job(env, inbox, first_run):
+    run_id = dag_test(env, '{"keys": ["%s", "%s"]}' % GOOD)
+    summary = _summary(env, run_id)
+    assert summary["batches"] == 0 and summary["counts"]["unchanged"] == 2 and summary["failed"] == []
+    assert ray_jobs_of(env, run_id) == []
+
+
+def test_rerunning_a_finished_run_gives_the_same_vectors_and_changes_nothing_in_the_ledger(env, inbox, first_run):
+    """What clearing the run in the UI does: the same plan, every stage again (try 2), the summary again."""
+    from include import ingest
+    from include.ledger import Ledger
+    from include.stage_operator import PipelineStageOperator
+
+    ledger = Ledger.open(inbox.settings)
+    rows_before = {uri: e.model_dump(exclude={"last_seen"}) for uri, e in ledger.entries().items()}
+    stored_before = sorted(chroma(inbox.settings).get(include=[])["ids"])
+
+    [batch] = ingest.plan_run(DAG_ID, first_run)  # the run's own plan, read back
+    results: dict[str, list] = {}
+    upstream = batch
+    for stage in STAGES:
+        ti = SimpleNamespace(dag_id=DAG_ID, run_id=first_run, task_id=f"ingest_batch.{stage}", map_index=0,
+                             try_number=2)
+        operator = PipelineStageOperator(task_id=stage, stage=stage, upstream=upstream, poll_interval=0.5)
+        upstream = operator.execute({"ti": ti, "params": {}})
+        results[stage] = [upstream]
+    ingest.finish_run(DAG_ID, first_run, results)
+
+    assert sorted(chroma(inbox.settings).get(include=[])["ids"]) == stored_before
+    assert {uri: e.model_dump(exclude={"last_seen"}) for uri, e in ledger.entries().items()} == rows_before
+
+
+def test_a_retry_reattaches_to_the_running_batch_job_of_the_previous_try(env, inbox):
     """The worker of try 1 lost its task while its Ray job ran on: try 2 waits for that job, submits none."""
-    import threading
-    from types import SimpleNamespace
-
     from ray.job_submission import JobSubmissionClient
 
     from include.ingest import plan_run
     from include.stage_operator import PipelineStageOperator
 
     run_id = "manual__retry-test"
-    [batch] = plan_run(DAG_ID, run_id, list(GOOD))
+    [batch] = plan_run(DAG_ID, run_id, list(GOOD), reprocess=True)
 
     def context(try_number: int) -> dict:
         ti = SimpleNamespace(dag_id=DAG_ID, run_id=run_id, task_id="ingest_batch.extract", map_index=0,
                              try_number=try_number)
-        return {"ti": ti, "params": {"recompute": ["extract"]}}  # real work, so the job runs a while
+        return {"ti": ti, "params": {"reprocess": True}}  # real work, so the job runs a while
 
     first = PipelineStageOperator(task_id="extract", stage="extract", upstream=batch, poll_interval=0.5)
     worker = threading.Thread(target=first.execute, args=(context(1),))
     worker.start()
-    client = JobSubmissionClient(stack["RAY_ADDRESS"])
+    client = JobSubmissionClient(env["RAY_ADDRESS"])
     deadline = time.monotonic() + 60
     while not any(j.metadata.get("run_id") == run_id for j in client.list_jobs()):
         assert time.monotonic() < deadline, "try 1 never submitted its job"

@@ -73,12 +73,14 @@ def upgrade() -> None:
         sa.Column("report_uri", sa.String(2048)),
     )
     # Per day, from the runs that finished that day: a view, so it can never disagree with them.
+    # Days are UTC days: PostgreSQL would otherwise cut them in its session's time zone.
+    day = "date(finished_at AT TIME ZONE 'UTC')" if op.get_bind().dialect.name == "postgresql" else "date(finished_at)"
     op.execute(
-        "CREATE VIEW daily_metrics AS SELECT date(finished_at) AS day, count(*) AS runs, "
+        f"CREATE VIEW daily_metrics AS SELECT {day} AS day, count(*) AS runs, "
         "sum(new) AS new, sum(changed) AS changed, sum(deleted) AS deleted, sum(ingested) AS ingested, "
         "sum(failed) AS failed, sum(quarantined) AS quarantined, sum(pages) AS pages, "
         "sum(chunks) AS chunks, sum(vectors) AS vectors "
-        "FROM runs WHERE finished_at IS NOT NULL GROUP BY date(finished_at)"
+        f"FROM runs WHERE finished_at IS NOT NULL GROUP BY {day}"
     )
 
 

@@ -1,0 +1,99 @@
+"""One real stack for every integration test: SeaweedFS S3, Chroma and a Ray head started by the
+launcher, Airflow's database migrated; the ``document_ingest`` DAG run by Airflow itself
+(``airflow dags test``).
+
+The stack runs on its own ports and work dir, so a demo stack left running does not
+interfere. Each test module gets its own inbox prefix and vector collection
+(``module_env``), so modules never see each other's documents.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tools import airflow_db
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_ID = "document_ingest"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+TEST_PORTS = {"STACK_S3_PORT": "28333", "STACK_RAY_DASHBOARD_PORT": "28265", "STACK_RAY_GCS_PORT": "26379",
+              "STACK_CHROMA_PORT": "28000"}
+# A run finds out quickly that there is no work; a file over 64 KiB is too big.
+TEST_SETTINGS = {"PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_SENSOR_TIMEOUT_SECONDS": "12",
+                 "PIPELINE_SENSOR_POKE_SECONDS": "4", "PIPELINE_MAX_DOCUMENT_BYTES": str(64 * 1024)}
+
+
+def run(env: dict[str, str], *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
+    from include.settings import get_settings
+    from tools.stack import stack_env
+
+    patch = pytest.MonkeyPatch()
+    work = tmp_path_factory.mktemp("stack") / "work"
+    for name, value in {**TEST_PORTS, **TEST_SETTINGS, "PIPELINE_WORK_DIR": str(work)}.items():
+        patch.setenv(name, value)
+    for name, value in stack_env().items():  # this process reads the stack like the DAG does
+        patch.setenv(name, value)
+    env = dict(os.environ)
+    get_settings.cache_clear()
+    python = sys.executable
+    try:
+        run(env, python, "-m", "tools.stack", "up")
+        again = run(env, python, "-m", "tools.stack", "up")  # idempotent: nothing restarted
+        assert "s3: already running" in again.stdout and "ray: already running" in again.stdout
+        run(env, AIRFLOW, "db", "migrate")
+        yield env
+    finally:
+        run(env, python, "-m", "tools.stack", "down", check=False)
+        patch.undo()
+        get_settings.cache_clear()
+
+
+def isolated_env(stack: dict[str, str], name: str) -> Iterator[dict[str, str]]:
+    """The stack's environment with an inbox, a quarantine and a vector collection of its own."""
+    from include.settings import get_settings
+
+    overrides = {"PIPELINE_INBOX_URI": f"s3://documents/{name}/inbox/",
+                 "PIPELINE_QUARANTINE_URI": f"s3://documents/{name}/quarantine/",
+                 "PIPELINE_CHROMA_COLLECTION": name}
+    patch = pytest.MonkeyPatch()
+    for key, value in overrides.items():
+        patch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        yield {**stack, **overrides}
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+
+
+def dag_test(env: dict[str, str], conf: str | None = None) -> str:
+    """One run of the DAG through Airflow; its run id."""
+    run(env, AIRFLOW, "dags", "test", DAG_ID, *(["-c", conf] if conf else []), check=False)
+    return airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID)
+
+
+def ray_jobs_of(env: dict[str, str], run_id: str) -> list:
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = JobSubmissionClient(env["RAY_ADDRESS"]).list_jobs()
+    return [j for j in jobs if j.submission_id.startswith(f"airflow-{DAG_ID}") and j.metadata.get("run_id") == run_id]
+
+
+def chroma(settings):
+    from include.backends.vector_stores import ChromaStore
+
+    return ChromaStore(settings)._collection

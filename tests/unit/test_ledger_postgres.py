@@ -1,0 +1,215 @@
+"""The ledger on a real PostgreSQL server: the counterpart of ``test_ledger.py``, which runs on SQLite.
+
+The module starts a throwaway server of its own (``initdb`` + ``pg_ctl``, files under pytest's
+tmp dir) and gives each test a fresh database on it; it is skipped where PostgreSQL's server
+programs are not installed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from include.ledger import Final, Ledger, Status
+from include.ledger.store import default_url, sqlalchemy_url
+from include.settings import PipelineSettings
+from include.stages.base import DocumentOutcome
+from tests.unit.test_ledger import INBOX, _candidate
+
+if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+    pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not on PATH", allow_module_level=True)
+
+SUPERUSER = "postgres"
+RACE_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    port: int
+
+    def uri(self, database: str) -> str:
+        """A database on this server as an Airflow connection URI (what ``pipeline_ledger`` holds)."""
+        return f"postgres://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database: its name."""
+        name = f"ledger_{uuid.uuid4().hex[:12]}"
+        # CREATE DATABASE cannot run inside a transaction.
+        engine = create_engine(sqlalchemy_url(self.uri("postgres")), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        return name
+
+
+def _unprivileged_prefix() -> list[str]:
+    """What to put before initdb and pg_ctl so that they agree to run: nothing, unless we are root.
+
+    Found here: the tests run as root (uid 0, in a container), and initdb, pg_ctl and postgres
+    all refuse to ("initdb: error: cannot be run as root"). ``runuser -u postgres`` would need the
+    data directory owned by that user and every folder above it open to them, but pytest keeps
+    its tmp root (/tmp/pytest-of-root) at mode 0700 and resets it if widened. A new user
+    namespace that maps root to an ordinary uid works without touching any permission: the
+    programs see a non-root uid, and the root-owned tmp dir appears to be theirs. That uid must
+    have a passwd entry (initdb looks its name up).
+    """
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root, which PostgreSQL refuses, and unshare(1) is not available")
+    try:
+        account = pwd.getpwnam("postgres")
+    except KeyError:
+        account = pwd.getpwnam("nobody")
+    prefix = ["unshare", "--user", f"--map-user={account.pw_uid}", f"--map-group={account.pw_gid}"]
+    if subprocess.run([*prefix, "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("running as root, which PostgreSQL refuses, and user namespaces are not allowed here")
+    return prefix
+
+
+def _free_port() -> int:
+    # The kernel's ephemeral range (32768-60999 on Linux) holds no port of the project's own stacks.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this module's own, stopped at the end even when tests fail."""
+    root: Path = tmp_path_factory.mktemp("postgres")
+    data, log = root / "data", root / "pg.log"
+    prefix = _unprivileged_prefix()
+    initialised = subprocess.run(
+        [*prefix, "initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "--no-sync",
+         "--encoding=UTF8", "--no-locale"],
+        check=False, capture_output=True, text=True,
+    )
+    if initialised.returncode != 0:
+        pytest.fail(f"initdb failed: {initialised.stderr}")
+    port = _free_port()
+    # A zone 14 hours from UTC: the daily_metrics view must still give a run's UTC day.
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c TimeZone=Pacific/Kiritimati"
+    started = subprocess.run([*prefix, "pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "start"],
+                             check=False, capture_output=True, text=True)
+    try:
+        if started.returncode != 0:
+            server_log = log.read_text() if log.exists() else ""
+            pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{server_log}")
+        yield PostgresServer(port)
+    finally:
+        subprocess.run([*prefix, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], check=False,
+                       capture_output=True)
+
+
+@pytest.fixture
+def database_uri(postgres) -> str:
+    """A fresh database for one test, as an Airflow connection URI."""
+    return postgres.uri(postgres.create_database())
+
+
+def _settings(tmp_path) -> PipelineSettings:
+    return PipelineSettings(work_dir=tmp_path)
+
+
+def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_path, database_uri):
+    url = sqlalchemy_url(database_uri)
+    assert url.startswith("postgresql+pg8000://")
+    ledger = Ledger.open(_settings(tmp_path), url)
+    assert ledger.revision() == "0001"
+    inspector = inspect(ledger._engine)
+    assert {"documents", "document_events", "runs", "alembic_version"} <= set(inspector.get_table_names())
+    assert "daily_metrics" in inspector.get_view_names()
+    assert Ledger.open(_settings(tmp_path), url).revision() == "0001" and ledger.counts() == {}
+
+
+def _migrate_together(work_dir: Path, url: str, barrier, queue) -> None:
+    barrier.wait(timeout=RACE_TIMEOUT)  # both processes are up: start at the same moment
+    queue.put(Ledger.open(PipelineSettings(work_dir=work_dir), url).revision())
+
+
+def _race(target, args_per_racer: list[tuple]) -> list:
+    """Run ``target`` in one spawned process per argument tuple, released together; what each put."""
+    context = multiprocessing.get_context("spawn")
+    queue, barrier = context.Queue(), context.Barrier(len(args_per_racer))
+    racers = [context.Process(target=target, args=(*args, barrier, queue)) for args in args_per_racer]
+    for racer in racers:
+        racer.start()
+    try:
+        results = [queue.get(timeout=RACE_TIMEOUT) for _ in racers]
+    finally:
+        for racer in racers:
+            racer.join(timeout=RACE_TIMEOUT)
+    assert [racer.exitcode for racer in racers] == [0] * len(racers)
+    return results
+
+
+def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(tmp_path, database_uri):
+    url = sqlalchemy_url(database_uri)
+    assert _race(_migrate_together, [(tmp_path, url), (tmp_path, url)]) == ["0001", "0001"]
+    assert Ledger(url).revision() == "0001"
+
+
+def _claim_together(url: str, run_id: str, names: list[str], barrier, queue) -> None:
+    ledger = Ledger(url)
+    candidates = [_candidate(name) for name in names]
+    barrier.wait(timeout=RACE_TIMEOUT)
+    claimed, _ = ledger.claim("document_ingest", run_id, candidates, "fp", is_active=lambda *_: True)
+    queue.put((run_id, sorted(c.document.source_uri for c in claimed)))
+
+
+def test_two_processes_racing_for_the_same_documents_never_both_get_one(tmp_path, database_uri):
+    url = sqlalchemy_url(database_uri)
+    ledger = Ledger.open(_settings(tmp_path), url)
+    names = [f"doc-{n:03d}.pdf" for n in range(60)]
+    results = dict(_race(_claim_together, [(url, f"run-{n}", names) for n in range(2)]))
+    first, second = results.values()
+    assert not set(first) & set(second)
+    assert sorted(first + second) == [f"{INBOX}{name}" for name in names]
+    assert {entry.claim_run_id for entry in ledger.entries().values()} <= set(results)
+
+
+def test_a_document_claimed_processed_and_finished_has_its_history_and_the_day_its_run(tmp_path, database_uri):
+    ledger = Ledger.open(_settings(tmp_path), sqlalchemy_url(database_uri))
+    [doc] = ledger.claim("dag", "run-1", [_candidate("a.pdf")], "fp", is_active=lambda *_: True)[0]
+    outcome = DocumentOutcome(doc_id=doc.document.doc_id, source_uri=doc.document.source_uri, status="succeeded",
+                              manifest_uri="s3://x/_manifest.json", metrics={"pages": 3.0})
+    for _ in range(2):  # a retried task records its stage again
+        ledger.record_stage("run-1", "extract", [outcome], "job-1")
+    ledger.finish("run-1", [Final(doc.document.source_uri, doc.document.doc_id, Status.INGESTED, "load")])
+    events = [(e.stage, e.event) for e in ledger.history(doc.document.source_uri)]
+    assert events == [("plan", "claimed"), ("extract", "succeeded"), ("finish", "ingested")]
+    entry = ledger.entries()[doc.document.source_uri]
+    assert (entry.status, entry.pages, entry.attempts, entry.claim_run_id) == (Status.INGESTED, 3, 1, None)
+    assert entry.indexed_doc_id == doc.document.doc_id
+
+    ledger.start_run("dag", "run-1", {"new": 1})
+    ledger.finish_run("run-1", {"ingested": 1, "pages": 3, "seconds": {"extract": 1.5}})
+    [run] = ledger.runs()
+    [day] = ledger.daily()
+    assert isinstance(day["day"], date) and day["day"] == run["finished_at"].astimezone(UTC).date()
+    assert (day["runs"], day["new"], day["ingested"], day["pages"]) == (1, 1, 1, 3)
+
+
+def test_the_airflow_connection_pipeline_ledger_is_the_default_ledger(tmp_path, database_uri, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_PIPELINE_LEDGER", database_uri)
+    settings = _settings(tmp_path)
+    assert settings.ledger_url is None  # else the setting would win over the connection
+    assert default_url(settings) == sqlalchemy_url(database_uri)
+    ledger = Ledger.open(settings)
+    assert ledger.location == sqlalchemy_url(database_uri)
+    assert ledger.revision() == "0001" and ledger.counts() == {}
