@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Param, TriggerRule, task, task_group
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include import ingest, report
 from include.settings import get_settings
@@ -93,14 +93,22 @@ with DAG(
             )
             upstream = job.output
 
-    @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
+    # ALL_DONE: it settles the run whatever became of its batches, and a run with nothing to
+    # do (its mapped stages skipped) is summarized too.
+    @task(trigger_rule=TriggerRule.ALL_DONE)
     def summarize(ti=None, dag_run=None) -> None:
         results = {
             # A list of task ids makes xcom_pull return every map index's value as a list.
             stage: ti.xcom_pull(task_ids=[f"ingest_batch.{stage}"]) or []
             for stage in ingest.STAGE_ORDER
         }
-        summary = ingest.finish_run(dag_run.dag_id, dag_run.run_id, results)
+        try:
+            summary = ingest.finish_run(dag_run.dag_id, dag_run.run_id, results)
+        except ingest.NoPlan as exc:
+            states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=["plan_batches"], run_ids=[dag_run.run_id])
+            if states.get(dag_run.run_id, {}).get("plan_batches") == "skipped":
+                raise AirflowSkipException("the sensor found no work: nothing to summarize") from exc
+            raise AirflowFailException(str(exc)) from exc
         print(report.markdown(summary))
         ti.xcom_push(key="summary", value=report.for_xcom(summary))  # kept even when the run fails below
         if summary["failed"]:

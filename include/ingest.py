@@ -16,13 +16,14 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 from include import report
 from include.backends.vector_stores import build_vector_store
 from include.batching import BatchSpec, Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
-from include.documents import Unreadable, describe, key_uris
+from include.documents import DocumentRef, Unreadable, describe, key_uris
 from include.incremental import WORK, Reason, decide, pending
 from include.ledger import Candidate, Final, Ledger, Status
 from include.quarantine import quarantine
@@ -259,21 +260,79 @@ def reconcile(dag_id: str, run_id: str) -> dict[str, Any]:
     return {"deleted": len(plan.deleted), "vectors_removed": removed}
 
 
-def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+class NoPlan(LookupError):
+    """The run planned nothing: its planning task was skipped (no work) or failed."""
+
+
+@dataclass
+class _Ending:
+    """Where one document's run ended: at a stage with an error, or ingested (``stage`` None)."""
+
+    document: DocumentRef
+    stage: str | None = None
+    error: str | None = None
+    bad_file: bool = False
+    metrics: dict[str, int] = field(default_factory=dict)
+
+
+def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] | None]]) -> dict[str, Any]:
     """Settle every document the run claimed, quarantine bad files, write the run report.
 
-    ``results`` maps a stage name to the XComs its mapped tasks pushed (one per batch
-    whose job succeeded); each names the batch result it read. Returns the summary,
-    which names the report's URI.
+    ``results`` maps a stage name to the XComs its mapped tasks pushed (one per batch; None
+    where a task pushed nothing); each names the batch result it read. Returns the
+    summary, which names the report's URI. ``NoPlan`` if the run planned nothing.
     """
     settings = get_settings()
     storage = Storage(settings)
     folder = run_folder(settings.artifacts_uri, dag_id, run_id)
-    plan = read_plan(storage, folder) or RunPlan(run_id=run_id, batches=[])
+    plan = read_plan(storage, folder)
+    if plan is None:
+        raise NoPlan(f"run {run_id} has no plan at {folder}: its planning task did not finish")
+    outcomes, stages = _stage_results(storage, results)
+    endings = [_ending(doc, batch.batch_id, outcomes)
+               for batch in plan.batches
+               for doc in BatchSpec.model_validate(storage.read_json(batch.batch_uri)).documents]
+    endings += [_Ending(item.document, "plan", item.error, bad_file=True) for item in plan.rejected]
+
+    finals: list[Final] = []
+    rows: list[dict[str, Any]] = []
+    vector_store = cache(lambda: build_vector_store(settings))
+    for end in endings:
+        document, status, moved = end.document, Status.INGESTED, None
+        if end.error is not None:
+            status = Status.FAILED
+            if end.bad_file:
+                moved = quarantine(settings, storage, document, planned_version=plan.versions.get(document.source_uri),
+                                   stage=end.stage or "plan", error=end.error, dag_id=dag_id, run_id=run_id)
+            if moved:
+                status = Status.QUARANTINED
+                # Its key left the inbox: an older version's vectors go too.
+                vector_store().delete_stale(document.source_uri, keep_ids=set())
+        finals.append(Final(document.source_uri, document.doc_id, status,
+                            stage_reached="load" if status == Status.INGESTED else None,
+                            error=end.error, error_stage=end.stage, quarantine_uri=moved))
+        rows.append({"source_uri": document.source_uri, "doc_id": document.doc_id,
+                     "reason": plan.reasons.get(document.source_uri, "reprocess"), "status": str(status),
+                     "stage": end.stage, "error": end.error, "quarantine_uri": moved, **end.metrics})
+
+    ledger = Ledger.open(settings)
+    ledger.finish(run_id, finals)
+    summary = report.summarize(dag_id, run_id, plan, stages, rows)
+    summary["report_uri"] = report.write(storage, folder, summary)
+    ledger.finish_run(run_id, report.run_totals(summary))
+    return summary
+
+
+def _stage_results(
+    storage: Storage, results: dict[str, list[dict[str, Any] | None]]
+) -> tuple[dict[str, dict[str, DocumentOutcome]], dict[str, dict[str, float]]]:
+    """Each stage's outcome per document id, and each stage's totals over its batches."""
     outcomes: dict[str, dict[str, DocumentOutcome]] = {}
     stages: dict[str, dict[str, float]] = {}
     for stage in STAGE_ORDER:
-        batch_results = [BatchResult.model_validate(storage.read_json(x["result_uri"])) for x in results.get(stage) or []]
+        # A skipped or failed task pushed nothing: its entry is None.
+        batch_results = [BatchResult.model_validate(storage.read_json(x["result_uri"]))
+                         for x in results.get(stage) or [] if x]
         outcomes[stage] = {o.doc_id: o for result in batch_results for o in result.documents}
         totals: dict[str, float] = {"batches": len(batch_results)}
         totals["documents"] = sum(len(r.succeeded) for r in batch_results)
@@ -282,50 +341,17 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any]]
             for name, value in result.metrics.items():
                 totals[name] = totals.get(name, 0.0) + value
         stages[stage] = totals
+    return outcomes, stages
 
-    finals: list[Final] = []
-    rows: list[dict[str, Any]] = []
-    vector_store = cache(lambda: build_vector_store(settings))
 
-    def settle(document: Any, stage: str | None, error: str | None, bad_file: bool, metrics: dict[str, float]) -> None:
-        status, moved = Status.INGESTED, None
-        if error is not None:
-            status = Status.FAILED
-            if bad_file:
-                moved = quarantine(settings, storage, document, planned_version=plan.versions.get(document.source_uri),
-                                   stage=stage or "plan", error=error, dag_id=dag_id, run_id=run_id)
-                if moved:
-                    status = Status.QUARANTINED
-                    # Its key left the inbox: an older version's vectors go too.
-                    vector_store().delete_stale(document.source_uri, keep_ids=set())
-        finals.append(Final(document.source_uri, document.doc_id, status,
-                            stage_reached="load" if status == Status.INGESTED else None,
-                            error=error, error_stage=stage if error else None, quarantine_uri=moved))
-        rows.append({"source_uri": document.source_uri, "doc_id": document.doc_id,
-                     "reason": plan.reasons.get(document.source_uri, "reprocess"), "status": str(status),
-                     "stage": stage if error else None, "error": error, "quarantine_uri": moved, **metrics})
-
-    for batch in plan.batches:
-        for doc in BatchSpec.model_validate(storage.read_json(batch.batch_uri)).documents:
-            stopped: tuple[str, str, bool] | None = None
-            metrics: dict[str, float] = {}
-            for stage in STAGE_ORDER:
-                outcome = outcomes[stage].get(doc.doc_id)
-                if outcome is None:
-                    stopped = (stage, f"the {stage} job of {batch.batch_id} did not finish: see that task's log", False)
-                elif outcome.status == "failed":
-                    stopped = (stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file)
-                else:
-                    metrics.update({k: int(v) for k, v in outcome.metrics.items() if k in report.DOCUMENT_METRICS})
-                    continue
-                break
-            settle(doc, *(stopped or (None, None, False)), metrics)
-    for item in plan.rejected:
-        settle(item.document, "plan", item.error, True, {})
-
-    ledger = Ledger.open(settings)
-    ledger.finish(run_id, finals)
-    summary = report.summarize(dag_id, run_id, plan, stages, rows)
-    summary["report_uri"] = report.write(storage, folder, summary)
-    ledger.finish_run(run_id, report.run_totals(summary))
-    return summary
+def _ending(document: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, DocumentOutcome]]) -> _Ending:
+    """The first stage that did not succeed for the document, or none: it is ingested."""
+    metrics: dict[str, int] = {}
+    for stage in STAGE_ORDER:
+        outcome = outcomes[stage].get(document.doc_id)
+        if outcome is None:
+            return _Ending(document, stage, f"the {stage} job of {batch_id} did not finish: see that task's log")
+        if outcome.status == "failed":
+            return _Ending(document, stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file)
+        metrics.update({k: int(v) for k, v in outcome.metrics.items() if k in report.DOCUMENT_METRICS})
+    return _Ending(document, metrics=metrics)

@@ -26,7 +26,7 @@ ENCRYPTED = r"the PDF is encrypted \(password-protected\)"
 CORRUPT = r"the PDF is corrupt and cannot be opened \(PDFium: data format error\)"
 NO_PAGES = r"the PDF has no pages"
 NO_TEXT = r"no text layer on any of its 1 page\(s\)"
-OVER_THE_LIMIT = r"over the limit of \d+ \(PIPELINE_MAX_DOCUMENT_BYTES\)"
+OVER_THE_LIMIT = r"\d+ bytes is over the limit of \d+ \(PIPELINE_MAX_DOCUMENT_BYTES\)"
 
 OVERSIZED_KEY = "oversized.pdf"
 # The oversized file is this much bigger than the limit it is built for.

@@ -85,7 +85,11 @@ def test_a_live_runs_claim_is_held_a_dead_runs_is_taken_over_and_a_retry_keeps_i
 
 
 def test_a_stage_recorded_twice_by_a_retried_task_is_one_event(tmp_path):
-    ledger = _ledger(tmp_path)
+    assert_one_history_for_a_retried_stage(_ledger(tmp_path))
+
+
+def assert_one_history_for_a_retried_stage(ledger: Ledger) -> None:
+    """Claim, a stage recorded twice (a retried task), finish: each event once. Shared with PostgreSQL's tests."""
     [doc] = ledger.claim("dag", "run-1", [_candidate("a.pdf")], "fp", is_active=lambda *_: True)[0]
     outcome = DocumentOutcome(doc_id=doc.document.doc_id, source_uri=doc.document.source_uri, status="succeeded",
                               manifest_uri="s3://x/_manifest.json", metrics={"pages": 3.0})

@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from include.ledger import Final, Ledger, Status
+from include.ledger import Ledger
 from include.ledger.store import default_url, sqlalchemy_url
 from include.settings import PipelineSettings
-from include.stages.base import DocumentOutcome
-from tests.unit.test_ledger import INBOX, _candidate
+from tests.unit.test_ledger import INBOX, _candidate, assert_one_history_for_a_retried_stage
 
 if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
     pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not on PATH", allow_module_level=True)
@@ -185,17 +184,7 @@ def test_two_processes_racing_for_the_same_documents_never_both_get_one(tmp_path
 
 def test_a_document_claimed_processed_and_finished_has_its_history_and_the_day_its_run(tmp_path, database_uri):
     ledger = Ledger.open(_settings(tmp_path), sqlalchemy_url(database_uri))
-    [doc] = ledger.claim("dag", "run-1", [_candidate("a.pdf")], "fp", is_active=lambda *_: True)[0]
-    outcome = DocumentOutcome(doc_id=doc.document.doc_id, source_uri=doc.document.source_uri, status="succeeded",
-                              manifest_uri="s3://x/_manifest.json", metrics={"pages": 3.0})
-    for _ in range(2):  # a retried task records its stage again
-        ledger.record_stage("run-1", "extract", [outcome], "job-1")
-    ledger.finish("run-1", [Final(doc.document.source_uri, doc.document.doc_id, Status.INGESTED, "load")])
-    events = [(e.stage, e.event) for e in ledger.history(doc.document.source_uri)]
-    assert events == [("plan", "claimed"), ("extract", "succeeded"), ("finish", "ingested")]
-    entry = ledger.entries()[doc.document.source_uri]
-    assert (entry.status, entry.pages, entry.attempts, entry.claim_run_id) == (Status.INGESTED, 3, 1, None)
-    assert entry.indexed_doc_id == doc.document.doc_id
+    assert_one_history_for_a_retried_stage(ledger)
 
     ledger.start_run("dag", "run-1", {"new": 1})
     ledger.finish_run("run-1", {"ingested": 1, "pages": 3, "seconds": {"extract": 1.5}})
