@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_PORTS = {"STACK_S3_PORT": "38333", "STACK_RAY_DASHBOARD_PORT": "38265", "STACK_RAY_GCS_PORT": "36379",
+# SeaweedFS's gRPC ports (its ports + 10000) stay below the ephemeral range (32768 and up).
+BENCH_PORTS = {"STACK_S3_PORT": "22333", "STACK_RAY_DASHBOARD_PORT": "38265", "STACK_RAY_GCS_PORT": "36379",
                "STACK_CHROMA_PORT": "38000"}
 DAG_ID = "document_ingest"
 _WORDS = ("trial dose metformin site visit protocol safety endpoint patient cohort analysis sample blood "

@@ -215,7 +215,8 @@ class LocalStackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STACK_", frozen=True)
 
     s3_port: int = Field(default=8333, description="SeaweedFS S3 API; its other "
-                         "servers use the next five ports (and those + 10000 for gRPC).")
+                         "servers use the next six ports, and those + 10000 for gRPC: keep it below "
+                         "22700, so they stay out of the kernel's ephemeral range (32768 and up).")
     ray_dashboard_port: int = Field(default=8265, description="Ray dashboard and Job API; "
                                     "the head's other fixed ports are the next five.")
     ray_gcs_port: int = Field(default=6379, description="Ray head (GCS) port.")

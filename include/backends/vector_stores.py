@@ -12,6 +12,7 @@ serialises writes itself, so its clients take no lock.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +47,7 @@ class VectorStore(Protocol):
     def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int: ...
     def count(self, doc_id: str | None = None) -> int: ...
     def query(self, vector: list[float], k: int) -> list[Hit]: ...
+    def scan(self) -> Iterator[tuple[str, str, Metadata]]: ...
 
 
 class ChromaStore:
@@ -101,6 +103,16 @@ class ChromaStore:
         if doc_id is None:
             return self._collection.count()
         return len(self._collection.get(where={"doc_id": doc_id}, include=[])["ids"])
+
+    def scan(self, page: int = 500) -> Iterator[tuple[str, str, Metadata]]:
+        """Every record's id, text and metadata, a page at a time (the leak audit reads them all)."""
+        offset = 0
+        while True:
+            records = self._collection.get(include=["documents", "metadatas"], limit=page, offset=offset)
+            yield from zip(records["ids"], records["documents"], records["metadatas"])
+            if len(records["ids"]) < page:
+                return
+            offset += page
 
     def query(self, vector: list[float], k: int) -> list[Hit]:
         result = self._collection.query(

@@ -22,7 +22,9 @@ from tools import airflow_db
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "document_ingest"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
-TEST_PORTS = {"STACK_S3_PORT": "28333", "STACK_RAY_DASHBOARD_PORT": "28265", "STACK_RAY_GCS_PORT": "26379",
+# SeaweedFS also takes each of its ports + 10000 for gRPC: they must stay below the kernel's
+# ephemeral range (32768 and up), where any client socket may hold them.
+TEST_PORTS = {"STACK_S3_PORT": "21333", "STACK_RAY_DASHBOARD_PORT": "28265", "STACK_RAY_GCS_PORT": "26379",
               "STACK_CHROMA_PORT": "28000"}
 # A run finds out quickly that there is no work; a file over 64 KiB is too big.
 TEST_SETTINGS = {"PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_SENSOR_TIMEOUT_SECONDS": "12",

@@ -15,6 +15,7 @@ import pytest
 
 from include.ingest import STAGE_ORDER as STAGES
 from tests.integration.conftest import AIRFLOW, DAG_ID, chroma, isolated_env, ray_jobs_of
+from tests.integration.conftest import run as run_command
 from tools import airflow_db
 
 pytestmark = pytest.mark.integration
@@ -101,9 +102,9 @@ def test_with_s3_down_mid_run_tasks_fail_clearly_and_the_retry_completes(env, sa
     log = tmp_path / "dag.log"
     run = _start_run(env, log)
     _, job = _wait_for_running_job(env, "enrich", known, run)
-    subprocess.run([sys.executable, "-m", "tools.stack", "down", "s3"], env=env, check=True, capture_output=True)
+    run_command(env, sys.executable, "-m", "tools.stack", "down", "s3")
     time.sleep(20)  # long enough for the running job and its task to fail on it
-    subprocess.run([sys.executable, "-m", "tools.stack", "up"], env=env, check=True, capture_output=True)
+    run_command(env, sys.executable, "-m", "tools.stack", "up")
     assert run.wait(timeout=900) == 0, log.read_text()[-4000:]
 
     output = log.read_text()
