@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 from fpdf import FPDF
@@ -54,7 +55,9 @@ BROKEN_PLACEMENTS = ("wrapped", "hyphenated")
 class Labelled:
     kind: str  # "EMAIL" | "PHONE" | "SSN" | "CREDIT_CARD" for PII; "KEEP" for non-PII that must survive
     value: str  # exactly as printed in the PDF (before any line wrapping)
-    placement: str  # one of PLACEMENTS
+    # One of PLACEMENTS. A KEEP value takes the placement of the text it stands in, but
+    # "prose" beside a wrapped, hyphenated or side-by-side value.
+    placement: str
     variant: str  # the format, e.g. "uk_plus_trunk_zero", "card_amex_spaces", "date_iso", "dose"
 
 
@@ -205,6 +208,8 @@ def _person(rng: random.Random) -> tuple[str, str]:
 
 
 def _email_maker(layout: Callable[[random.Random, str, str], str]) -> Maker:
+    """An e-mail maker from a layout of (random source, first name, last name), in lower case."""
+
     def make(rng: random.Random) -> str:
         first, last = _person(rng)
         return layout(rng, first.lower(), last.lower())
@@ -214,15 +219,21 @@ def _email_maker(layout: Callable[[random.Random, str, str], str]) -> Maker:
 
 EMAIL_MAKERS: dict[str, Maker] = {
     "email_plain": _email_maker(
-        lambda r, f, l: f"{f}.{l}@{r.choice(('example.com', 'example.org', 'example.net'))}"
+        lambda r, first, last: f"{first}.{last}@{r.choice(('example.com', 'example.org', 'example.net'))}"
     ),
     "email_plus_tag": _email_maker(
-        lambda r, f, l: f"{f}.{l}+{r.choice(('trial', 'met204', 'site12', 'sae'))}"
+        lambda r, first, last: f"{first}.{last}+{r.choice(('trial', 'met204', 'site12', 'sae'))}"
         f"@{r.choice(('sub', 'trials', 'sites', 'research'))}.example.org"
     ),
-    "email_upper": _email_maker(lambda r, f, l: f"{f[0]}.{l}@{r.choice(('EXAMPLE.NET', 'EXAMPLE.COM'))}".upper()),
-    "email_hyphen_digits": _email_maker(lambda r, f, l: f"{f}-{l}{r.randrange(2, 99)}@site-{r.randrange(10, 99)}.example.net"),
-    "email_underscore": _email_maker(lambda r, f, l: f"{f[0]}_{l}{r.randrange(1, 9)}@example.org"),
+    "email_upper": _email_maker(
+        lambda r, first, last: f"{first[0]}.{last}@{r.choice(('example.net', 'example.com'))}".upper()
+    ),
+    "email_hyphen_digits": _email_maker(
+        lambda r, first, last: f"{first}-{last}{r.randrange(2, 99)}@site-{r.randrange(10, 99)}.example.net"
+    ),
+    "email_underscore": _email_maker(
+        lambda r, first, last: f"{first[0]}_{last}{r.randrange(1, 9)}@example.org"
+    ),
     "email_role": lambda r: f"{r.choice(_ROLE_MAILBOXES)}@{r.choice(_ORGANISATIONS)}.example.com",
 }
 
@@ -235,17 +246,23 @@ def _a_date(rng: random.Random) -> date:
     return date(2025, 9, 1) + timedelta(days=rng.randrange(240))
 
 
+def _long_date(day: date) -> str:
+    return f"{day:%B} {day.day}, {day.year}"
+
+
 KEEP_MAKERS: dict[str, Maker] = {
     "date_iso": lambda r: _a_date(r).isoformat(),
     "date_dmy": lambda r: _a_date(r).strftime("%d/%m/%Y"),
-    "date_long": lambda r: (lambda d: f"{d:%B} {d.day}, {d.year}")(_a_date(r)),
+    "date_long": lambda r: _long_date(_a_date(r)),
     "date_dd_mon": lambda r: _a_date(r).strftime("%d-%b-%Y"),
     "dose": lambda r: r.choice((
         f"{r.choice((250, 500, 850, 1000, 1500, 2000))} mg",
-        f"{r.choice((1000, 1500, 2000))} mg/day",
-        f"{r.choice(('0.5', '1.0', '2.5'))} mL",
-        f"{r.choice((5, 10, 20, 40))} mg/kg",
-        f"{r.choice((10, 12, 24))} units",
+        f"{r.choice((1000, 1500, 2000, 2550))} mg/day",
+        f"{r.choice(('0.5', '1.0', '2.5', '0.25'))} mL",
+        f"{r.choice((2, 5, 10, 20, 40, 80))} mg/kg",
+        f"{r.choice((75, 100, 135))} mg/m²",
+        f"{r.choice((10, 12, 24, 36))} units",
+        f"{r.choice((50, 125, 400))} µg",
     )),
     "protocol": lambda r: f"{r.choice(('MET', 'CARD', 'ONC', 'RESP', 'NEPH'))}-{r.randrange(100, 999)}",
     "nct_number": lambda r: f"NCT0{_digits(r, 7)}",
@@ -267,7 +284,9 @@ KEEP_MAKERS: dict[str, Maker] = {
     "zip_plus4": lambda r: f"{r.randrange(1000, 99999):05d}-{r.randrange(1, 9999):04d}",
     "time": lambda r: f"{r.randrange(7, 19):02d}:{r.choice(('00', '15', '30', '45'))}",
     "version": lambda r: f"v{r.randrange(1, 6)}.{r.randrange(0, 10)}",
-    "temperature": lambda r: r.choice(("2-8 °C", "-80 °C", "15-25 °C", "-20 °C")),
+    "temperature": lambda r: r.choice(
+        ("2-8 °C", "-80 °C", "15-25 °C", "-20 °C", "-70 °C", "+4 °C", "2 to 8 °C", "below 30 °C", "-196 °C")
+    ),
     "blood_pressure": lambda r: f"{r.randrange(105, 165)}/{r.randrange(60, 100)} mmHg",
     "weight": lambda r: f"{r.randrange(480, 1200) / 10:.1f} kg",
     "amount": lambda r: f"{r.choice(('USD', 'EUR', 'GBP'))} {r.randrange(20, 250)}.{r.choice(('00', '50'))}",
@@ -277,7 +296,9 @@ _DATE_VARIANTS = ("date_iso", "date_dmy", "date_long", "date_dd_mon")
 
 # One sample of each PII variant: the formats are fixed, so one tells which placements fit.
 _SHAPES = {
-    (kind, variant): make(random.Random(0)) for kind, makers in PII_MAKERS.items() for variant, make in makers.items()
+    (kind, variant): make(random.Random(0))
+    for kind, makers in PII_MAKERS.items()
+    for variant, make in makers.items()
 }
 
 
@@ -297,48 +318,48 @@ def _fits(placement: str, kind: str, shape: str) -> bool:
 # (KEEP_MAKERS' names, or {date}), and a few others the document's own people and places.
 
 _PROSE = (
-    "The monitoring visit to Site {site} in {city} took place on {date} from {time}. {coordinator}, the "
-    "study coordinator, can be reached at {EMAIL} or on {PHONE}; the principal investigator, {pi}, "
-    "prefers {PHONE} for anything urgent.",
-    "Source data verification covered {percentage} of the consent forms signed since {date}. One "
-    "enrolment log still showed a full social security number, {SSN}, next to subject {subject_id}; "
-    "the coordinator masked it during the visit and the finding was logged as a protocol deviation.",
-    "Dispensing records for {drug} were complete. Lot {lot} was released on {date} and the pharmacy "
-    "confirmed that the {dose} tablets are stored at {temperature}. Temperature excursions are phoned "
-    "in to {PHONE} and confirmed in writing to {EMAIL} the same day.",
-    "One serious adverse event was reported since the last visit: a hospital admission for dehydration "
-    "on {date}. The event was entered within 24 hours and the narrative was sent to {EMAIL}. The "
-    "sponsor's safety physician asked for a call back on {PHONE} before {time}.",
-    "A participant paid the taxi fare for {visit_week} with a personal card, {CARD}, and the receipt "
-    "was filed in the shadow chart by mistake. The receipt was removed; the reimbursement of {amount} "
-    "goes through the site's petty cash from now on.",
-    "Central laboratory results were reviewed with {pi}. The mean {lab_value} at {visit_week} is close "
-    "to baseline; sample {sample_id} was haemolysed and re-drawn on {date}. Questions about shipping go "
-    "to {EMAIL}, fax {PHONE}.",
-    "Blood pressure at screening was {blood_pressure} and body weight {weight}; the dose was adjusted "
-    "to {dose} in line with the protocol amendment {version}. The dietitian, {EMAIL} or {PHONE}, will see "
-    "the participant again at {visit_week}.",
-    "The courier collected {kit_number} on {date} at {time}. The airway bill lists the laboratory's "
-    "receiving desk, {PHONE}, and the sender's mobile, {PHONE}. Accession number {accession_number} was "
-    "confirmed by e-mail from {EMAIL}.",
-    "Participant stipends need a tax identifier. For subject {subject_id} the W-9 form lists {SSN}; the "
-    "stipend card issued to the same participant is {CARD}. Both forms are now kept in the locked "
-    "cabinet of the coordinators' office.",
-    "The remote monitor, {monitor}, will review the updated delegation log before {date}. Send the "
-    "scanned pages to {EMAIL} rather than to {EMAIL}, which is no longer read, and phone {PHONE} "
-    "if the upload portal is down.",
-    "Drug accountability: {dose} was dispensed to subject {subject_id} on {date}, and compliance "
-    "of {percentage} was calculated from the returned tablets. The pharmacist, on {PHONE}, reconciled "
-    "lot {lot} against the shipment record of {date}.",
-    "The emergency contact card of subject {subject_id} lists {PHONE} as the home number and {PHONE} for "
-    "a relative abroad. It had been photocopied together with the participant's credit card, {CARD}, "
-    "and the copy was shredded on {date}.",
-    "The trial is registered as {nct_number}. Recruitment stands at {percentage} of the site's target; "
-    "{pi} expects the last participant in by {date} and asks that referrals be sent to {EMAIL} "
-    "or faxed to {PHONE}.",
-    "The screening log for ZIP code {zip} shows two referrals from the community clinic. Its nurse, "
-    "reachable on {PHONE}, will send the records by {date}; the clinic's postal address ends in "
-    "{zip_plus4}.",
+    ("The monitoring visit to Site {site} in {city} took place on {date} from {time}. {coordinator}, the "
+     "study coordinator, can be reached at {EMAIL} or on {PHONE}; the principal investigator, {pi}, "
+     "prefers {PHONE} for anything urgent."),
+    ("Source data verification covered {percentage} of the consent forms signed since {date}. One "
+     "enrolment log still showed a full social security number, {SSN}, next to subject {subject_id}; "
+     "the coordinator masked it during the visit and the finding was logged as a protocol deviation."),
+    ("Dispensing records for {drug} were complete. Lot {lot} was released on {date} and the pharmacy "
+     "confirmed that the {dose} packs are stored at {temperature}. Temperature excursions are phoned "
+     "in to {PHONE} and confirmed in writing to {EMAIL} the same day."),
+    ("One serious adverse event was reported since the last visit: a hospital admission for dehydration "
+     "on {date}. The event was entered within 24 hours and the narrative was sent to {EMAIL}. The "
+     "sponsor's safety physician asked for a call back on {PHONE} before {time}."),
+    ("A participant paid the taxi fare for {visit_week} with a personal card, {CARD}, and the receipt "
+     "was filed in the shadow chart by mistake. The receipt was removed; the reimbursement of {amount} "
+     "goes through the site's petty cash from now on."),
+    ("Central laboratory results were reviewed with {pi}. The mean {lab_value} at {visit_week} is close "
+     "to baseline; sample {sample_id} was haemolysed and re-drawn on {date}. Questions about shipping go "
+     "to {EMAIL}, fax {PHONE}."),
+    ("Blood pressure at screening was {blood_pressure} and body weight {weight}; the dose was adjusted "
+     "to {dose} in line with the protocol amendment {version}. The dietitian, {EMAIL} or {PHONE}, will see "
+     "the participant again at {visit_week}."),
+    ("The courier collected {kit_number} on {date} at {time}. The airway bill lists the laboratory's "
+     "receiving desk, {PHONE}, and the sender's mobile, {PHONE}. Accession number {accession_number} was "
+     "confirmed by e-mail from {EMAIL}."),
+    ("Participant stipends need a tax identifier. For subject {subject_id} the W-9 form lists {SSN}; the "
+     "stipend card issued to the same participant is {CARD}. Both forms are now kept in the locked "
+     "cabinet of the coordinators' office."),
+    ("The remote monitor, {monitor}, will review the updated delegation log before {date}. Send the "
+     "scanned pages to {EMAIL} rather than to {EMAIL}, which is no longer read, and phone {PHONE} "
+     "if the upload portal is down."),
+    ("Drug accountability: {dose} was dispensed to subject {subject_id} on {date}, and compliance "
+     "of {percentage} was calculated from the returned tablets. The pharmacist, on {PHONE}, reconciled "
+     "lot {lot} against the shipment record of {date}."),
+    ("The emergency contact card of subject {subject_id} lists {PHONE} as the home number and {PHONE} for "
+     "a relative abroad. It had been photocopied together with the participant's credit card, {CARD}, "
+     "and the copy was shredded on {date}."),
+    ("The trial is registered as {nct_number}. Recruitment stands at {percentage} of the site's target; "
+     "{pi} expects the last participant in by {date} and asks that referrals be sent to {EMAIL} "
+     "or faxed to {PHONE}."),
+    ("The screening log for ZIP code {zip} shows two referrals from the community clinic. Its nurse, "
+     "reachable on {PHONE}, will send the records by {date}; the clinic's postal address ends in "
+     "{zip_plus4}."),
 )
 
 _LIST_ITEMS = (
@@ -373,18 +394,18 @@ _NEXT_TO_MARKER = (
     "Pharmacy: {PHONE} {dose} {lot}",
 )
 
+# (the kind of {VALUE}, the sentence)
 _HYPHENATED = (
-    "Out-of-hours questions about dosing go to the on-call pharmacist, whose direct line is {VALUE}, "
-    "and not to the general switchboard.",
-    "The consent form of subject {subject_id} carried the participant's social security number {VALUE} "
-    "in the margin; it was blacked out on {date}.",
-    "The hotel booked for the travelling participant was paid with the site's purchasing card {VALUE}, "
-    "and the invoice is filed with the visit records.",
-    "The sponsor's medical monitor can be paged through {VALUE} during the dose-escalation weeks.",
+    ("PHONE", ("Out-of-hours questions about dosing go to the on-call pharmacist, whose direct line is "
+               "{VALUE}, and not to the general switchboard.")),
+    ("SSN", ("The consent form of subject {subject_id} carried the participant's social security number "
+             "{VALUE} in the margin; it was blacked out on {date}.")),
+    ("CREDIT_CARD", ("The hotel booked for the travelling participant was paid with the site's purchasing "
+                     "card {VALUE}, and the invoice is filed with the visit records.")),
+    ("PHONE", "The sponsor's medical monitor can be paged through {VALUE} during the dose-escalation weeks."),
 )
-# Which PII kinds each hyphenated sentence is written for.
-_HYPHENATED_KINDS = ("PHONE", "SSN", "CREDIT_CARD", "PHONE")
 
+# (the kind of {VALUE}, the note)
 _CALLOUTS = (
     ("PHONE", "Unblinding hotline, 24/7: {VALUE}. Quote the subject number."),
     ("PHONE", "Study pharmacist, emergencies only: {VALUE}"),
@@ -401,7 +422,9 @@ _PROTOCOLS = (
     ("NEPH-220", "dapagliflozin"),
     ("DERM-611", "dupilumab"),
 )
-_CITIES = ("Boston", "Chicago", "Seattle", "Houston", "London", "Berlin", "Paris", "Mumbai", "Sydney", "Denver")
+_CITIES = (
+    "Boston", "Chicago", "Seattle", "Houston", "London", "Berlin", "Paris", "Mumbai", "Sydney", "Denver",
+)
 _ROLES = ("Principal investigator", "Study coordinator", "Research pharmacist", "Sub-investigator",
           "Data manager", "Regulatory officer", "Laboratory manager")
 
@@ -442,6 +465,7 @@ class _DocumentBuilder:
     def __init__(self, rng: random.Random, variant_use: Counter, index: int) -> None:
         self.rng = rng
         self.variant_use = variant_use
+        self.index = index
         self.labels: list[Labelled] = []
         protocol, drug = rng.choice(_PROTOCOLS)
         self.city = _CITIES[index % len(_CITIES)]
@@ -455,13 +479,17 @@ class _DocumentBuilder:
         header_protocol = self._keep("protocol", "header", value=protocol)
         header_version = self._keep("version", "header")
         hotline = self.pii("PHONE", "header")
-        site_line = f"{header_protocol} · Site {self.context['site']} {self.city} · Monitoring report {header_version}"
-        header_cells = (site_line, f"Site hotline {hotline}") if rng.random() < 0.5 else (
-            f"{site_line} · Site hotline {hotline}", "")
+        site_line = f"{header_protocol} · Site {self.context['site']} {self.city} · Monitoring report"
+        site_line += f" {header_version}"
+        if rng.random() < 0.5:  # the hotline right-aligned, far from the rest
+            header_cells = (site_line, f"Site hotline {hotline}")
+        else:
+            header_cells = (f"{site_line} · Site hotline {hotline}", "")
         if rng.random() < 0.5:
             footer_text = f"Confidential · Safety desk {self.pii('PHONE', 'footer')}"
         else:
-            footer_text = f"Questions: {self.pii('EMAIL', 'footer')} · Printed {self._keep('date_iso', 'footer')}"
+            contact = self.pii("EMAIL", "footer")
+            footer_text = f"Questions: {contact} · Printed {self._keep('date_iso', 'footer')}"
         self.pdf = _SiteReportPdf(header_cells, footer_text, rng.choice(("Helvetica", "Times")))
         self.title = f"Site Monitoring Visit Report: {protocol}, {drug}"
 
@@ -525,7 +553,9 @@ class _DocumentBuilder:
         """Body text, ragged right: justified lines stretch their spaces past extraction's
         cell gap, and a stretched value comes out split into table cells."""
         self.pdf.set_font(self.pdf.body_font, "", 10.5)
-        self.pdf.multi_cell(width, 5.5, text, border=border, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        self.pdf.multi_cell(
+            width, 5.5, text, border=border, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT
+        )
 
     def table(self, rows: list[tuple[str, ...]]) -> None:
         """A table sized to its text. Mostly roomy, so that extraction, which splits a line
@@ -561,7 +591,7 @@ class _DocumentBuilder:
             self.paragraph(self.fill(template, "prose"))
 
     def contacts(self) -> None:
-        """Site | Name | E-mail | Phone | From: the phone right next to the e-mail; one phone
+        """Role | Name | E-mail | Phone | From: the phone right next to the e-mail. One phone
         may be wrapped inside its cell, as a narrow column does."""
         self.heading("Site contacts")
         rows = [("Role", "Name", "E-mail", "Phone", "From")]
@@ -590,23 +620,24 @@ class _DocumentBuilder:
         self.paragraph("Subjects whose payment forms were checked during the visit:")
         rows = [("Subject", "SSN", "Consented", "Visit", "Dose")]
         for _ in range(4):
-            rows.append((self._keep("subject_id", "table"), self.pii("SSN", "table"), self._keep("date", "table"),
-                         self._keep("visit_week", "table"), self._keep("dose", "table")))
+            rows.append((
+                self._keep("subject_id", "table"), self.pii("SSN", "table"), self._keep("date", "table"),
+                self._keep("visit_week", "table"), self._keep("dose", "table"),
+            ))
         self.table(rows)
 
     def accountability(self) -> None:
         self.heading("Investigational product")
         self.paragraph(self.fill(self.rng.choice(_PROSE[2:3] + _PROSE[10:11]), "prose"))
-        choice = self.rng.randrange(len(_HYPHENATED))
-        self.hyphenated(_HYPHENATED[choice], _HYPHENATED_KINDS[choice])
+        # In turn, so that phones, SSNs and cards are all hyphenated somewhere in the corpus.
+        self.hyphenated(*_HYPHENATED[self.index % len(_HYPHENATED)])
 
-    def hyphenated(self, template: str, kind: str) -> None:
+    def hyphenated(self, kind: str, template: str) -> None:
         """The value broken after a hyphen at a line end, as a typesetter that breaks at hyphens would."""
-        value = self.pii(kind, "hyphenated")
+        self.pii(kind, "hyphenated")
         first, second = pieces(self.labels[-1])
         before, after = template.split("{VALUE}")
         self.paragraph(f"{self.fill(before, 'prose')}{first}\n{second}{self.fill(after, 'prose')}")
-        assert first + second == value
 
     def reimbursement(self) -> None:
         self.heading("Participant reimbursement")
@@ -627,11 +658,17 @@ class _DocumentBuilder:
             self.paragraph(text, width=self._width_breaking(text, first, second), border=1)
 
     def _width_breaking(self, text: str, first: str, second: str) -> float:
-        """The narrowest box width at which fpdf2 ends a line with ``first`` and starts the next with ``second``."""
+        """The narrowest box width at which fpdf2 ends a line with ``first`` and starts the
+        next with ``second``, breaking lines only at spaces (too narrow a box splits words)."""
         self.pdf.set_font(self.pdf.body_font, "", 10.5)
         for tenth_mm in range(250, 1400, 5):
             lines = self.pdf.multi_cell(tenth_mm / 10, 5.5, text, align="L", dry_run=True, output="LINES")
-            if any(a.rstrip().endswith(first) and b.startswith(second) for a, b in zip(lines, lines[1:])):
+            at_spaces = " ".join(line.strip() for line in lines) == text
+            breaks_there = any(
+                above.rstrip().endswith(first) and below.startswith(second)
+                for above, below in pairwise(lines)
+            )
+            if at_spaces and breaks_there:
                 return tenth_mm / 10
         raise RuntimeError(f"no box width breaks {text!r} between {first!r} and {second!r}")
 
@@ -649,21 +686,40 @@ class _DocumentBuilder:
 
     def visit_schedule(self) -> None:
         self.heading("Upcoming visits")
-        rows = [("Visit", "Date", "Time", "Dose", "Kit")]
+        rows = [("Visit", "Date", "Time", "Dose", "Kit", "Last result")]
         for _ in range(4):
-            rows.append((self._keep("visit_week", "table"), self._keep("date", "table"), self._keep("time", "table"),
-                         self._keep("dose", "table"), self._keep("kit_number", "table")))
+            rows.append((
+                self._keep("visit_week", "table"), self._keep("date", "table"), self._keep("time", "table"),
+                self._keep("dose", "table"), self._keep("kit_number", "table"),
+                self._keep("lab_value", "table"),
+            ))
+        self.table(rows)
+
+    def shipments(self) -> None:
+        """Sample and accession numbers, ZIP codes: digit runs a phone recognizer may take."""
+        self.heading("Laboratory shipments")
+        rows = [("Sample", "Accession", "Shipped", "ZIP", "Storage", "Courier")]
+        for _ in range(3):
+            rows.append((
+                self._keep("sample_id", "table"), self._keep("accession_number", "table"),
+                self._keep("date", "table"), self._keep(self.rng.choice(("zip", "zip_plus4")), "table"),
+                self._keep("temperature", "table"), self.pii("PHONE", "table"),
+            ))
         self.table(rows)
 
     # -- the document --
 
     def build(self, pages: int) -> CorpusDocument:
+        # Sections per page. Every plan has every placement; longer reports add tables
+        # of SSNs, cards, visits and shipments.
+        first_page = [self.summary, self.contacts, self.routing]
+        middle_page = [self.enrolment, self.accountability, self.callouts]
         plans = {
-            2: [[self.summary, self.contacts], [self.routing, self.accountability, self.callouts, self.follow_up]],
-            3: [[self.summary, self.contacts, self.routing], [self.enrolment, self.accountability, self.callouts],
-                [self.reimbursement, self.follow_up]],
-            4: [[self.summary, self.contacts, self.routing], [self.enrolment, self.accountability, self.callouts],
-                [self.reimbursement, self.follow_up], [self.safety, self.visit_schedule]],
+            2: [[self.summary, self.contacts],
+                [self.routing, self.accountability, self.callouts, self.follow_up]],
+            3: [first_page, middle_page, [self.reimbursement, self.follow_up, self.shipments]],
+            4: [first_page, middle_page, [self.reimbursement, self.follow_up],
+                [self.safety, self.visit_schedule, self.shipments]],
         }
         for number, sections in enumerate(plans[pages]):
             self.pdf.add_page()
@@ -674,15 +730,21 @@ class _DocumentBuilder:
             for section in sections:
                 section()
         total = self.pdf.page_no()
-        self.labels += [Labelled(KEEP, f"Page {n} of {total}", "footer", "page_number") for n in range(1, total + 1)]
+        self.labels += [
+            Labelled(KEEP, f"Page {number} of {total}", "footer", "page_number")
+            for number in range(1, total + 1)
+        ]
         return CorpusDocument(self.filename, bytes(self.pdf.output()), list(self.labels))
 
 
 def generate_corpus(seed: int = 7, documents: int = 12) -> list[CorpusDocument]:
     """``documents`` site reports of 2 to 4 pages, the same bytes and truth for the same seed."""
     rng = random.Random(seed)
+    # Formats are handed out least-used first across the corpus, so every one appears evenly.
     variant_use: Counter = Counter()
-    return [_DocumentBuilder(rng, variant_use, index).build(pages=2 + index % 3) for index in range(documents)]
+    return [
+        _DocumentBuilder(rng, variant_use, index).build(pages=2 + index % 3) for index in range(documents)
+    ]
 
 
 def write_corpus(folder: Path, **kwargs) -> list[Path]:
@@ -693,15 +755,17 @@ def write_corpus(folder: Path, **kwargs) -> list[Path]:
     for document in generate_corpus(**kwargs):
         path = folder / document.filename
         path.write_bytes(document.pdf)
-        truth = [asdict(label) for label in document.truth]
-        path.with_suffix(".truth.json").write_text(json.dumps(truth, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        # ASCII JSON (° and ² escaped): readable whatever encoding the reader assumes.
+        truth = json.dumps([asdict(label) for label in document.truth], indent=1)
+        path.with_suffix(".truth.json").write_text(truth + "\n", encoding="ascii")
         written.append(path)
     return written
 
 
 def read_truth(pdf_path: Path) -> list[Labelled]:
     """The truth written next to a corpus PDF by ``write_corpus``."""
-    return [Labelled(**item) for item in json.loads(pdf_path.with_suffix(".truth.json").read_text(encoding="utf-8"))]
+    truth = json.loads(pdf_path.with_suffix(".truth.json").read_text(encoding="utf-8"))
+    return [Labelled(**item) for item in truth]
 
 
 if __name__ == "__main__":
