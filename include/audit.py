@@ -15,8 +15,9 @@ Two ways to look:
   still count. A phone number leaks as soon as its last seven digits (the subscriber
   number) are there;
 - **by shape** (always): anything that looks like an email address, an SSN, a card
-  number that passes the Luhn check, or a phone number (``phonenumbers``' matcher; a
-  leading ``00`` is read as ``+``).
+  number that passes the Luhn check, or a phone number, as ``include.pii_shapes`` sees
+  them (the same eyes as the enricher's safety net: the truth files are the independent
+  check).
 
     python -m include.audit [--truth T.json ...] [--no-store]
 
@@ -35,18 +36,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from include.pii_shapes import PII_KINDS, digits, find_pii
 from include.settings import PipelineSettings, get_settings
 from include.storage import Storage, join_uri
 
-PII_KINDS = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD")
 # The fields of a chunk that go downstream besides its text.
 _FIELDS = ("text", "heading", "entities", "key_phrases")
-
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_SSN = re.compile(r"(?<![\d-])\d{3}[- ]\d{2}[- ]\d{4}(?![\d-])")
-# A run of digits with the separators people put between them, line breaks included.
+# A run of digits with whatever stands between them in a text, line breaks included.
 _NUMBER_RUN = re.compile(r"[+(]?\d(?:[\d\s().\-/]*\d)?")
-_CARD_DIGITS = range(13, 20)
 # Digits of a phone number that identify it on their own: the subscriber number.
 PHONE_KEY_DIGITS = 7
 
@@ -66,18 +63,6 @@ def mask(text: str) -> str:
     """Enough to find it again, not enough to read it."""
     text = " ".join(text.split())
     return text if len(text) <= 4 else f"{text[:2]}{'*' * (len(text) - 4)}{text[-2:]}"
-
-
-def digits(text: str) -> str:
-    return re.sub(r"\D", "", text)
-
-
-def luhn_valid(number: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(number)):
-        value = int(char) * (2 if position % 2 else 1)
-        total += value - 9 if value > 9 else value
-    return total % 10 == 0
 
 
 class TruthMatcher:
@@ -109,22 +94,9 @@ class TruthMatcher:
 
 
 def find_shapes(text: str) -> Iterator[tuple[str, str]]:
-    """Whatever looks like PII, labelled or not."""
-    import phonenumbers
-
-    for match in _EMAIL.finditer(text):
-        yield "EMAIL", match.group()
-    for match in _SSN.finditer(text):
-        yield "SSN", match.group()
-    for match in _NUMBER_RUN.finditer(text):
-        run = digits(match.group())
-        if len(run) in _CARD_DIGITS and luhn_valid(run):
-            yield "CREDIT_CARD", match.group()
-    # Read a leading 00 as the international prefix it is outside North America.
-    dialable = re.sub(r"(?<![\d])00(?=[1-9]\d)", "+", text)
-    for match in phonenumbers.PhoneNumberMatcher(dialable, "US", leniency=phonenumbers.Leniency.POSSIBLE):
-        if len(digits(match.raw_string)) >= PHONE_KEY_DIGITS:
-            yield "PHONE", match.raw_string
+    """Whatever looks like PII, labelled or not (``include.pii_shapes``)."""
+    for span in find_pii(text):
+        yield span.kind, text[span.start : span.end]
 
 
 def downstream_texts(settings: PipelineSettings, *, include_store: bool = True) -> Iterator[tuple[str, str, str]]:

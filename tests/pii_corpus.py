@@ -42,7 +42,8 @@ from pathlib import Path
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
-PII_KINDS = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD")
+from include.pii_shapes import luhn_valid
+
 KEEP = "KEEP"
 PLACEMENTS = (
     "prose", "table", "header", "footer", "list", "wrapped", "hyphenated", "side_by_side", "next_to_marker",
@@ -87,17 +88,6 @@ def _break_index(value: str, separator: str) -> int:
     if not inner:
         raise ValueError(f"{value!r} has no {separator!r} to break at")
     return min(inner, key=lambda i: abs(i - len(value) / 2))
-
-
-def luhn_valid(number: str) -> bool:
-    """The Luhn check of a card number, separators ignored."""
-    digits = [int(c) for c in number if c.isdigit()]
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        if position % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return len(digits) >= 12 and total % 10 == 0
 
 
 # --- value makers: variant -> function of the random source --------------------------

@@ -11,16 +11,15 @@ from collections import Counter
 import pypdfium2
 import pytest
 
+from include.pii_shapes import PII_KINDS, luhn_valid
 from include.storage import Storage
 from tests.helpers import drop, run_until
 from tests.pii_corpus import (
     KEEP,
-    PII_KINDS,
     PLACEMENTS,
     CorpusDocument,
     Labelled,
     generate_corpus,
-    luhn_valid,
     pieces,
     read_truth,
     write_corpus,
