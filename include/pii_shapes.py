@@ -6,9 +6,13 @@ a payment card number (13 to 19 digits passing the Luhn check) or a phone number
 - phone numbers are found by ``phonenumbers``' matcher (a leading ``00`` is read as the
   international ``+``), plus national formats with a trunk ``0`` (``020 7946 0958``,
   ``01 42 68 53 00``); an extension (``ext. 12``, ``x1234``) goes with its number. A bare
-  run of digits counts only after a word that says "phone" (``Tel:``, ``hotline``...):
-  documents are full of bare ids (accession, kit, sample numbers) that must survive;
-- an SSN is 3-2-4 digits split by dashes, dots or spaces, or 9 bare digits after "SSN";
+  run of digits, or a number of fewer than 10 digits without a country code, counts only
+  after a word that says "phone" (``Tel:``, ``hotline``...): documents are full of ids of
+  those shapes (accession, kit, subject numbers) that must survive;
+- an SSN is 3-2-4 digits split by dashes, dots or spaces, or 9 bare digits in a table
+  column headed "SSN", within a few lines after the word, or right next to other PII;
+- a phone number that a table cell cut in two (its head ends a row, the rest opens the
+  next paragraph) is found as such when the two parts make one;
 - values broken over two lines (``212-555-`` then ``0142``) still match: line breaks
   count as spaces, and a separator may be followed by one.
 
@@ -24,14 +28,38 @@ PII_KINDS = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD")
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SSN = re.compile(r"(?<![\d.-])\d{3}([-. ]) ?\d{2}\1 ?\d{4}(?![\d-]|\.\d)")
-_SSN_BARE = re.compile(r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\b\D{0,20}?(?<!\d)(\d{9})(?!\d)")
-# Digits and the separators people put between them (not "/": it separates two numbers).
-_NUMBER_RUN = re.compile(r"\+?\(?\d(?:[\d .()\-]*\d)?")
-_NATIONAL_PHONE = re.compile(r"(?<![\d+])\(?0\d{1,4}\)?(?:[ .-] ?\d{2,4}){2,4}(?!\d)")
+_NINE_DIGITS = re.compile(r"(?<![\d-])\d{9}(?![\d-])")
+# An SSN is asked for by name, or as the taxpayer id of a W-9.
+_SSN_WORD = re.compile(r"(?i)\b(?:ssn|social security|tin|taxpayer|tax id(?:entifier)?|w-9)\b")
+_SSN_WORD_REACH = 200
+_MARKER = re.compile(r"\[REDACTED:[A-Z_]+\]")
+# A phone number a table cell cut in two: its head ends the row, the rest opens the next paragraph.
+_SPLIT_PHONE = re.compile(
+    r"(?P<head>(?:\+|00)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){0,2}|\(\d{3}\))[ \t]*(?:\|[ \t]*)*\n\s*(?P<tail>\d[\d .-]{4,}\d)"
+)
+# Card numbers as printed: 4-4-4-4 (and up to 3 more), Amex's 4-6-5, or 13 to 19 bare digits.
+# A separator may be followed by a space where a line break fell.
+# Each is tried on its own (a 16-digit card followed by a list number is not a 19-digit one).
+_CARDS = tuple(re.compile(rf"(?<![\d-]){shape}(?![\d-])") for shape in (
+    r"\d{4}(?:[ -] ?\d{4}){3}", r"\d{4}(?:[ -] ?\d{4}){3}[ -]\d{1,3}", r"\d{4}[ -] ?\d{6}[ -] ?\d{5}", r"\d{13,19}"))
+# Not inside a word (NCT01234567) or another number.
+_PHONE_RUN = re.compile(r"(?<![A-Za-z0-9+])(?:\+|00(?=[1-9]))?\(?\d(?:(?:[\d ()\-]|\.(?=\d))*\d)?")
+_DATE = re.compile(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{4}[./-]\d{1,2}[./-]\d{1,2}")
+_DIGIT_GROUP = re.compile(r"\(?\d+\)?")
 _EXTENSION = re.compile(r"^,? ?(?:ext\.?|extension|x) ?\d{1,5}\b", re.IGNORECASE)
+# Where a number with a trunk 0 (020 7946 0958, 01 42 68 53 00) is tried as a national number.
+_TRUNK_REGIONS = ("GB", "FR", "DE", "AU", "IE", "NL", "IT", "ES", "IN")
 _PHONE_CONTEXT = re.compile(r"(?i)\b(?:phone|tel|telephone|mobile|cell|fax|hotline|call|dial|contact)\b\W{0,3}$")
+# What may not follow a phone number: the rest of a date, a time, an id ("18/09/2025",
+# "28-Nov-2025", "14:00"); a "/" before another number is fine ("212-555-0142/212-555-0199").
+_CUT_END = re.compile(r"[-.:][0-9A-Za-z]|/(?!\+|\(?\d{2,}[ .)-])")
+_UNIT = re.compile(r" ?(?:mg|g|kg|mL|ml|L|µg|mcg|°|%|units?|mmHg|IU|h|min|days?|weeks?)\b")
+_SSN_HEADER = re.compile(r"(?i)\b(?:ssn|social security)\b")
+_SSN_CELL = re.compile(r"\d{3}[-. ]?\d{2}[-. ]?\d{4}")
 _CARD_DIGITS = range(13, 20)
 _MIN_PHONE_DIGITS = 7
+_MAX_PHONE_DIGITS = 15  # E.164
+_NANP_DIGITS = 10  # area code and number
 
 
 @dataclass(frozen=True, order=True)
@@ -55,44 +83,131 @@ def luhn_valid(number: str) -> bool:
 
 
 def find_pii(text: str) -> list[Span]:
-    """Non-overlapping spans of PII-shaped text, in order; the longer wins an overlap."""
+    """Non-overlapping spans of PII-shaped text, in order (overlaps: see ``_without_overlaps``)."""
     flat = re.sub(r"\s", " ", text)  # same length: spans found in it index ``text``
     found = [Span(m.start(), m.end(), "EMAIL") for m in _EMAIL.finditer(flat)]
     found += [Span(m.start(), m.end(), "SSN") for m in _SSN.finditer(flat)]
-    found += [Span(m.start(1), m.end(1), "SSN") for m in _SSN_BARE.finditer(flat)]
-    for match in _NUMBER_RUN.finditer(flat):
-        run = digits(match.group())
-        if len(run) in _CARD_DIGITS and luhn_valid(run):
-            found.append(Span(match.start(), match.end(), "CREDIT_CARD"))
-    found += _phones(flat)
+    found += _ssn_columns(text)
+    found += [Span(m.start(), m.end(), "CREDIT_CARD")
+              for card in _CARDS for m in card.finditer(flat) if luhn_valid(m.group())]
+    found += _phones(flat) + _phones_split_by_layout(text)
+    # Nine bare digits are an SSN after the word (a table's header may be a few rows up) or
+    # right next to other PII (a ledger line: subject, SSN, card).
+    beside = [(s.start, s.end) for s in found] + [m.span() for m in _MARKER.finditer(flat)]
+    for match in _NINE_DIGITS.finditer(flat):
+        start, end = match.span()
+        if _SSN_WORD.search(flat[max(0, start - _SSN_WORD_REACH) : start]) or any(
+            0 <= start - e <= 2 or 0 <= s - end <= 2 for s, e in beside
+        ):
+            found.append(Span(start, end, "SSN"))
     return _without_overlaps(found)
 
 
+def _ssn_columns(text: str) -> list[Span]:
+    """Nine digits in a Markdown table column headed "SSN": the header is their context."""
+    spans: list[Span] = []
+    columns: list[bool] = []  # per column: does its header say SSN?
+    offset = 0
+    for line in text.split("\n"):
+        if not line.startswith("|"):
+            columns = []
+        elif not columns:
+            columns = [bool(_SSN_HEADER.search(cell)) for cell in line.split("|")]
+        elif any(columns):
+            position = offset
+            for number, cell in enumerate(line.split("|")):
+                value = cell.strip()
+                if number < len(columns) and columns[number] and _SSN_CELL.fullmatch(value):
+                    start = position + cell.index(value)
+                    spans.append(Span(start, start + len(value), "SSN"))
+                position += len(cell) + 1
+        offset += len(line) + 1
+    return spans
+
+
+def _phones_split_by_layout(text: str) -> list[Span]:
+    spans = []
+    for match in _SPLIT_PHONE.finditer(text):
+        joined = f"{match['head']} {match['tail']}"
+        if _is_phone(joined, 0, len(joined)):
+            spans += [Span(*match.span("head"), "PHONE"), Span(*match.span("tail"), "PHONE")]
+    return spans
+
+
 def _phones(flat: str) -> list[Span]:
+    """Phone numbers among the runs of digit groups: at each group, the longest run of groups from
+    there that ``phonenumbers`` parses as a possible number is one, and the search goes on after it.
+    So a number followed by a time (``+44 20 7946 0337 14``) or preceded by an id is still found."""
+    spans = []
+    for run in _PHONE_RUN.finditer(flat):
+        groups = list(_DIGIT_GROUP.finditer(run.group()))
+        first = 0
+        while first < len(groups):
+            for last in range(len(groups), first, -1):
+                start, end = run.start() + groups[first].start(), run.start() + groups[last - 1].end()
+                if run.group().startswith(("+", "00")) and first == 0:
+                    start = run.start()
+                if _is_phone(flat, start, end):
+                    end += m.end() if (m := _EXTENSION.match(flat[end:])) else 0  # an extension goes with it
+                    spans.append(Span(start, end, "PHONE"))
+                    first = last
+                    break
+            else:
+                first += 1
+    return spans
+
+
+def _is_phone(flat: str, start: int, end: int) -> bool:
     import phonenumbers
 
-    # " +" for "00": the same length, so the matcher's offsets still index the text.
-    # Only before a country code and a separator: "0012345678" is a kit number, not a call abroad.
-    dialable = re.sub(r"(?<![\d+])00(?=[1-9]\d{0,2}[ .-])", " +", flat)
-    spans = []
-    for match in phonenumbers.PhoneNumberMatcher(dialable, "US", leniency=phonenumbers.Leniency.POSSIBLE):
-        raw = match.raw_string
-        formatted = raw.lstrip().startswith("+") or bool(re.search(r"\d[ .()\-]+\d|^\(", raw))
-        if len(digits(raw)) >= _MIN_PHONE_DIGITS and (formatted or _PHONE_CONTEXT.search(flat[: match.start])):
-            start = match.start + (len(raw) - len(raw.lstrip()))
-            if flat[start - 1 : start + 1] == "00":  # the "+" stands for the second 0 of "00"
-                start -= 1
-            spans.append(Span(start, match.end, "PHONE"))
-    for match in _NATIONAL_PHONE.finditer(flat):
-        if len(digits(match.group())) >= 9:
-            spans.append(Span(match.start(), match.end(), "PHONE"))
-    # An extension belongs to its number.
-    return [Span(s.start, s.end + (m.end() if (m := _EXTENSION.match(flat[s.end:])) else 0), s.kind) for s in spans]
+    candidate = flat[start:end]
+    count = len(digits(candidate))
+    if count < _MIN_PHONE_DIGITS or count > _MAX_PHONE_DIGITS or _DATE.search(candidate):
+        return False
+    # A number is not cut out of a longer dash- or dot-joined one (a date, an id), and only an
+    # area code or a trunk "(0)" stands in parentheses.
+    if _CUT_END.match(flat[end:]) or re.match(r"\d[-.]", flat[max(0, start - 2) : start]):
+        return False
+    if _UNIT.match(flat[end:]):  # the last group is a quantity: "+49 30 3284851 10 mg/kg"
+        return False
+    if candidate.endswith(")") or re.search(r".\((?!0\))", candidate):
+        return False
+    context = bool(_PHONE_CONTEXT.search(flat[max(0, start - 24) : start]))
+    formatted = bool(re.search(r"\d[ .()\-]+\d|^\(", candidate))
+    # Bare digits (2125550142, 0012345678) are most often ids: a phone only after a phone word.
+    if not formatted and not context and not candidate.startswith("+"):
+        return False
+    if candidate.startswith("00"):
+        candidate = "+" + candidate[2:]
+    if candidate.startswith("+"):
+        regions: tuple[str | None, ...] = (None,)
+    elif candidate.lstrip("(").startswith("0"):  # a trunk prefix: a national number abroad
+        regions = _TRUNK_REGIONS
+        if count < _NANP_DIGITS and not context:  # 01296-1182 is a ZIP+4 code as often as a phone
+            return False
+    else:
+        regions = ("US",)
+        # Without a country code, fewer than 10 digits (163-3123) is the shape of the ids
+        # documents are full of.
+        if not context and count < _NANP_DIGITS:
+            return False
+    for region in regions:
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_possible_number(number):
+            return True
+    return False
 
 
 def _without_overlaps(spans: list[Span]) -> list[Span]:
+    """Stricter shapes first (an SSN's 3-2-4 beats a phone read across it), then the longer span."""
     kept: list[Span] = []
-    for span in sorted(spans, key=lambda s: s.start - s.end):  # longest first
+    for span in sorted(spans, key=lambda s: (_PRIORITY[s.kind], s.start - s.end)):
         if all(span.end <= other.start or other.end <= span.start for other in kept):
             kept.append(span)
     return sorted(kept)
+
+
+_PRIORITY = {"EMAIL": 0, "CREDIT_CARD": 1, "SSN": 2, "PHONE": 3}

@@ -140,6 +140,11 @@ class PipelineSettings(BaseSettings):
         "IP_ADDRESS",
     )
     pii_score_threshold: float = Field(default=0.4, ge=0.0, le=1.0)
+    redact_people: bool = Field(
+        default=False,
+        description="Also redact people's names ([REDACTED:PERSON]). Off: names are kept in the text "
+        "and stored as 'people' entities in the vector store's metadata.",
+    )
     key_phrases_per_chunk: int = Field(default=8, ge=0)
     enrich_pool: PoolSettings = PoolSettings()
 

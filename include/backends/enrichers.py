@@ -10,10 +10,11 @@ phrases are taken from the redacted text, so no PII reaches the metadata.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
+from include.pii_shapes import find_pii
 from include.settings import PipelineSettings
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ MARKERS = {
     "CREDIT_CARD": "CREDIT_CARD",
     "IBAN_CODE": "IBAN",
     "IP_ADDRESS": "IP_ADDRESS",
+    "PERSON": "PERSON",  # only with PIPELINE_REDACT_PEOPLE
 }
 # Presidio hands spaCy's entities back relabelled to its own names (ORG -> ORGANIZATION).
 _ENTITY_GROUPS = {"PERSON": "people", "ORGANIZATION": "organizations"}
@@ -66,6 +68,14 @@ class LocalEnricher:
             }
         )
         self._analyzer = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+        # Presidio's phone recognizer misses a number followed by a time or a list number
+        # (its matcher takes "0142 09" as one) and national formats abroad, and takes bare
+        # 10-digit ids for numbers; its card recognizer reads ids glued to other digits as
+        # cards. The shapes of include.pii_shapes stand in for both, and tell an SSN that
+        # follows a subject id from one phone number read across both.
+        self._analyzer.registry.remove_recognizer("PhoneRecognizer")
+        self._analyzer.registry.remove_recognizer("CreditCardRecognizer")
+        self._analyzer.registry.add_recognizer(_shape_recognizer())
         # Presidio's own SSN recognizer drops numbers it deems invalid (123-45-6789,
         # 000-..., published samples). For redaction, a false positive is cheap and a
         # leak is not: any dashed SSN shape is redacted as well.
@@ -77,11 +87,11 @@ class LocalEnricher:
             )
         )
         self._anonymizer = AnonymizerEngine()
+        self._entities = [*settings.pii_entities, *(["PERSON"] if settings.redact_people else [])]
+        self._redact_people = settings.redact_people
         self._operators = {
-            entity: OperatorConfig("replace", {"new_value": marker(entity)})
-            for entity in settings.pii_entities
+            entity: OperatorConfig("replace", {"new_value": marker(entity)}) for entity in self._entities
         }
-        self._entities = list(settings.pii_entities)
         self._threshold = settings.pii_score_threshold
         self._top_phrases = settings.key_phrases_per_chunk
         import yake
@@ -114,6 +124,8 @@ class LocalEnricher:
             text=text, analyzer_results=findings, operators=self._operators
         )
         counts = Counter(MARKERS.get(item.entity_type, item.entity_type) for item in redacted.items)
+        safe_text, caught = redact_shapes(redacted.text)
+        counts.update(caught)
 
         pii_spans = [(f.start, f.end) for f in findings]
         entities: dict[str, list[str]] = {"people": [], "organizations": [], "medications": []}
@@ -121,18 +133,19 @@ class LocalEnricher:
             group = _ENTITY_GROUPS.get(span.label_)
             overlaps_pii = any(s < span.end_char and span.start_char < e for s, e in pii_spans)
             name = span.text.strip()
-            # The small spaCy model sometimes spans a block break: such a "name" is noise.
-            if group and not overlaps_pii and "\n" not in name:
+            # The small spaCy model sometimes spans a block break: such a "name" is noise. A
+            # name with PII in it (a phone the model took for an organisation) is no name.
+            if group and not overlaps_pii and "\n" not in name and not find_pii(name):
                 entities[group].append(name)
         tokens = [token.text for token in artifacts.tokens]
         entities["medications"] = [drug["name"] for drug, _start, _end in self._find_drugs(tokens)]
         entities = {group: sorted(set(names)) for group, names in entities.items()}
 
         return Enrichment(
-            text=redacted.text,
+            text=safe_text,
             redactions=dict(counts),
             entities=entities,
-            key_phrases=self._key_phrases(redacted.text),
+            key_phrases=self._key_phrases(safe_text),
         )
 
     def _key_phrases(self, text: str) -> list[str]:
@@ -140,6 +153,43 @@ class LocalEnricher:
             return []
         phrases = [p for p, _score in self._keywords.extract_keywords(text) if "REDACTED" not in p.upper()]
         return phrases[: self._top_phrases]
+
+
+# include.pii_shapes' kinds as Presidio names its entities.
+_PRESIDIO_ENTITIES = {"EMAIL": "EMAIL_ADDRESS", "PHONE": "PHONE_NUMBER", "SSN": "US_SSN", "CREDIT_CARD": "CREDIT_CARD"}
+
+
+def _shape_recognizer() -> Any:
+    """A Presidio recognizer of the shapes of ``include.pii_shapes`` (Presidio is imported lazily:
+    the Airflow side imports this module to fingerprint it)."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class ShapeRecognizer(EntityRecognizer):
+        def __init__(self) -> None:
+            super().__init__(supported_entities=list(_PRESIDIO_ENTITIES.values()), name="ShapeRecognizer")
+
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            found = [(_PRESIDIO_ENTITIES[span.kind], span) for span in find_pii(text)]
+            return [RecognizerResult(entity, span.start, span.end, 0.7) for entity, span in found if entity in entities]
+
+    return ShapeRecognizer()
+
+
+def redact_shapes(text: str) -> tuple[str, Counter[str]]:
+    """The safety net every enricher's output goes through: whatever still looks like an email,
+    phone, SSN or card number (``include.pii_shapes``) is redacted; counted by marker, and as
+    ``SAFETY_NET`` in all, so a model's misses show in the metrics."""
+    spans = find_pii(text)
+    counts: Counter[str] = Counter()
+    for span in reversed(spans):
+        text = f"{text[: span.start]}[REDACTED:{span.kind}]{text[span.end :]}"
+        counts[span.kind] += 1
+    if spans:
+        counts["SAFETY_NET"] = len(spans)
+    return text, counts
 
 
 def build_enricher(settings: PipelineSettings) -> Enricher:

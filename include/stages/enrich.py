@@ -1,7 +1,7 @@
 """Stage 3, enrich: every chunk is redacted of PII and annotated before anything is embedded.
 
-Only the redacted text goes on: the embeddings and the vector store never see the
-original. Chunks are enriched in parts of ``PIPELINE_CHUNKS_PER_PART``, each part
+Only the redacted text (and redacted heading) goes on: the embeddings and the vector
+store never see the original. Chunks are enriched in parts of ``PIPELINE_CHUNKS_PER_PART``, each part
 through spaCy in one ``nlp.pipe`` pass. The metrics count each kind of redaction.
 """
 
@@ -25,9 +25,13 @@ class ChunkEnricher:
     def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
         rows = self._rows(doc, part)
         results = self._enricher.enrich_many([row["text"] for row in rows])
+        # A chunk's heading travels as metadata: it is redacted too (once per distinct heading).
+        headings = sorted({row["heading"] for row in rows if row.get("heading")})
+        redacted = dict(zip(headings, (r.text for r in self._enricher.enrich_many(headings)))) if headings else {}
         return [
             {
                 **row,
+                "heading": redacted.get(row["heading"], row["heading"]),
                 "text": result.text,
                 "redactions": result.redactions,
                 "entities": result.entities,

@@ -38,7 +38,8 @@ def run(env: dict[str, str], *args: str, check: bool = True, timeout: int = 1200
     return result
 
 
-@pytest.fixture(scope="session")
+# Package scope: the stack and the variables pointing at it are gone before the unit tests run.
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
     from include.settings import get_settings
     from tools.stack import stack_env

@@ -5,7 +5,9 @@ ledger, quarantine and the run report; then runs that find nothing new to do.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,8 @@ import pytest
 
 from include.ingest import STAGE_ORDER as STAGES
 from tests.bad_inputs import OVERSIZED_KEY, bad_inputs, tricky_valid_keys
-from tests.integration.conftest import DAG_ID, TEST_SETTINGS, chroma, dag_test, isolated_env, ray_jobs_of
+from tests.integration.conftest import DAG_ID, TEST_SETTINGS, chroma, dag_test, isolated_env, ray_jobs_of, run
+from tests.pii_corpus import KEEP, generate_corpus
 from tools import airflow_db
 from tools.sample_pdfs import SAMPLES
 
@@ -33,8 +36,9 @@ def env(stack):
 
 
 @pytest.fixture(scope="module")
-def inbox(env, sample_pdfs):
-    """Good PDFs under plain and tricky keys, and one bad file of every kind."""
+def inbox(env, sample_pdfs, tmp_path_factory):
+    """Good PDFs under plain and tricky keys, the labelled PII corpus, and one bad file of every kind;
+    truth files of every PII value in them, for the leak audit."""
     from include.settings import get_settings
     from include.storage import Storage, join_uri
 
@@ -44,10 +48,16 @@ def inbox(env, sample_pdfs):
     good[TRICKY] = sample_pdfs["adverse_event_guide.pdf"].read_bytes()
     for key in tricky_valid_keys():
         good[key] = sample_pdfs["adverse_event_guide.pdf"].read_bytes()
+    truth_folder = tmp_path_factory.mktemp("truth")
+    truth = [{"kind": kind, "value": value} for sample in SAMPLES for kind, value in sample.pii.items()]
+    for report in generate_corpus(seed=7):
+        good[f"site-reports/{report.filename}"] = report.pdf
+        truth += [{"kind": label.kind, "value": label.value} for label in report.truth if label.kind != KEEP]
+    (truth_folder / "truth.json").write_text(json.dumps(truth))
     bad = {item.key: item for item in bad_inputs(good[GOOD[0]], size_limit=SIZE_LIMIT)}
     for key, data in {**good, **{k: item.data for k, item in bad.items()}}.items():
         storage.write_bytes(join_uri(settings.inbox_uri, key), data)
-    return SimpleNamespace(settings=settings, storage=storage, good=good, bad=bad)
+    return SimpleNamespace(settings=settings, storage=storage, good=good, bad=bad, truth=truth_folder / "truth.json")
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +152,12 @@ def test_every_chunk_has_one_vector_no_pii_is_stored_and_keys_round_trip(env, in
     assert "[REDACTED:EMAIL]" in everything and "[REDACTED:SSN]" in everything
     sources = {m["source_uri"] for m in stored["metadatas"]}
     assert sources == {join_uri(inbox.settings.inbox_uri, key) for key in inbox.good}
+
+
+def test_the_leak_audit_finds_no_pii_downstream_of_enrichment_nor_in_the_vector_store(env, inbox, first_run):
+    audit = run(env, sys.executable, "-m", "include.audit", "--truth", str(inbox.truth), check=False)
+    assert audit.returncode == 0, audit.stdout[-4000:]
+    assert "No PII found" in audit.stdout and "labelled values" in audit.stdout
 
 
 def test_each_stage_ran_as_one_ray_job_per_batch_with_a_deterministic_id(env, first_run):

@@ -1,0 +1,53 @@
+"""The labelled corpus through extract, chunk and enrich in this process: no labelled PII value
+is left anywhere downstream of enrichment, and the numbers that are not PII survive.
+
+(``benchmarks/bench_pii.py`` prints the same measure per kind, placement and format.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.audit import TruthMatcher, audit
+from include.stages.local import run_stages
+from include.storage import Storage
+from tests.helpers import drop
+from tests.pii_corpus import KEEP, generate_corpus
+
+# Dates, doses, ids... that a redactor may blank by mistake: at most this share may go.
+MAX_LOST_NON_PII = 0.01
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_corpus(seed=7)
+
+
+def test_no_labelled_pii_survives_enrichment_and_non_pii_numbers_do(settings, corpus, tmp_path):
+    documents = {}
+    for item in corpus:
+        path = tmp_path / item.filename
+        path.write_bytes(item.pdf)
+        documents[drop(settings, path)] = item
+    results = run_stages(settings, list(documents), "enrich")
+    documents = {ref.doc_id: item for ref, item in documents.items()}
+    storage = Storage(settings)
+    assert len(results["enrich"].succeeded) == len(corpus)
+
+    leaks, kept, non_pii = [], 0, 0
+    for outcome in results["enrich"].documents:
+        item = documents[outcome.doc_id]
+        rows = storage.read_jsonl(storage.read_json(outcome.manifest_uri)["outputs"]["chunks"])
+        texts = [(f"{item.filename}#{n}", name, row[name] if isinstance(row[name], str) else json.dumps(row[name]))
+                 for n, row in enumerate(rows) for name in ("text", "heading", "entities", "key_phrases")]
+        truth = [{"kind": label.kind, "value": label.value} for label in item.truth if label.kind != KEEP]
+        found, _ = audit(texts, TruthMatcher(truth))
+        leaks += found
+        flat = " ".join(" ".join(row["text"].split()) for row in rows)
+        for label in item.truth:
+            if label.kind == KEEP:
+                non_pii += 1
+                kept += " ".join(label.value.split()) in flat
+    assert [leak.line() for leak in leaks] == []
+    assert non_pii >= 150 and kept >= (1 - MAX_LOST_NON_PII) * non_pii, f"kept {kept} of {non_pii}"
