@@ -97,6 +97,10 @@ def markdown(summary: dict[str, Any]) -> str:
                          *(round(totals[m], 1) if m == "seconds" and m in totals
                            else int(totals[m]) if m in totals else None for m in STAGE_METRICS)])
         lines += ["## Stages", "", *_table(header, rows), ""]
+        by_kind = {name.removeprefix("redactions_"): int(n) for name, n in summary["stages"].get("enrich", {}).items()
+                   if name.startswith("redactions_")}
+        if by_kind:
+            lines += ["Redactions by kind: " + ", ".join(f"{kind} {n}" for kind, n in sorted(by_kind.items())), ""]
     if summary["touched"]:
         header = ["document", "why", "status", "pages", "chunks", "vectors", "stopped at", "cause"]
         rows = [[row["source_uri"], row["reason"], row["status"], *(row.get(m) for m in ("pages", "chunks", "vectors")),

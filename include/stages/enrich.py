@@ -47,6 +47,7 @@ def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tupl
     for row in rows:
         redactions.update(row["redactions"])
     uri = ctx.write_jsonl("chunks.jsonl", rows)
-    metrics: Metrics = {"chunks": len(rows), "redactions": sum(redactions.values())}
+    # SAFETY_NET counts redactions already counted by kind: how many the safety net made.
+    metrics: Metrics = {"chunks": len(rows), "redactions": sum(n for k, n in redactions.items() if k != "SAFETY_NET")}
     metrics.update({f"redactions_{kind.lower()}": n for kind, n in sorted(redactions.items())})
     return {"chunks": uri}, metrics
