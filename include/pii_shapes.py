@@ -1,18 +1,23 @@
-"""What PII looks like, model-free: the enricher's safety net and the leak audit's eyes.
+"""What PII looks like, model-free: the enricher's own recognizer and safety net, and the leak
+audit's eyes.
 
 ``find_pii(text)`` returns the spans of anything shaped like an email address, a US SSN,
-a payment card number (13 to 19 digits passing the Luhn check) or a phone number:
+a payment card number or a phone number:
 
-- phone numbers are found by ``phonenumbers``' matcher (a leading ``00`` is read as the
-  international ``+``), plus national formats with a trunk ``0`` (``020 7946 0958``,
-  ``01 42 68 53 00``); an extension (``ext. 12``, ``x1234``) goes with its number. A bare
-  run of digits, or a number of fewer than 10 digits without a country code, counts only
-  after a word that says "phone" (``Tel:``, ``hotline``...): documents are full of ids of
-  those shapes (accession, kit, subject numbers) that must survive;
+- phone numbers: each run of digit groups is tried, longest first from each group, with
+  ``phonenumbers.parse``: with its ``+`` or ``00`` country code, with a trunk ``0`` in the
+  main European regions (``020 7946 0958``, ``01 42 68 53 00``), else as a North American
+  number; an extension (``ext. 12``, ``x1234``) goes with its number, and a number never
+  takes in the rest of a date, a time or a quantity that follows it. A bare run of digits,
+  or a number of fewer than 10 digits without a country code, counts only after a word
+  that says "phone" (``Tel:``, ``hotline``...): documents are full of ids of those shapes
+  (accession, kit, subject numbers) that must survive. A number that a table cell cut in
+  two (its head ends a row, the rest opens the next paragraph) is found when the two
+  parts make one;
 - an SSN is 3-2-4 digits split by dashes, dots or spaces, or 9 bare digits in a table
   column headed "SSN", within a few lines after the word, or right next to other PII;
-- a phone number that a table cell cut in two (its head ends a row, the rest opens the
-  next paragraph) is found as such when the two parts make one;
+- a card number is printed in card groupings (4-4-4-4, Amex's 4-6-5) or as 13 to 19 bare
+  digits, and passes the Luhn check;
 - values broken over two lines (``212-555-`` then ``0142``) still match: line breaks
   count as spaces, and a separator may be followed by one.
 
@@ -56,7 +61,6 @@ _CUT_END = re.compile(r"[-.:][0-9A-Za-z]|/(?!\+|\(?\d{2,}[ .)-])")
 _UNIT = re.compile(r" ?(?:mg|g|kg|mL|ml|L|µg|mcg|°|%|units?|mmHg|IU|h|min|days?|weeks?)\b")
 _SSN_HEADER = re.compile(r"(?i)\b(?:ssn|social security)\b")
 _SSN_CELL = re.compile(r"\d{3}[-. ]?\d{2}[-. ]?\d{4}")
-_CARD_DIGITS = range(13, 20)
 _MIN_PHONE_DIGITS = 7
 _MAX_PHONE_DIGITS = 15  # E.164
 _NANP_DIGITS = 10  # area code and number
