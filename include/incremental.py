@@ -31,6 +31,17 @@ class Reason(StrEnum):
 
 
 WORK = frozenset({Reason.NEW, Reason.CHANGED, Reason.STALE, Reason.RETRY, Reason.REPROCESS})
+# How the ledger's runs and the run report count the documents processed for each reason.
+COUNTED_AS = {Reason.NEW: "new", Reason.CHANGED: "changed", Reason.STALE: "stale", Reason.RETRY: "retried",
+              Reason.REPROCESS: "reprocessed"}
+
+
+def tally(reasons: list[str]) -> dict[str, int]:
+    """Documents per count name (``COUNTED_AS``), every name present."""
+    counts = dict.fromkeys(COUNTED_AS.values(), 0)
+    for reason in reasons:
+        counts[COUNTED_AS[Reason(reason)]] += 1
+    return counts
 
 
 def same_listing(info: ObjectInfo, entry: Entry | None) -> bool:

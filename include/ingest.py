@@ -24,7 +24,7 @@ from include import report
 from include.backends.vector_stores import build_vector_store
 from include.batching import BatchSpec, Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
 from include.documents import DocumentRef, Unreadable, describe, key_uris
-from include.incremental import WORK, Reason, decide, pending
+from include.incremental import WORK, Reason, decide, pending, tally
 from include.ledger import Candidate, Final, Ledger, Status
 from include.quarantine import quarantine
 from include.settings import PROJECT_ROOT, PipelineSettings, get_settings
@@ -188,21 +188,12 @@ def _plan(settings: PipelineSettings, storage: Storage, folder: str, dag_id: str
         unchanged=first.unchanged + len(unchanged_by_hash), gave_up=gave_up, held=held, deleted=deleted,
     )
     plan = write_plan(storage, folder, plan, batches)
-    ledger.start_run(dag_id, run_id, {**_reason_tally(plan), "unchanged": plan.unchanged, "deleted": len(deleted)})
+    ledger.start_run(dag_id, run_id, {**tally(list(plan.reasons.values())), "unchanged": plan.unchanged, "deleted": len(deleted)})
     return plan
 
 
-def _reason_tally(plan: RunPlan) -> dict[str, int]:
-    names = {Reason.NEW: "new", Reason.CHANGED: "changed", Reason.STALE: "stale", Reason.RETRY: "retried",
-             Reason.REPROCESS: "reprocessed"}
-    tally = dict.fromkeys(names.values(), 0)
-    for reason in plan.reasons.values():
-        tally[names[Reason(reason)]] += 1
-    return tally
-
-
 def _reason_counts(plan: RunPlan) -> str:
-    return ", ".join(f"{n} {name}" for name, n in _reason_tally(plan).items() if n) or "none"
+    return ", ".join(f"{n} {name}" for name, n in tally(list(plan.reasons.values())).items() if n) or "none"
 
 
 def sensor_bucket() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from include.batching import RunPlan
+from include.incremental import tally
 from include.storage import Storage, join_uri
 
 # Per-document numbers the report keeps from the stage outcomes.
@@ -17,15 +18,14 @@ DOCUMENT_METRICS = ("pages", "chunks", "redactions", "vectors")
 STAGE_METRICS = ("pages", "chunks", "redactions", "vectors", "seconds", "reused")
 COUNTS = ("new", "changed", "stale", "retried", "reprocessed", "unchanged", "deleted",
           "ingested", "failed", "quarantined", "held", "unreadable", "gave_up")
-_REASON_COUNT = {"new": "new", "changed": "changed", "stale": "stale", "retry": "retried", "reprocess": "reprocessed"}
 
 
 def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[str, float]],
               documents: list[dict[str, Any]]) -> dict[str, Any]:
     """The report's content. ``documents`` holds one row per document the run processed."""
     counts = dict.fromkeys(COUNTS, 0)
+    counts.update(tally([row["reason"] for row in documents]))
     for row in documents:
-        counts[_REASON_COUNT[row["reason"]]] += 1
         counts[row["status"]] += 1
     counts.update(unchanged=plan.unchanged, deleted=len(plan.deleted), held=len(plan.held),
                   unreadable=len(plan.unreadable), gave_up=plan.gave_up)
