@@ -196,24 +196,25 @@ def _reason_counts(plan: RunPlan) -> str:
     return ", ".join(f"{n} {name}" for name, n in tally(list(plan.reasons.values())).items() if n) or "none"
 
 
-def sensor_bucket() -> str:
-    return split_s3_uri(get_settings().inbox_uri)[0]
+def sensor_bucket(prefix_uri: str | None = None) -> str:
+    return split_s3_uri(prefix_uri or get_settings().inbox_uri)[0]
 
 
-def sensor_keys(keys: list[str] | None) -> list[str]:
-    """Keys in the inbox bucket the sensor waits for: the named ones, else anything under the inbox.
+def sensor_keys(keys: list[str] | None, prefix_uri: str | None = None) -> list[str]:
+    """Keys in the bucket of ``prefix_uri`` (default: the inbox) a sensor waits for: the named ones
+    (relative to the prefix, or full URIs), else anything under the prefix.
 
     Relative to the bucket, so no URL parsing can cut a key at '#' or '?'; the sensor
     matches them as wildcards, so a key's own '*', '?' and '[' are escaped.
     """
-    inbox = get_settings().inbox_uri
-    bucket, prefix = split_s3_uri(inbox)
+    under = prefix_uri or get_settings().inbox_uri
+    bucket, prefix = split_s3_uri(under)
     if not keys:
         return [_GLOB_CHARS.sub(r"[\1]", prefix) + "*"]
     found = []
-    for uri in key_uris(inbox, keys):
+    for uri in key_uris(under, keys):
         if not uri.startswith(f"s3://{bucket}/"):
-            raise ValueError(f"{uri} is not in the inbox's bucket s3://{bucket}/: name keys of that bucket")
+            raise ValueError(f"{uri} is not in the bucket s3://{bucket}/ of {under}: name keys of that bucket")
         found.append(_GLOB_CHARS.sub(r"[\1]", split_s3_uri(uri)[1]))
     return found
 

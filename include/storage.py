@@ -383,6 +383,28 @@ class Storage:
             self._backend(source_uri).copy(source_uri, target_uri)
         self.delete(source_uri)
 
+    def arrow_filesystem(self, uri: str) -> tuple[Any, str]:
+        """A pyarrow filesystem and path for ``uri``: what Ray Data reads and writes Parquet through.
+
+        S3 credentials come from the standard chain (variables, profile, the worker's role), as
+        for boto3; the endpoint and region from the settings.
+        """
+        from urllib.parse import urlsplit
+
+        import pyarrow.fs
+
+        scheme = uri_scheme(uri)
+        if scheme == "file":
+            return pyarrow.fs.LocalFileSystem(), str(file_uri_path(uri))
+        if scheme == "s3":
+            bucket, key = split_s3_uri(uri)
+            options: dict[str, Any] = {"region": self._settings.aws_region}
+            if self._settings.s3_endpoint_url:
+                endpoint = urlsplit(self._settings.s3_endpoint_url)
+                options.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
+            return pyarrow.fs.S3FileSystem(**options), f"{bucket}/{key}"
+        raise StorageError(f"unsupported URI scheme {scheme!r} in {uri!r}")
+
     def sha256(self, uri: str) -> tuple[str, int]:
         """Content hash and size, streamed so a large PDF is never held in memory."""
         digest, size = hashlib.sha256(), 0

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from include.backends.vector_stores import EmbedderInfo
 from include.settings import PipelineSettings
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
@@ -86,6 +87,11 @@ class MiniLMEmbedder:
         np.add.at(out, np.asarray(owners), vectors)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return EmbeddingBatch(out / np.where(norms == 0, 1, norms), tokens, counts)
+
+
+def embedder_info(settings: PipelineSettings, dimension: int) -> EmbedderInfo:
+    """How a vector store records the embedder of these settings."""
+    return EmbedderInfo(f"{settings.embedder}:{settings.embed_model}", dimension)
 
 
 def build_embedder(settings: PipelineSettings) -> Embedder:

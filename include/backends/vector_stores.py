@@ -40,14 +40,45 @@ class Hit:
     metadata: Metadata
 
 
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """Which embedder made a store's vectors: a query embedded by another one finds noise."""
+
+    name: str
+    dimension: int
+
+
+class EmbedderMismatch(RuntimeError):
+    """Vectors of one embedder written to, or searched with, a store made by another."""
+
+    retryable = False  # the same job would fail the same way
+
+
+# Equality on metadata fields, Chroma's ``where`` syntax (``{"doc_id": "..."}``, ``{"$and": [...]}``).
+Filter = dict[str, object]
+
+
 class VectorStore(Protocol):
     location: str
 
     def upsert(self, records: list[VectorRecord]) -> None: ...
     def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int: ...
     def count(self, doc_id: str | None = None) -> int: ...
-    def query(self, vector: list[float], k: int) -> list[Hit]: ...
+    def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]: ...
     def scan(self) -> Iterator[tuple[str, str, Metadata]]: ...
+    def embedder(self) -> EmbedderInfo | None: ...
+    def bind_embedder(self, info: EmbedderInfo) -> None: ...
+
+
+def check_embedder(store: VectorStore, info: EmbedderInfo) -> None:
+    """Fail clearly when ``store`` was made by another embedder than ``info``; fine when it is new."""
+    recorded = store.embedder()
+    if recorded is not None and recorded != info:
+        raise EmbedderMismatch(
+            f"{store.location} holds vectors of {recorded.name} ({recorded.dimension} dimensions), not of "
+            f"{info.name} ({info.dimension}): use the embedder it was made with, or another collection "
+            "(re-ingesting into it with the new embedder)"
+        )
 
 
 class ChromaStore:
@@ -78,6 +109,21 @@ class ChromaStore:
             embedding_function=None,
             metadata={"hnsw:space": "cosine"},
         )
+
+    def embedder(self) -> EmbedderInfo | None:
+        meta = self._collection.metadata or {}
+        if "embedder" not in meta:
+            return None
+        return EmbedderInfo(str(meta["embedder"]), int(meta["dimension"]))
+
+    def bind_embedder(self, info: EmbedderInfo) -> None:
+        """Record the embedder in the collection's metadata on first write; refuse another one."""
+        check_embedder(self, info)
+        if self.embedder() is None:
+            # Only the user's keys: the distance function, set at creation, cannot be "modified".
+            keep = {k: v for k, v in (self._collection.metadata or {}).items() if not k.startswith("hnsw:")}
+            with self._lock:
+                self._collection.modify(metadata={**keep, "embedder": info.name, "dimension": info.dimension})
 
     def upsert(self, records: list[VectorRecord]) -> None:
         if not records:
@@ -114,9 +160,10 @@ class ChromaStore:
                 return
             offset += page
 
-    def query(self, vector: list[float], k: int) -> list[Hit]:
+    def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]:
         result = self._collection.query(
-            query_embeddings=[vector], n_results=k, include=["documents", "metadatas", "distances"]
+            query_embeddings=[vector], n_results=k, where=where or None,
+            include=["documents", "metadatas", "distances"],
         )
         return [
             Hit(id=i, score=1.0 - d, text=t, metadata=m)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s of %s failed: %s", args.stage, batch_id, exc)
         result = BatchResult(stage=args.stage, batch_id=batch_id, submission_id=submission_id, status="failed",
                              error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
-                             started_at=started, finished_at=now())
+                             retryable=getattr(exc, "retryable", True), started_at=started, finished_at=now())
     if args.result:
         storage.write_json(args.result, result.model_dump(mode="json"))
     ok, bad = len(result.succeeded), len(result.failed)

@@ -13,6 +13,7 @@ import io
 from functools import lru_cache
 from typing import Any
 
+from include.backends.embedders import embedder_info
 from include.backends.vector_stores import VectorRecord, VectorStore, build_vector_store
 from include.settings import PipelineSettings
 from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
@@ -38,11 +39,17 @@ def _store(settings: PipelineSettings) -> VectorStore:
 class VectorLoader:
     def __init__(self, settings: PipelineSettings) -> None:
         self._store = _store(settings)
+        self._settings = settings
+        self._bound = False
         storage = Storage(settings)
         self._read = lru_cache(maxsize=1)(lambda uri: _read_table(storage, uri).to_pylist())
 
     def __call__(self, doc: DocInput, part: Part) -> list[str]:
         rows = self._read(doc.upstream_output("embeddings"))[part["start"] : part["stop"]]
+        if rows and not self._bound:
+            # A store holds one embedder's vectors: another one's would make every search noise.
+            self._store.bind_embedder(embedder_info(self._settings, len(rows[0]["vector"])))
+            self._bound = True
         records = [
             VectorRecord(
                 id=row["chunk_id"],

@@ -63,8 +63,9 @@ def test_sensor_keys_are_relative_to_the_bucket_and_escape_wildcards(monkeypatch
     monkeypatch.setattr(ingest, "get_settings", lambda: PipelineSettings(inbox_uri="s3://docs/in box/"))
     assert ingest.sensor_keys(None) == ["in box/*"]
     assert ingest.sensor_keys(["a#1?.pdf", "s3://docs/in box/[draft].pdf"]) == ["in box/a#1[?].pdf", "in box/[[]draft].pdf"]
-    with pytest.raises(ValueError, match="not in the inbox's bucket"):
+    with pytest.raises(ValueError, match="not in the bucket s3://docs/"):
         ingest.sensor_keys(["s3://other/b.pdf"])
+    assert ingest.sensor_keys(["q.parquet"], "s3://docs/queries/") == ["queries/q.parquet"]
 
 
 @pytest.fixture

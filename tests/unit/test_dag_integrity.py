@@ -19,7 +19,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "document_ingest" in dagbag.dag_ids
+    assert {"document_ingest", "rag_batch_query"} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_has_tags_and_every_task_retries(dagbag):
@@ -51,7 +51,18 @@ def test_ingest_dag_runs_once_dropped_files_arrive_and_waits_for_work_not_object
     assert dag.params.get_param("reprocess").value is False
 
 
-@pytest.mark.parametrize("package", ["include/stages", "include/backends", "include/ledger"])
+def test_query_dag_waits_for_unanswered_files_then_maps_one_ray_job_per_file(dagbag):
+    dag = dagbag.dags["rag_batch_query"]
+    assert dag.is_paused_upon_creation is False
+    sensor = dag.get_task("wait_for_questions")
+    assert sensor.check_fn is not None and sensor.soft_fail and sensor.mode == "reschedule"
+    assert dag.get_task("plan_questions").upstream_task_ids == {"wait_for_questions"}
+    answer = dag.get_task("answer_questions")
+    assert answer.upstream_task_ids == {"plan_questions"} and answer.max_active_tis_per_dagrun == 1
+    assert dag.get_task("summarize").upstream_task_ids == {"answer_questions"}
+
+
+@pytest.mark.parametrize("package", ["include/stages", "include/backends", "include/ledger", "include/query"])
 def test_stage_and_ledger_code_never_imports_airflow_at_module_level(package):
     for path in (ROOT / package).rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -61,7 +72,7 @@ def test_stage_and_ledger_code_never_imports_airflow_at_module_level(package):
             assert not any(n.split(".")[0] in ("airflow", "ray_operators") for n in names), path
 
 
-@pytest.mark.parametrize("package", ["include/stages", "include/backends"])
+@pytest.mark.parametrize("package", ["include/stages", "include/backends", "include/query"])
 def test_stage_code_never_imports_airflow_anywhere(package):
     for path in (ROOT / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -52,8 +52,8 @@ def test_embed_and_load_put_one_vector_per_chunk_and_reruns_add_none(settings, s
     run_until(settings, doc, "load")  # a re-run: every stage but load reuses its result
     assert ChromaStore(settings).count() == chunks
 
-    hits = search("What is the maximum daily dose of metformin?", k=1, settings=settings)
-    assert "2000 mg" in hits[0].text and hits[0].metadata["page_start"] == 2
+    best = search("What is the maximum daily dose of metformin?", settings)[0]
+    assert "2000 mg" in best.text and best.page_start == 2 and best.rank == 1
 
 
 def test_a_changed_file_replaces_its_old_vectors(settings, sample_pdfs, ray_local):

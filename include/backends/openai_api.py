@@ -1,0 +1,61 @@
+"""What every OpenAI-compatible backend shares: the SDK client, its retries, token counts, cost.
+
+The key is read by the SDK from ``OPENAI_API_KEY`` in the environment of the process that
+makes the calls (a Ray worker), never from the settings a job is submitted with. Retries of
+429 and 5xx answers are the SDK's own (exponential backoff with jitter, honouring
+``Retry-After``), ``openai_max_retries`` of them; each call reports how many it took.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from include.settings import PipelineSettings
+
+
+@dataclass
+class Usage:
+    """What calls to a paid API used: the unit of cost and of the run's accounting."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.retries += other.retries
+        self.cost_usd += other.cost_usd
+
+
+def cost_usd(settings: PipelineSettings, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    """Price of the tokens from the settings' price table; 0 for a model it does not list."""
+    for price in settings.llm_prices:
+        if price.model == model:
+            return (prompt_tokens * price.input_usd_per_million + completion_tokens * price.output_usd_per_million) / 1e6
+    return 0.0
+
+
+def openai_client(settings: PipelineSettings, base_url: str | None) -> Any:
+    import openai
+
+    return openai.OpenAI(
+        base_url=base_url, max_retries=settings.openai_max_retries, timeout=settings.openai_timeout_seconds
+    )
+
+
+@lru_cache(maxsize=8)
+def token_encoding(model: str) -> Any:
+    """The model's tiktoken-compatible encoding, from the files bpe-openai ships (tiktoken would
+    download them). A model it does not know is counted with o200k_base, GPT-4o's encoding."""
+    import bpe_openai
+
+    try:
+        return bpe_openai.encoding_for_model(model)
+    except bpe_openai.UnsupportedModelError:
+        return bpe_openai.get_encoding("o200k_base")

@@ -1,0 +1,143 @@
+"""Answer questions from the ingested documents.
+
+    python -m include.query ask "What is the maximum daily dose of metformin?"
+    python -m include.query evaluate                      # the sample question set, scored
+    python -m include.query run --questions s3://documents/queries/q.parquet   # a Ray job's work
+
+``ask`` and ``evaluate`` run the steps in this process; ``run`` is the entrypoint of the
+job ``rag_batch_query`` submits, on Ray Data. Its result (outputs and metrics) goes to
+``--result`` (default ``$JOB_RESULT_URI``, set by the Airflow operator per job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from include.query import evaluation
+from include.query.pipeline import InlineAnswerer, answer_metrics, run_job
+from include.settings import get_settings
+from include.storage import Storage
+
+log = logging.getLogger("include.query")
+
+
+def format_answer(row: dict[str, Any], width: int = 100) -> str:
+    lines = [f"Q: {row['prompt']}"]
+    if row["error"]:
+        lines.append(f"   not answered: {row['error']}")
+        return "\n".join(lines)
+    lines.extend(textwrap.wrap(row["answer"], width, initial_indent="A: ", subsequent_indent="   ") or ["A:"])
+    if row["passages"]:
+        lines.append("   Sources:")
+    for passage in row["passages"][: row["context_passages"] or len(row["passages"])]:
+        mark = "*" if passage["rank"] in row["cited"] else " "
+        pages = (f"page {passage['page_start']}" if passage["page_start"] == passage["page_end"]
+                 else f"pages {passage['page_start']}-{passage['page_end']}")
+        source = passage["source_uri"].rsplit("/", 1)[-1]
+        heading = f", {passage['heading']}" if passage["heading"] else ""
+        excerpt = " ".join(passage["text"].split())
+        lines.append(f"  {mark}[{passage['rank']}] {source}, {pages}{heading} (score {passage['score']:.2f})")
+        lines.append(f"       \"{excerpt[:width - 10]}{'…' if len(excerpt) > width - 10 else ''}\"")
+    if row["model"]:
+        lines.append(f"   ({row['model']}: {row['prompt_tokens']} prompt + {row['completion_tokens']} answer "
+                     f"tokens, {row['seconds']:.1f}s; * = cited)")
+    return "\n".join(lines)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    with InlineAnswerer(get_settings(), args.where) as answerer:
+        answers = answerer(pa.table({"prompt": [args.question]}))
+    row = answers.to_pylist()[0]
+    print(json.dumps(row, indent=2, default=str) if args.json else format_answer(row))
+    return 1 if row["error"] else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    questions = evaluation.load_question_set(args.questions)
+    clock = time.perf_counter()
+    with InlineAnswerer(get_settings(), args.where) as answerer:
+        answers = answerer(questions)
+    metrics = answer_metrics(answers, time.perf_counter() - clock)
+    print(f"{'question':<28} {'rank':>4}  phrase  answer")
+    for row in answers.to_pylist():
+        found = {True: "yes", False: "no", None: "-"}[row["answer_has_phrase"]]
+        answer = " ".join(row["answer"].split())
+        print(f"{row['id'][:28]:<28} {row['expected_rank'] or '-':>4}  {found:<6}  {answer[:70]}")
+    print()
+    print(evaluation.format_metrics(metrics))
+    if args.output:
+        args.output.write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    job_id = os.environ.get("JOB_SUBMISSION_ID") or f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    result: dict[str, Any] = {"submission_id": job_id, "started_at": datetime.now(UTC).isoformat()}
+    try:
+        import ray
+
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        result.update(run_job(settings, args.questions, answers_uri=args.answers, where=args.where, job_id=job_id))
+        result["status"] = "succeeded"
+    except Exception as exc:
+        log.error("answering %s failed: %s", args.questions, exc)
+        result.update(status="failed", retryable=getattr(exc, "retryable", True),
+                      error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+    result["finished_at"] = datetime.now(UTC).isoformat()
+    if args.result:
+        Storage(settings).write_json(args.result, result)
+    metrics = result.get("metrics", {})
+    print(f"RESULT: {result['status']}: {metrics.get('questions', 0):.0f} question(s), "
+          f"{metrics.get('questions_per_second', 0)} per second", flush=True)
+    return 0 if result["status"] == "succeeded" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m include.query", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    where = {"type": json.loads, "default": None,
+             "help": 'metadata filter, e.g. \'{"doc_id": "..."}\' (the vector store\'s "where" syntax)'}
+
+    ask = commands.add_parser("ask", help="answer one question, with its sources")
+    ask.add_argument("question")
+    ask.add_argument("--where", **where)
+    ask.add_argument("--json", action="store_true", help="print the whole answer row as JSON")
+    ask.set_defaults(handler=_ask)
+
+    evaluate = commands.add_parser("evaluate", help="answer a question set and score retrieval and answers")
+    evaluate.add_argument("--questions", type=Path, default=evaluation.QUESTION_SETS / "samples.jsonl")
+    evaluate.add_argument("--where", **where)
+    evaluate.add_argument("--output", type=Path, help="also write the metrics here as JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
+    run = commands.add_parser("run", help="answer a questions Parquet on Ray Data (the DAG's job)")
+    run.add_argument("--questions", required=True, help="URI of the questions Parquet")
+    run.add_argument("--answers", help="answers folder URI (default: derived from the questions key)")
+    run.add_argument("--where", **where)
+    run.add_argument("--result", default=os.environ.get("JOB_RESULT_URI"),
+                     help="where to write the job's result (default: $JOB_RESULT_URI)")
+    run.set_defaults(handler=_run)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout if args.command == "run" else sys.stderr)
+    for noisy in ("httpx", "chromadb", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

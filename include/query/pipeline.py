@@ -1,0 +1,212 @@
+"""A questions file in, an answers file out: on Ray Data (the job) or in this process (ask, evaluate).
+
+On Ray, one Dataset::
+
+    read_parquet -> EmbedQuestions -> RetrievePassages -> BuildPrompts -> GenerateAnswers
+                 [-> score_batch, when the questions carry expectations] -> write_parquet
+
+each step a callable class on ``map_batches`` with its own actor pool (sizes and CPUs in
+the settings; the generator's actors ask for ``generator_gpus``). The answers are written
+by the dataset into a staging folder of this job, then published: moved into
+``<answers>/part-NNNNN.parquet`` with a ``_answers.json`` marker written last. So a retried
+or repeated job replaces the answers, it never adds a second copy of them; and the marker
+says which version of the questions file they answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from include.backends.vector_stores import Filter
+from include.query import evaluation
+from include.query.steps import STEPS, BuildPrompts, EmbedQuestions, GenerateAnswers, RetrievePassages
+from include.settings import PipelineSettings
+from include.storage import Storage, join_uri, object_name, relative_key
+
+log = logging.getLogger(__name__)
+
+MARKER = "_answers.json"
+
+
+class QuestionsError(ValueError):
+    """The questions file cannot be answered as it is (no ``prompt`` column...): retrying cannot help."""
+
+    retryable = False
+
+
+def check_columns(names: list[str], uri: str) -> None:
+    if "prompt" not in names:
+        raise QuestionsError(f"{uri} has no 'prompt' column (it has {', '.join(names) or 'none'}): a questions "
+                             "file is Parquet with a 'prompt' column and, optionally, 'id'")
+
+
+def answers_uri_for(settings: PipelineSettings, questions_uri: str) -> str:
+    """``<answers_uri>/<questions key, relative to the queries prefix, without .parquet>/``."""
+    try:
+        name = relative_key(settings.queries_uri, questions_uri)
+    except ValueError:
+        name = object_name(questions_uri)
+    return join_uri(settings.answers_uri, name.removesuffix(".parquet")) + "/"
+
+
+# --- in this process ----------------------------------------------------------------
+
+
+class InlineAnswerer:
+    """The four steps built once, run one after the other on batches: ask, evaluate, the baseline."""
+
+    def __init__(self, settings: PipelineSettings, where: Filter | None = None) -> None:
+        self._settings = settings
+        self._steps = [EmbedQuestions(settings), RetrievePassages(settings, where), BuildPrompts(settings),
+                       GenerateAnswers(settings)]
+
+    def __enter__(self) -> InlineAnswerer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for step in self._steps:
+            getattr(step, "close", lambda: None)()
+
+    def __call__(self, questions: pa.Table) -> pa.Table:
+        check_columns(questions.column_names, "the questions")
+        batches = []
+        for batch in questions.to_batches(max_chunksize=self._settings.query_batch_size):
+            table = pa.Table.from_batches([batch])
+            for step in self._steps:
+                table = step(table)
+            if evaluation.has_expectations(table.column_names):
+                table = evaluation.score_batch(table)
+            batches.append(table)
+        return pa.concat_tables(batches) if batches else questions
+
+
+# --- on Ray Data --------------------------------------------------------------------
+
+
+def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: str,
+                  where: Filter | None = None) -> None:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # the job log gets our lines instead
+    # The DataSourceV2 reader lists files in a task that asks for a whole CPU, and starts it
+    # only after every actor pool below holds its CPUs: on a 2-CPU cluster it never runs. The
+    # V1 reader lists in the driver and reads in tasks of query_io_cpus.
+    context.use_datasource_v2 = False
+    storage = Storage(settings)
+    filesystem, path = storage.arrow_filesystem(questions_uri)
+    questions = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=settings.query_io_cpus)
+    names = list(questions.schema().names)
+    check_columns(names, questions_uri)
+
+    def step(dataset: Any, worker: type, pool: str, **kwargs: Any) -> Any:
+        sizes = getattr(settings, pool)
+        return dataset.map_batches(
+            worker, fn_constructor_kwargs={"settings": settings, **kwargs}, batch_format="pyarrow",
+            batch_size=settings.query_batch_size, num_cpus=sizes.actor_cpus,
+            compute=ActorPoolStrategy(min_size=sizes.min_actors, max_size=sizes.max_actors),
+            **({"num_gpus": settings.generator_gpus} if worker is GenerateAnswers and settings.generator_gpus else {}),
+        )
+
+    answers = step(questions, EmbedQuestions, "query_embed_pool")
+    answers = step(answers, RetrievePassages, "retrieve_pool", where=where)
+    answers = step(answers, BuildPrompts, "prompt_pool")
+    answers = step(answers, GenerateAnswers, "generate_pool")
+    if evaluation.has_expectations(names):
+        answers = answers.map_batches(evaluation.score_batch, batch_format="pyarrow", num_cpus=settings.query_io_cpus)
+    out_filesystem, out_path = storage.arrow_filesystem(output_uri)
+    answers.write_parquet(out_path, filesystem=out_filesystem, ray_remote_args={"num_cpus": settings.query_io_cpus})
+
+
+# --- results ------------------------------------------------------------------------
+
+
+_METRIC_COLUMNS = ("error", "answer", "model", "context_passages", "trimmed_passages", "prompt_tokens",
+                   "completion_tokens", "retries", "cost_usd", *[f"{s}_seconds" for s in STEPS])
+
+
+def read_answers(storage: Storage, folder_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Every part of an answers folder (parts are named in order), optionally only some columns."""
+    import pyarrow.parquet as pq
+
+    filesystem, path = storage.arrow_filesystem(folder_uri)
+    return pq.read_table(path.rstrip("/"), filesystem=filesystem, columns=columns)
+
+
+def answer_metrics(table: pa.Table, wall_seconds: float) -> dict[str, float]:
+    """Counts, tokens, cost and speed of one answers table (and retrieval quality, when scored)."""
+    rows = table.to_pylist()
+    answered = [r for r in rows if not r["error"] and r["model"]]
+    metrics: dict[str, float] = {
+        "questions": len(rows),
+        "answered": len(answered),
+        "no_context": sum(1 for r in rows if not r["error"] and not r["model"]),
+        "errors": sum(1 for r in rows if r["error"]),
+        "trimmed_prompts": sum(1 for r in rows if r["trimmed_passages"]),
+        "requests": len(answered),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "retries": sum(r["retries"] for r in rows),
+        "cost_usd": round(sum(r["cost_usd"] for r in rows), 6),
+        "seconds": round(wall_seconds, 3),
+        "questions_per_second": round(len(rows) / wall_seconds, 4) if wall_seconds else 0.0,
+    }
+    for step in STEPS:
+        metrics[f"{step}_seconds"] = round(sum(r[f"{step}_seconds"] for r in rows), 3)
+    if metrics["generate_seconds"]:
+        metrics["generated_tokens_per_second"] = round(metrics["completion_tokens"] / metrics["generate_seconds"], 2)
+    if "expected_rank" in table.column_names:
+        metrics.update(evaluation.retrieval_metrics(table.column("expected_rank").to_pylist(),
+                                                    table.column("answer_has_phrase").to_pylist()))
+    return metrics
+
+
+def publish(storage: Storage, staging_uri: str, answers_uri: str, marker: dict[str, Any]) -> list[str]:
+    """Move the staged parts into the answers folder as ``part-NNNNN.parquet``, drop older parts, then
+    write the marker: the folder holds one set of answers, complete once the marker is there."""
+    staged = sorted(info.uri for info in storage.list_objects(staging_uri) if info.uri.endswith(".parquet"))
+    published = []
+    for number, uri in enumerate(staged):
+        target = join_uri(answers_uri, f"part-{number:05d}.parquet")
+        storage.move(uri, target)
+        published.append(target)
+    for info in storage.list_objects(answers_uri):
+        if info.uri not in published and object_name(info.uri) != MARKER:
+            storage.delete(info.uri)  # an older, longer answer set's parts, and the staging leftovers
+    storage.write_json(join_uri(answers_uri, MARKER),
+                       {**marker, "parts": published, "published_at": datetime.now(UTC).isoformat()})
+    return published
+
+
+def run_job(settings: PipelineSettings, questions_uri: str, *, answers_uri: str | None = None,
+            where: Filter | None = None, job_id: str) -> dict[str, Any]:
+    """The Ray job's work: answer, publish, and return the outputs and metrics for its result."""
+    storage = Storage(settings)
+    answers_uri = answers_uri or answers_uri_for(settings, questions_uri)
+    version = storage.stat(questions_uri).version  # which version of the questions these answers are for
+    staging = join_uri(answers_uri, "_staging", job_id) + "/"
+    clock = time.perf_counter()
+    answer_on_ray(settings, questions_uri, staging, where)
+    wall = time.perf_counter() - clock
+    if not any(info.uri.endswith(".parquet") for info in storage.list_objects(staging)):
+        raise QuestionsError(f"{questions_uri} holds no questions")
+    metrics = answer_metrics(read_answers(storage, staging, _metric_columns(storage, staging)), wall)
+    publish(storage, staging, answers_uri, {"questions_uri": questions_uri, "questions_version": version,
+                                            "job": job_id, "metrics": metrics})
+    log.info("answered %d question(s) in %.1fs into %s", metrics["questions"], wall, answers_uri)
+    return {"outputs": {"answers": answers_uri, "questions": questions_uri}, "metrics": metrics}
+
+
+def _metric_columns(storage: Storage, folder_uri: str) -> list[str]:
+    """The small columns the metrics need (the passages and answers stay in storage)."""
+    import pyarrow.parquet as pq
+
+    filesystem, path = storage.arrow_filesystem(folder_uri)
+    names = pq.ParquetDataset(path.rstrip("/"), filesystem=filesystem).schema.names
+    return [name for name in (*_METRIC_COLUMNS, "expected_rank", "answer_has_phrase") if name in names]

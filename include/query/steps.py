@@ -1,0 +1,179 @@
+"""The four steps of answering, as Ray Data callable classes over Arrow batches.
+
+Each loads what it needs once in ``__init__`` (a model, a tokenizer, a store client) and
+maps a ``pyarrow.Table`` of questions to the same table with its own columns added::
+
+    EmbedQuestions   prompt           -> question_vector
+    RetrievePassages question_vector  -> passages (list of structs), no_context
+    BuildPrompts     prompt, passages -> messages (list of structs), context_passages, trimmed_passages
+    GenerateAnswers  messages         -> answer, cited, model, tokens, cost, finish_reason
+
+Every column has a declared Arrow type: nested results stay Arrow lists and structs, never
+pickled Python objects. Each step adds its seconds per question (``<step>_seconds``), so
+the answers file says where the time went. A question that cannot be answered (empty, too
+long for the model) gets its ``error`` and an empty answer; the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from include.backends.embedders import build_embedder
+from include.backends.generators import build_generator, build_token_counter
+from include.backends.vector_stores import Filter
+from include.query.prompts import NO_PASSAGES, QuestionTooLong, build_prompt, cited
+from include.retrieval import Passage, Retriever
+from include.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+PASSAGE = pa.struct([
+    ("rank", pa.int32()), ("chunk_id", pa.string()), ("doc_id", pa.string()), ("source_uri", pa.string()),
+    ("page_start", pa.int32()), ("page_end", pa.int32()), ("heading", pa.string()), ("score", pa.float32()),
+    ("text", pa.string()),
+])
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+STEPS = ("embed", "retrieve", "prompt", "generate")
+
+# The answers file's columns beyond those of the questions file (which are all kept).
+ANSWER_SCHEMA = pa.schema([
+    ("id", pa.string()), ("prompt", pa.string()), ("error", pa.string()),
+    ("passages", pa.list_(PASSAGE)),
+    ("context_passages", pa.int32()), ("trimmed_passages", pa.int32()),
+    ("answer", pa.string()), ("cited", pa.list_(pa.int32())), ("model", pa.string()),
+    ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
+    ("retries", pa.int32()), ("cost_usd", pa.float64()),
+    *[(f"{step}_seconds", pa.float64()) for step in STEPS], ("seconds", pa.float64()),
+])
+
+
+def _set(table: pa.Table, name: str, values: list[Any], type_: pa.DataType) -> pa.Table:
+    column = pa.array(values, type=type_)
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
+
+
+def _per_question(table: pa.Table, seconds: float) -> list[float]:
+    return [seconds / max(table.num_rows, 1)] * table.num_rows
+
+
+def question_id(prompt: str) -> str:
+    return "q-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:12]
+
+
+def prepare(table: pa.Table) -> pa.Table:
+    """Normalise a batch of the questions file: an ``id`` for every row, an ``error`` column."""
+    prompts = [p if isinstance(p, str) else "" for p in table.column("prompt").to_pylist()]
+    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
+    ids = [str(i) if i not in (None, "") else question_id(p) for i, p in zip(ids, prompts)]
+    errors = ["" if p.strip() else "empty question" for p in prompts]
+    table = _set(table, "prompt", prompts, pa.string())
+    table = _set(table, "id", ids, pa.string())
+    return _set(table, "error", errors, pa.string())
+
+
+class EmbedQuestions:
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._embedder = build_embedder(settings)
+        # The questions must be embedded as the passages were: checked once, before any work.
+        Retriever(settings).check(self._embedder, settings)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        clock = time.perf_counter()
+        table = prepare(table)
+        vectors = self._embedder.embed(table.column("prompt").to_pylist()).vectors
+        table = _set(table, "question_vector", [v.tolist() for v in vectors], pa.list_(pa.float32()))
+        return _set(table, "embed_seconds", _per_question(table, time.perf_counter() - clock), pa.float64())
+
+
+class RetrievePassages:
+    def __init__(self, settings: PipelineSettings, where: Filter | None = None) -> None:
+        self._retrieve = Retriever(settings)
+        self._where = where
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        clock = time.perf_counter()
+        passages = [
+            [] if error else [p.as_row() for p in self._retrieve(vector, self._where)]
+            for vector, error in zip(table.column("question_vector").to_pylist(), table.column("error").to_pylist())
+        ]
+        table = table.drop_columns(["question_vector"])  # not worth keeping in the answers
+        table = _set(table, "passages", passages, pa.list_(PASSAGE))
+        return _set(table, "retrieve_seconds", _per_question(table, time.perf_counter() - clock), pa.float64())
+
+
+class BuildPrompts:
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._count = build_token_counter(settings)
+        self._context_tokens = settings.generator_context_tokens
+        self._max_new_tokens = settings.generator_max_new_tokens
+        self._max_passages = settings.prompt_max_passages
+
+    def close(self) -> None:
+        getattr(self._count, "close", lambda: None)()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        clock = time.perf_counter()
+        messages, used, trimmed, errors = [], [], [], []
+        for prompt, passages, error in zip(table.column("prompt").to_pylist(), table.column("passages").to_pylist(),
+                                           table.column("error").to_pylist()):
+            built = None
+            if not error and passages:
+                try:
+                    built = build_prompt(prompt, [Passage(**p) for p in passages[: self._max_passages]], self._count,
+                                         context_tokens=self._context_tokens, max_new_tokens=self._max_new_tokens)
+                except QuestionTooLong as exc:
+                    error = str(exc)
+            messages.append(built.messages if built else [])
+            used.append(built.passages if built else 0)
+            trimmed.append(built.trimmed if built else 0)
+            errors.append(error)
+        table = _set(table, "messages", messages, pa.list_(MESSAGE))
+        table = _set(table, "context_passages", used, pa.int32())
+        table = _set(table, "trimmed_passages", trimmed, pa.int32())
+        table = _set(table, "error", errors, pa.string())
+        return _set(table, "prompt_seconds", _per_question(table, time.perf_counter() - clock), pa.float64())
+
+
+class GenerateAnswers:
+    def __init__(self, settings: PipelineSettings) -> None:
+        clock = time.perf_counter()
+        self._generator = build_generator(settings)
+        log.info("generator %s ready in %.1fs", self._generator.model, time.perf_counter() - clock)
+
+    def close(self) -> None:
+        getattr(self._generator, "close", lambda: None)()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        columns: dict[str, list[Any]] = {name: [] for name in (
+            "answer", "cited", "model", "finish_reason", "prompt_tokens", "completion_tokens", "retries",
+            "cost_usd", "generate_seconds")}
+        for messages, context, error in zip(table.column("messages").to_pylist(),
+                                            table.column("context_passages").to_pylist(),
+                                            table.column("error").to_pylist()):
+            if error or not messages:
+                # Nothing to ask: an error, or no passage close enough. No model call, no cost.
+                row = {"answer": "" if error else NO_PASSAGES, "cited": [], "model": "", "finish_reason": "",
+                       "prompt_tokens": 0, "completion_tokens": 0, "retries": 0, "cost_usd": 0.0,
+                       "generate_seconds": 0.0}
+            else:
+                generation = self._generator.generate(messages)
+                usage = generation.usage
+                row = {"answer": generation.text, "cited": cited(generation.text, context),
+                       "model": generation.model, "finish_reason": generation.finish_reason,
+                       "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                       "retries": usage.retries, "cost_usd": usage.cost_usd, "generate_seconds": generation.seconds}
+            for name, value in row.items():
+                columns[name].append(value)
+        table = table.drop_columns(["messages"])
+        for name, values in columns.items():
+            table = _set(table, name, values, ANSWER_SCHEMA.field(name).type)
+        total = [sum(table.column(f"{step}_seconds")[i].as_py() for step in STEPS) for i in range(table.num_rows)]
+        return _set(table, "seconds", total, pa.float64())
+
