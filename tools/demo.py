@@ -5,8 +5,11 @@
 3. run the ``document_ingest`` DAG through Airflow (``airflow dags test``) for those
    files: the documents make one batch, and each stage is one Ray job over it. Run
    again, it finds them in the ledger, unchanged, and submits no Ray job at all;
-4. print the run report (what each stage did, what became of each document) and
-   answer a sample question by retrieval from the vector store.
+4. print the run report (what each stage did, what became of each document);
+5. drop the sample question set (a Parquet file) under the queries prefix and run the
+   ``rag_batch_query`` DAG: one Ray job embeds, retrieves, prompts and generates with
+   SmolLM2 on llama.cpp. Print a few answers with their sources, and the evaluation
+   (hit@1, hit@5, MRR). Run again, the file is found answered: no Ray job.
 
 The stack keeps running afterwards (Ray dashboard on http://127.0.0.1:8265);
 ``make down`` stops it.
@@ -21,12 +24,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tools import airflow_db, stack
 from tools.sample_pdfs import write_samples
 
+if TYPE_CHECKING:
+    from include.settings import PipelineSettings
+    from include.storage import Storage
+
 DAG_ID = "document_ingest"
-QUESTION = "What is the maximum daily dose of metformin in the trial?"
+QUERY_DAG_ID = "rag_batch_query"
+QUESTIONS_KEY = "samples.parquet"
+SHOWN_ANSWERS = ("met-max-dose", "site-shipments", "ae-serious-deadline")
 
 
 def run_airflow(args: list[str], env: dict[str, str], log_path: Path) -> int:
@@ -47,16 +57,48 @@ def run_airflow(args: list[str], env: dict[str, str], log_path: Path) -> int:
         return process.wait()
 
 
+def ask_questions(env: dict[str, str], logs: Path, storage: Storage, settings: PipelineSettings) -> int:
+    """The sample question set through the query DAG; a few answers and the evaluation printed."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from include.query import evaluation
+    from include.query.pipeline import MARKER, answers_uri_for, read_answers
+    from include.query.report import format_answer, format_metrics
+    from include.storage import join_uri
+
+    questions_uri = join_uri(settings.queries_uri, QUESTIONS_KEY)
+    sink = io.BytesIO()
+    pq.write_table(evaluation.load_question_set(evaluation.QUESTION_SETS / "samples.jsonl"), sink)
+    storage.write_bytes(questions_uri, sink.getvalue())  # the same bytes again: still answered
+    print(f"\n==> Asking the sample questions ({questions_uri}) through the {QUERY_DAG_ID} DAG "
+          "(one Ray job: embed, retrieve, prompt, generate with SmolLM2-135M on llama.cpp)", flush=True)
+    log = logs / "demo-query-dag-test.log"
+    clock = time.monotonic()
+    code = run_airflow(["dags", "test", QUERY_DAG_ID, "-c", json.dumps({"keys": [QUESTIONS_KEY]})], env, log)
+    print(f"  DAG run finished in {time.monotonic() - clock:.0f}s (full log: {log})", flush=True)
+    answers_uri = answers_uri_for(settings, questions_uri)
+    if code != 0 or not storage.exists(join_uri(answers_uri, MARKER)):
+        print(f"\nThe query DAG run failed: see {log}", file=sys.stderr)
+        return 1
+    rows = {row["id"]: row for row in read_answers(storage, answers_uri).to_pylist()}
+    print(f"\n==> Answers ({answers_uri}), a few of {len(rows)}\n", flush=True)
+    for question_id in SHOWN_ANSWERS:
+        print(format_answer(rows[question_id]) + "\n", flush=True)
+    print(format_metrics(storage.read_json(join_uri(answers_uri, MARKER))["metrics"]), flush=True)
+    print('\nAsk your own: make ask Q="When do shipments leave the site?"', flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo")
-    parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--stop", action="store_true", help="stop the stack at the end")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     env = {**os.environ, **stack.stack_env()}
     os.environ.update(env)  # this process talks to the same stack as its children
-    from include.retrieval import format_hits, search
     from include.settings import get_settings
     from include.storage import Storage, join_uri
 
@@ -95,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThe DAG run failed: see {dag_log}", file=sys.stderr)
         return 1
 
-    print("\n==> Answering a question by retrieval", flush=True)
-    print(format_hits(args.question, search(args.question, k=3, settings=settings)), flush=True)
+    if ask_questions(env, logs, storage, settings) != 0:
+        return 1
     print(f"\nDone in {time.monotonic() - started:.0f}s. The stack is still running "
           "(Ray dashboard: http://127.0.0.1:%s); stop it with `make down`." % stack.LocalStackSettings().ray_dashboard_port)
     if args.stop:

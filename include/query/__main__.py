@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sys
-import textwrap
 import time
 import traceback
 from datetime import UTC, datetime
@@ -27,33 +26,11 @@ import pyarrow as pa
 
 from include.query import evaluation
 from include.query.pipeline import InlineAnswerer, answer_metrics, run_job
+from include.query.report import format_answer, format_metrics
 from include.settings import get_settings
 from include.storage import Storage
 
 log = logging.getLogger("include.query")
-
-
-def format_answer(row: dict[str, Any], width: int = 100) -> str:
-    lines = [f"Q: {row['prompt']}"]
-    if row["error"]:
-        lines.append(f"   not answered: {row['error']}")
-        return "\n".join(lines)
-    lines.extend(textwrap.wrap(row["answer"], width, initial_indent="A: ", subsequent_indent="   ") or ["A:"])
-    if row["passages"]:
-        lines.append("   Sources:")
-    for passage in row["passages"][: row["context_passages"] or len(row["passages"])]:
-        mark = "*" if passage["rank"] in row["cited"] else " "
-        pages = (f"page {passage['page_start']}" if passage["page_start"] == passage["page_end"]
-                 else f"pages {passage['page_start']}-{passage['page_end']}")
-        source = passage["source_uri"].rsplit("/", 1)[-1]
-        heading = f", {passage['heading']}" if passage["heading"] else ""
-        excerpt = " ".join(passage["text"].split())
-        lines.append(f"  {mark}[{passage['rank']}] {source}, {pages}{heading} (score {passage['score']:.2f})")
-        lines.append(f"       \"{excerpt[:width - 10]}{'…' if len(excerpt) > width - 10 else ''}\"")
-    if row["model"]:
-        lines.append(f"   ({row['model']}: {row['prompt_tokens']} prompt + {row['completion_tokens']} answer "
-                     f"tokens, {row['seconds']:.1f}s; * = cited)")
-    return "\n".join(lines)
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -76,7 +53,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         answer = " ".join(row["answer"].split())
         print(f"{row['id'][:28]:<28} {row['expected_rank'] or '-':>4}  {found:<6}  {answer[:70]}")
     print()
-    print(evaluation.format_metrics(metrics))
+    print(format_metrics(metrics))
     if args.output:
         args.output.write_text(json.dumps(metrics, indent=2))
     return 0
@@ -132,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(handler=_run)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # The job logs its progress; a person at the shell wants the answer, not the steps.
+    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout if args.command == "run" else sys.stderr)
     for noisy in ("httpx", "chromadb", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

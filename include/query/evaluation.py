@@ -46,7 +46,8 @@ def contains_phrase(answer: str, phrase: str | None) -> bool | None:
 
 
 def score_batch(table: pa.Table) -> pa.Table:
-    """Add ``expected_rank`` and ``answer_has_phrase`` to a batch of answers with expectations."""
+    """Add ``expected_rank`` (0: no right passage) and ``answer_has_phrase`` to a batch of answers
+    with expectations."""
     phrases = (table.column("expected_phrase").to_pylist() if "expected_phrase" in table.column_names
                else [None] * table.num_rows)
     ranks, found = [], []
@@ -54,13 +55,16 @@ def score_batch(table: pa.Table) -> pa.Table:
         table.column("passages").to_pylist(), table.column("expected_source").to_pylist(),
         table.column("expected_page").to_pylist(), table.column("answer").to_pylist(), phrases,
     ):
-        ranks.append(expected_rank(passages, source, int(page)))
-        found.append(contains_phrase(answer, phrase))
+        # A question without expectations (mixed into a scored file) is left unscored: null.
+        scored = source is not None and page is not None
+        ranks.append(expected_rank(passages, source, int(page)) if scored else None)
+        found.append(contains_phrase(answer, phrase) if scored else None)
     table = table.append_column("expected_rank", pa.array(ranks, type=pa.int32()))
     return table.append_column("answer_has_phrase", pa.array(found, type=pa.bool_()))
 
 
-def retrieval_metrics(ranks: list[int], phrases_found: list[bool | None]) -> dict[str, float]:
+def retrieval_metrics(ranks: list[int | None], phrases_found: list[bool | None]) -> dict[str, float]:
+    ranks = [rank for rank in ranks if rank is not None]
     count = len(ranks)
     if not count:
         return {}
@@ -75,17 +79,3 @@ def retrieval_metrics(ranks: list[int], phrases_found: list[bool | None]) -> dic
         metrics["answers_with_phrase"] = sum(judged) / len(judged)
     return {name: round(value, 4) for name, value in metrics.items()}
 
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """The headline figures of an answered question set, one line each."""
-    lines = []
-    if "eval_questions" in metrics:
-        lines.append(f"retrieval over {metrics['eval_questions']:.0f} questions: hit@1 {metrics['hit@1']:.2f}, "
-                     f"hit@5 {metrics['hit@5']:.2f}, MRR {metrics['mrr']:.2f}")
-    if "answers_with_phrase" in metrics:
-        lines.append(f"answers containing the expected phrase: {metrics['answers_with_phrase']:.0%}")
-    lines.append(f"{metrics['questions']:.0f} question(s) in {metrics['seconds']:.1f}s "
-                 f"({metrics['questions_per_second']:.2f}/s); generation {metrics.get('generated_tokens_per_second', 0):.1f} "
-                 f"tokens/s; {metrics['prompt_tokens']:.0f} prompt + {metrics['completion_tokens']:.0f} answer tokens, "
-                 f"${metrics['cost_usd']:.4f}")
-    return "\n".join(lines)

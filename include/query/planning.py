@@ -16,8 +16,8 @@ from typing import Any
 
 from include.batching import run_folder
 from include.documents import key_uris
-from include.query.evaluation import format_metrics
 from include.query.pipeline import MARKER, answers_uri_for
+from include.query.report import format_metrics
 from include.settings import PipelineSettings, get_settings
 from include.storage import ObjectInfo, ObjectNotFound, Storage, join_uri, s3_object_info, split_s3_uri
 
@@ -37,7 +37,8 @@ def is_answered(storage: Storage, settings: PipelineSettings, info: ObjectInfo) 
 
 def has_unanswered(files: list[dict[str, Any]], params: dict[str, Any] | None = None) -> bool:
     """The sensor's ``check_fn``: a listed questions file has no answers for its current version.
-    A run that names its files, or asks to answer again, has work as soon as they exist."""
+    A run that names its files, or asks to answer again, goes on as soon as they exist: its plan
+    says what, if anything, needs answers."""
     params = params or {}
     settings = get_settings()
     bucket = split_s3_uri(settings.queries_uri)[0]
@@ -53,7 +54,8 @@ def has_unanswered(files: list[dict[str, Any]], params: dict[str, Any] | None = 
 
 
 def pending(settings: PipelineSettings, keys: list[str] | None = None, reanswer: bool = False) -> list[ObjectInfo]:
-    """The questions files to answer: the named ones, else every one without current answers."""
+    """The questions files to answer (the named ones, else all under the queries prefix) that have no
+    answers for their current version, or all of them with ``reanswer``."""
     storage = Storage(settings)
     if keys:
         found = []
@@ -67,7 +69,7 @@ def pending(settings: PipelineSettings, keys: list[str] | None = None, reanswer:
         listing = found
     else:
         listing = [info for info in storage.list_objects(settings.queries_uri) if is_questions_file(info.uri)]
-    if reanswer or keys:
+    if reanswer:
         return listing
     return [info for info in listing if not is_answered(storage, settings, info)]
 

@@ -124,12 +124,14 @@ class BuildPrompts:
         for prompt, passages, error in zip(table.column("prompt").to_pylist(), table.column("passages").to_pylist(),
                                            table.column("error").to_pylist()):
             built = None
-            if not error and passages:
+            if not error:
                 try:
                     built = build_prompt(prompt, [Passage(**p) for p in passages[: self._max_passages]], self._count,
                                          context_tokens=self._context_tokens, max_new_tokens=self._max_new_tokens)
                 except QuestionTooLong as exc:
                     error = str(exc)
+                if not passages:
+                    built = None  # nothing to ask the model: the answer says so
             messages.append(built.messages if built else [])
             used.append(built.passages if built else 0)
             trimmed.append(built.trimmed if built else 0)

@@ -66,11 +66,14 @@ def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 
 def isolated_env(stack: dict[str, str], name: str) -> Iterator[dict[str, str]]:
-    """The stack's environment with an inbox, a quarantine and a vector collection of its own."""
+    """The stack's environment with an inbox, a quarantine, queries and answers prefixes and a vector
+    collection of its own."""
     from include.settings import get_settings
 
     overrides = {"PIPELINE_INBOX_URI": f"s3://documents/{name}/inbox/",
                  "PIPELINE_QUARANTINE_URI": f"s3://documents/{name}/quarantine/",
+                 "PIPELINE_QUERIES_URI": f"s3://documents/{name}/queries/",
+                 "PIPELINE_ANSWERS_URI": f"s3://documents/{name}/answers/",
                  "PIPELINE_CHROMA_COLLECTION": name}
     patch = pytest.MonkeyPatch()
     for key, value in overrides.items():
@@ -83,17 +86,17 @@ def isolated_env(stack: dict[str, str], name: str) -> Iterator[dict[str, str]]:
         get_settings.cache_clear()
 
 
-def dag_test(env: dict[str, str], conf: str | None = None) -> str:
+def dag_test(env: dict[str, str], conf: str | None = None, dag_id: str = DAG_ID) -> str:
     """One run of the DAG through Airflow; its run id."""
-    run(env, AIRFLOW, "dags", "test", DAG_ID, *(["-c", conf] if conf else []), check=False)
-    return airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID)
+    run(env, AIRFLOW, "dags", "test", dag_id, *(["-c", conf] if conf else []), check=False)
+    return airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), dag_id)
 
 
-def ray_jobs_of(env: dict[str, str], run_id: str) -> list:
+def ray_jobs_of(env: dict[str, str], run_id: str, dag_id: str = DAG_ID) -> list:
     from ray.job_submission import JobSubmissionClient
 
     jobs = JobSubmissionClient(env["RAY_ADDRESS"]).list_jobs()
-    return [j for j in jobs if j.submission_id.startswith(f"airflow-{DAG_ID}") and j.metadata.get("run_id") == run_id]
+    return [j for j in jobs if j.submission_id.startswith(f"airflow-{dag_id}") and j.metadata.get("run_id") == run_id]
 
 
 def chroma(settings):
