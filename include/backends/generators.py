@@ -7,7 +7,8 @@
   ``generator_base_url``), with the SDK's retries and cost from the price table.
 - ``HuggingFaceGenerator``: a transformers causal LM (Qwen2.5-0.5B-Instruct by default) on a
   GPU when the actor has one. It needs the weights on the worker (a folder, or the Hugging
-  Face cache): not run on the machine this project is tested on.
+  Face cache). Given ``packaged:SmolLM2-135M-Instruct``, transformers loads the same GGUF
+  (de-quantized): that is how its code runs in the tests here, on a CPU.
 
 Each backend also gives a ``TokenCounter``, cheap to build without the model, so the
 prompt builder can keep a prompt inside the context window with the generator's own
@@ -175,6 +176,15 @@ class _TiktokenTokens:
 # --- Hugging Face transformers (GPU clusters) ---------------------------------------
 
 
+def hf_source(model: str) -> tuple[str, dict[str, str]]:
+    """What ``from_pretrained`` takes for ``model``: a hub id or folder, or the packaged GGUF
+    (transformers de-quantizes it: the same code path, runnable offline on a CPU)."""
+    if model == PACKAGED_SMOLLM2:
+        folder, name = os.path.split(gguf_path(model))
+        return folder, {"gguf_file": name}
+    return model, {}
+
+
 class HuggingFaceGenerator:
     """Greedy decoding with the model's chat template; on ``cuda`` when the actor has a GPU."""
 
@@ -184,9 +194,10 @@ class HuggingFaceGenerator:
 
         self.model = generator_model(settings)
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        source, options = hf_source(self.model)
+        self._tokenizer = AutoTokenizer.from_pretrained(source, **options)
         self._model = AutoModelForCausalLM.from_pretrained(
-            self.model, dtype=torch.bfloat16 if self._device == "cuda" else torch.float32
+            source, dtype=torch.bfloat16 if self._device == "cuda" else torch.float32, **options
         ).to(self._device)
         self._model.eval()
         self._max_tokens = settings.generator_max_new_tokens
@@ -222,7 +233,8 @@ class _HuggingFaceTokens:
     def __init__(self, model: str) -> None:
         from transformers import AutoTokenizer
 
-        self._tokenizer = AutoTokenizer.from_pretrained(model)
+        source, options = hf_source(model)
+        self._tokenizer = AutoTokenizer.from_pretrained(source, **options)
 
     def __call__(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -21,7 +21,7 @@ from include.query.pipeline import (
     read_answers,
     run_job,
 )
-from include.query.prompts import NO_PASSAGES, build_prompt, cited
+from include.query.prompts import NO_PASSAGES, build_prompt, cited, render
 from include.query.steps import ANSWER_SCHEMA, PASSAGE, EmbedQuestions
 from include.retrieval import Passage
 from include.settings import PipelineSettings
@@ -209,3 +209,17 @@ def test_a_file_needs_answers_until_its_current_version_has_them(ingested, monke
     assert [info.uri for info in planning.pending(settings)] == [uri]
     with pytest.raises(ValueError, match="not a questions file"):
         planning.pending(settings, keys=["notes.txt"])
+
+
+def test_the_huggingface_generator_runs_the_packaged_model_on_a_cpu():
+    """The GPU backend's code, for real: transformers loads the packaged GGUF instead of Qwen."""
+    from include.backends.generators import HuggingFaceGenerator
+
+    settings = PipelineSettings(generator="huggingface", generator_model="packaged:SmolLM2-135M-Instruct",
+                                generator_max_new_tokens=24)
+    messages = render("What is the maximum daily dose?", ["[1] (protocol.pdf, page 2)\nThe maximum daily dose is 2000 mg."])
+    generation = HuggingFaceGenerator(settings).generate(messages)
+    assert generation.text and generation.finish_reason in ("stop", "length")
+    assert 0 < generation.usage.completion_tokens <= 24
+    # The prompt builder's count, with the same tokenizer, bounds what the model read.
+    assert 0 < generation.usage.prompt_tokens <= messages_tokens(build_token_counter(settings), messages)
