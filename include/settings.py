@@ -238,10 +238,11 @@ class PipelineSettings(BaseSettings):
     # One actor per step by default, and CPUs that add up to less than the local stack's two:
     # every pool's actors hold their CPUs for the whole job, and the read and write tasks
     # (query_io_cpus each) need the rest. The generator does the heavy work.
-    query_embed_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.25)
-    retrieve_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.25)
-    prompt_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.25)
-    generate_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=1.0)
+    query_embed_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.1)
+    retrieve_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.1)
+    prompt_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=0.1)
+    # llama.cpp runs ceil(actor_cpus) threads: 2 on the local stack's two CPUs.
+    generate_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=1.5)
     query_io_cpus: float = Field(default=0.1, gt=0, description="CPUs of each Parquet read or write task.")
     openai_max_retries: int = Field(
         default=5, ge=0, description="Retries of a 429 or 5xx by the OpenAI SDK (exponential backoff "

@@ -18,6 +18,7 @@ tokenizer.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -100,14 +101,14 @@ class _LlamaTokens:
 
 
 class SmolLM2Generator:
-    def __init__(self, settings: PipelineSettings, threads: int | None = None) -> None:
+    def __init__(self, settings: PipelineSettings) -> None:
         from llama_cpp import Llama
 
         self.model = generator_model(settings)
         self._llm = Llama(
             model_path=gguf_path(self.model),
             n_ctx=settings.generator_context_tokens,
-            n_threads=threads or max(1, int(settings.generate_pool.actor_cpus)),
+            n_threads=math.ceil(settings.generate_pool.actor_cpus),
             verbose=False,
         )
         self._max_tokens = settings.generator_max_new_tokens
