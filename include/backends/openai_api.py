@@ -51,11 +51,14 @@ def openai_client(settings: PipelineSettings, base_url: str | None) -> Any:
 
 @lru_cache(maxsize=8)
 def token_encoding(model: str) -> Any:
-    """The model's tiktoken-compatible encoding, from the files bpe-openai ships (tiktoken would
-    download them). A model it does not know is counted with o200k_base, GPT-4o's encoding."""
+    """The model's tiktoken encoding (tiktoken's own model-to-encoding map), built from the BPE files
+    bpe-openai ships: tiktoken itself would download them. A model tiktoken does not know is
+    counted with o200k_base, GPT-4o's encoding."""
     import bpe_openai
+    from tiktoken.model import encoding_name_for_model
 
     try:
-        return bpe_openai.encoding_for_model(model)
-    except bpe_openai.UnsupportedModelError:
-        return bpe_openai.get_encoding("o200k_base")
+        name = encoding_name_for_model(model)
+    except KeyError:
+        name = "o200k_base"
+    return bpe_openai.get_encoding(name)

@@ -8,17 +8,25 @@ embedding function (which downloads a model) is never used. Embedded writes take
 file lock, because several Ray jobs on one machine may load documents at the same
 time and Chroma's SQLite file is not made for concurrent writers; a server
 serialises writes itself, so its clients take no lock.
+
+``PineconeStore`` (``vector_store=pinecone``) keeps the same contract on a serverless
+Pinecone index: requests within Pinecone's limits, metadata cut to its per-record size.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from include.documents import id_prefix
 from include.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
 
 # Metadata travels as scalars: Chroma accepts str, int, float and bool values only.
 Metadata = dict[str, str | int | float | bool]
@@ -173,7 +181,157 @@ class ChromaStore:
         ]
 
 
+# Pinecone's limits (docs.pinecone.io, "Database limits"): a little under each, since the SDK's
+# encoding of a request is not ours byte for byte.
+PINECONE_MAX_UPSERT_BYTES = 2 * 1024 * 1024 * 9 // 10
+PINECONE_MAX_UPSERT_VECTORS = 1000
+PINECONE_MAX_METADATA_BYTES = 40 * 1024 - 512
+PINECONE_MAX_IDS_PER_CALL = 1000  # fetch and delete by ids
+# Fields cut, in this order, when a record's metadata is over the limit: the longest first.
+PINECONE_TRIMMABLE = ("text", "entities", "key_phrases", "heading")
+
+
+def _json_bytes(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def fit_metadata(metadata: Metadata, limit: int = PINECONE_MAX_METADATA_BYTES) -> tuple[Metadata, list[str]]:
+    """``metadata`` within Pinecone's per-record limit: long fields cut (the fields named in
+    ``trimmed``), so a record is never refused for its size."""
+    metadata, trimmed = dict(metadata), []
+    for name in PINECONE_TRIMMABLE:
+        excess = _json_bytes(metadata) - limit
+        if excess <= 0:
+            break
+        value = metadata.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        keep = max(0, len(value.encode("utf-8")) - excess - 64)
+        metadata[name] = value.encode("utf-8")[:keep].decode("utf-8", errors="ignore")
+        trimmed.append(name)
+    if trimmed:
+        metadata["trimmed"] = ",".join(trimmed)
+    return metadata, trimmed
+
+
+def upsert_batches(records: list[dict[str, object]]) -> list[list[dict[str, object]]]:
+    """Consecutive runs of records that each make an upsert request within Pinecone's limits."""
+    batches: list[list[dict[str, object]]] = []
+    size = 0
+    for record in records:
+        record_bytes = _json_bytes(record) + 1
+        if not batches or len(batches[-1]) >= PINECONE_MAX_UPSERT_VECTORS or size + record_bytes > PINECONE_MAX_UPSERT_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(record)
+        size += record_bytes
+    return batches
+
+
+class PineconeStore:
+    """A serverless Pinecone index, one namespace of it.
+
+    The index is created on the first write, with the embedder's dimension, the cosine metric
+    and the embedder's name as a tag; a store made by another embedder is refused. The chunk's
+    text travels in the metadata (``text``): Pinecone has no separate document field. The API
+    key comes from ``PINECONE_API_KEY`` on the worker; the SDK retries 429 and 5xx answers.
+    """
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        from pinecone import Pinecone
+
+        self._pinecone = Pinecone(host=settings.pinecone_host) if settings.pinecone_host else Pinecone()
+        self._settings = settings
+        self._name = settings.pinecone_index
+        self._namespace = settings.pinecone_namespace
+        self._index: Any = None
+        self.location = f"pinecone://{self._name}/{self._namespace}"
+
+    def _open(self) -> Any:
+        if self._index is None and self._pinecone.has_index(self._name):
+            self._index = self._pinecone.Index(name=self._name)
+        return self._index
+
+    def embedder(self) -> EmbedderInfo | None:
+        if not self._pinecone.has_index(self._name):
+            return None
+        description = self._pinecone.describe_index(self._name)
+        tags = description.tags or {}
+        # An index made elsewhere has no tag: it is known by its dimension only.
+        return EmbedderInfo(tags.get("embedder", "?"), int(description.dimension))
+
+    def bind_embedder(self, info: EmbedderInfo) -> None:
+        recorded = self.embedder()
+        if recorded is None:
+            from pinecone import ServerlessSpec
+
+            self._pinecone.create_index(
+                name=self._name, dimension=info.dimension, metric="cosine", tags={"embedder": info.name},
+                spec=ServerlessSpec(cloud=self._settings.pinecone_cloud, region=self._settings.pinecone_region),
+            )
+            log.info("created Pinecone index %s (%d dimensions, cosine) for %s", self._name, info.dimension, info.name)
+            return
+        check_embedder(self, info if recorded.name != "?" else EmbedderInfo("?", info.dimension))
+
+    def upsert(self, records: list[VectorRecord]) -> None:
+        index = self._open()
+        if index is None:
+            raise RuntimeError(f"{self.location}: no index yet (bind_embedder creates it)")
+        rows = []
+        for record in records:
+            metadata, trimmed = fit_metadata({**record.metadata, "text": record.text})
+            if trimmed:
+                log.warning("%s: metadata over Pinecone's 40 KB per record: cut %s", record.id, ", ".join(trimmed))
+            rows.append({"id": record.id, "values": record.vector, "metadata": metadata})
+        for batch in upsert_batches(rows):
+            index.upsert(vectors=batch, namespace=self._namespace)
+
+    def _ids(self, prefix: str) -> list[str]:
+        index = self._open()
+        if index is None:
+            return []
+        return [item.id for page in index.list(prefix=prefix, namespace=self._namespace) for item in page.vectors]
+
+    def _fetch(self, ids: list[str]) -> Iterator[tuple[str, Metadata]]:
+        index = self._open()
+        for start in range(0, len(ids), PINECONE_MAX_IDS_PER_CALL):
+            found = index.fetch(ids=ids[start : start + PINECONE_MAX_IDS_PER_CALL], namespace=self._namespace)
+            for vector_id, vector in found.vectors.items():
+                yield vector_id, dict(vector.metadata or {})
+
+    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int:
+        """Remove this source's vectors that the latest load did not write (ids share a prefix
+        per source name; the metadata says which source each one is)."""
+        candidates = [i for i in self._ids(id_prefix(source_uri)) if i not in keep_ids]
+        stale = [i for i, meta in self._fetch(candidates) if meta.get("source_uri") == source_uri]
+        for start in range(0, len(stale), PINECONE_MAX_IDS_PER_CALL):
+            self._open().delete(ids=stale[start : start + PINECONE_MAX_IDS_PER_CALL], namespace=self._namespace)
+        return len(stale)
+
+    def count(self, doc_id: str | None = None) -> int:
+        return len(self._ids(f"{doc_id}#" if doc_id else ""))
+
+    def scan(self) -> Iterator[tuple[str, str, Metadata]]:
+        for vector_id, metadata in self._fetch(self._ids("")):
+            yield vector_id, str(metadata.pop("text", "")), metadata
+
+    def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]:
+        index = self._open()
+        if index is None:
+            return []
+        found = index.query(vector=vector, top_k=k, filter=where or None, include_metadata=True,
+                            namespace=self._namespace)
+        hits = []
+        for match in found.matches:
+            metadata = dict(match.metadata or {})
+            hits.append(Hit(id=match.id, score=float(match.score), text=str(metadata.pop("text", "")),
+                            metadata=metadata))
+        return hits
+
+
 def build_vector_store(settings: PipelineSettings) -> VectorStore:
     if settings.vector_store == "chroma":
         return ChromaStore(settings)
+    if settings.vector_store == "pinecone":
+        return PineconeStore(settings)
     raise ValueError(f"unknown vector store {settings.vector_store!r}")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
 from typing import Any
 
 from include.backends.embedders import build_embedder
+from include.backends.openai_api import Usage
 from include.settings import PipelineSettings
 from include.stages.base import AssembleContext, ChunkRows, DocInput, Metrics, Outputs, Part, chunk_parts
 
@@ -28,10 +30,10 @@ class ChunkEmbedder:
         self._embedder = build_embedder(settings)
         self._rows = ChunkRows(settings)
 
-    def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
+    def __call__(self, doc: DocInput, part: Part) -> dict[str, Any]:
         rows = self._rows(doc, part)
         result = self._embedder.embed([row["text"] for row in rows])
-        return [
+        return {"usage": asdict(result.usage), "rows": [
             {
                 **{name: row[name] for name in _COLUMNS},
                 "entities": json.dumps(row["entities"], sort_keys=True),
@@ -41,14 +43,17 @@ class ChunkEmbedder:
                 "windows": windows,
             }
             for row, vector, tokens, windows in zip(rows, result.vectors, result.tokens, result.windows)
-        ]
+        ]}
 
 
-def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tuple[Outputs, Metrics]:
+def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outputs, Metrics]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [row for payload in payloads for row in payload]
+    rows = [row for payload in payloads for row in payload["rows"]]
+    usage = Usage()
+    for payload in payloads:
+        usage.add(Usage(**payload["usage"]))
     columns = {name: [row[name] for row in rows] for name in (*_COLUMNS, "entities", "key_phrases")}
     columns["vector"] = pa.array([row["vector"] for row in rows], type=pa.list_(pa.float32()))
     sink = io.BytesIO()
@@ -59,4 +64,8 @@ def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tupl
         "dimension": len(rows[0]["vector"]) if rows else 0,
         "tokens": sum(row["tokens"] for row in rows),
         "windowed_chunks": sum(row["windows"] > 1 for row in rows),
+        # What a paid API charged (zero for a local model).
+        "requests": usage.requests,
+        "retries": usage.retries,
+        "cost_usd": round(usage.cost_usd, 6),
     }
