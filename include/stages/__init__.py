@@ -41,9 +41,9 @@ STAGES: dict[str, Stage] = {
             enrich.ChunkEnricher,
             enrich.assemble,
             ("enricher", "spacy_model", "pii_entities", "pii_score_threshold", "redact_people",
-             "key_phrases_per_chunk"),
+             "key_phrases_per_chunk", "enrich_model"),
             pool="enrich_pool",
-            code_modules=("include.backends.enrichers", "include.pii_shapes"),
+            code_modules=("include.backends.enrichers", "include.backends.openai_api", "include.pii_shapes"),
             libraries=("presidio-analyzer", "spacy", "yake", "drug-named-entity-recognition", "phonenumbers"),
         ),
         Stage(

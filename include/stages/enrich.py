@@ -8,6 +8,7 @@ through spaCy in one ``nlp.pipe`` pass. The metrics count each kind of redaction
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 from include.backends.enrichers import build_enricher
@@ -36,6 +37,7 @@ class ChunkEnricher:
                 "redactions": result.redactions,
                 "entities": result.entities,
                 "key_phrases": result.key_phrases,
+                "llm_usage": {**asdict(result.usage), "fallback": int(result.fallback)},
             }
             for row, result in zip(rows, results)
         ]
@@ -50,4 +52,9 @@ def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tupl
     # SAFETY_NET counts redactions already counted by kind: how many the safety net made.
     metrics: Metrics = {"chunks": len(rows), "redactions": sum(n for k, n in redactions.items() if k != "SAFETY_NET")}
     metrics.update({f"redactions_{kind.lower()}": n for kind, n in sorted(redactions.items())})
+    # What an LLM enricher's calls cost (nothing for the local one); fallbacks: chunks the model
+    # answered badly twice, enriched locally instead.
+    for name in ("requests", "prompt_tokens", "completion_tokens", "retries", "cost_usd", "fallback"):
+        total = sum(row["llm_usage"][name] for row in rows)
+        metrics["llm_fallbacks" if name == "fallback" else name] = round(total, 6) if name == "cost_usd" else total
     return {"chunks": uri}, metrics
