@@ -264,7 +264,7 @@ class _Ending:
     stage: str | None = None
     error: str | None = None
     bad_file: bool = False
-    metrics: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] | None]]) -> dict[str, Any]:
@@ -338,7 +338,7 @@ def _stage_results(
 
 def _ending(document: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, DocumentOutcome]]) -> _Ending:
     """The first stage that did not succeed for the document, or none: it is ingested."""
-    metrics: dict[str, int] = {}
+    metrics: dict[str, float] = {"cost_usd": 0.0}
     for stage in STAGE_ORDER:
         outcome = outcomes[stage].get(document.doc_id)
         if outcome is None:
@@ -346,4 +346,6 @@ def _ending(document: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, 
         if outcome.status == "failed":
             return _Ending(document, stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file)
         metrics.update({k: int(v) for k, v in outcome.metrics.items() if k in report.DOCUMENT_METRICS})
+        metrics["cost_usd"] += outcome.metrics.get("cost_usd", 0.0)  # enrich and embed, on a paid API
+    metrics["cost_usd"] = round(metrics["cost_usd"], 6)
     return _Ending(document, metrics=metrics)

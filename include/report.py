@@ -40,6 +40,7 @@ def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[st
         "succeeded": counts["ingested"],
         "failed": failed,
         "counts": counts,
+        "cost": cost(stages, counts["ingested"]),
         "stages": stages,
         "touched": documents,
         "deleted": plan.deleted,
@@ -47,10 +48,25 @@ def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[st
     }
 
 
+def cost(stages: dict[str, dict[str, float]], ingested: int) -> dict[str, float]:
+    """What the run's calls to paid APIs cost (the price table in the settings), in all, per
+    ingested document and per 1,000 pages extracted; zero on the local backends."""
+    spent = {name: sum(totals.get(name, 0.0) for totals in stages.values())
+             for name in ("requests", "prompt_tokens", "completion_tokens", "retries", "cost_usd")}
+    pages = stages.get("extract", {}).get("pages", 0.0)
+    return {
+        **{name: round(value, 6) if name == "cost_usd" else int(value) for name, value in spent.items()},
+        "by_stage_usd": {stage: round(totals["cost_usd"], 6) for stage, totals in stages.items() if totals.get("cost_usd")},
+        "per_document_usd": round(spent["cost_usd"] / ingested, 6) if ingested else 0.0,
+        "per_1000_pages_usd": round(spent["cost_usd"] * 1000 / pages, 4) if pages else 0.0,
+    }
+
+
 def for_xcom(summary: dict[str, Any], max_failed: int = 50) -> dict[str, Any]:
     """The summary without per-document rows (those are in the report): numbers, the report's
     URI, and the first failures so the UI shows why a run failed."""
-    compact = {key: summary[key] for key in ("report_uri", "documents", "batches", "succeeded", "counts", "stages")}
+    compact = {key: summary[key] for key in ("report_uri", "documents", "batches", "succeeded", "counts", "cost",
+                                             "stages")}
     compact["failed"] = summary["failed"][:max_failed]
     compact["failed_total"] = len(summary["failed"])
     return compact
@@ -101,10 +117,17 @@ def markdown(summary: dict[str, Any]) -> str:
                    if name.startswith("redactions_")}
         if by_kind:
             lines += ["Redactions by kind: " + ", ".join(f"{kind} {n}" for kind, n in sorted(by_kind.items())), ""]
+    spent = summary["cost"]
+    if spent["requests"]:
+        by_stage = ", ".join(f"{stage} ${usd:.4f}" for stage, usd in spent["by_stage_usd"].items())
+        lines += [f"Cost: ${spent['cost_usd']:.4f} ({by_stage}): ${spent['per_document_usd']:.4f} per document, "
+                  f"${spent['per_1000_pages_usd']:.2f} per 1,000 pages; {spent['requests']} requests "
+                  f"({spent['retries']} retried), {spent['prompt_tokens']} tokens in, "
+                  f"{spent['completion_tokens']} out.", ""]
     if summary["touched"]:
-        header = ["document", "why", "status", "pages", "chunks", "vectors", "stopped at", "cause"]
+        header = ["document", "why", "status", "pages", "chunks", "vectors", "cost $", "stopped at", "cause"]
         rows = [[row["source_uri"], row["reason"], row["status"], *(row.get(m) for m in ("pages", "chunks", "vectors")),
-                 row["stage"], row["error"]] for row in summary["touched"]]
+                 f"{row.get('cost_usd', 0.0):.4f}", row["stage"], row["error"]] for row in summary["touched"]]
         lines += ["## Documents", "", *_table(header, rows), ""]
     for title, items in (("Deleted from the inbox (vectors removed)", summary["deleted"]),
                          ("Held by another run", [f"{uri} (run {run})" for uri, run in summary["held"].items()])):

@@ -378,7 +378,10 @@ def run_stage(
                 continue
             outcomes.append(DocumentOutcome(
                 doc_id=item.document.doc_id, source_uri=item.document.source_uri, status="succeeded",
-                manifest_uri=target, reused=True, metrics={**previous.metrics, "seconds": 0.0, "reused": 1.0},
+                manifest_uri=target, reused=True,
+                # Reused work took no time and cost nothing this time.
+                metrics={**previous.metrics, **{k: 0.0 for k in SPEND_METRICS if k in previous.metrics},
+                         "seconds": 0.0, "reused": 1.0},
             ))
             progress.add(succeeded=1, reused=1)
         if outcomes:
@@ -433,6 +436,8 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
                            manifest_uri=target, metrics=metrics)
 
 
+# What calls to a paid API used (enrich, embed): spent once, not again when a result is reused.
+SPEND_METRICS = ("requests", "prompt_tokens", "completion_tokens", "retries", "cost_usd")
 # Metrics that describe a setting or a peak: totals keep their maximum, not a sum.
 PEAK_METRICS = frozenset({"dimension", "actors", "max_chunk_chars"})
 

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from include.backends.enrichers import build_enricher
+from include.backends.openai_api import Usage
 from include.settings import PipelineSettings
 from include.stages.base import AssembleContext, ChunkRows, DocInput, Metrics, Outputs, Part, chunk_parts
 
@@ -23,28 +24,35 @@ class ChunkEnricher:
         self._enricher = build_enricher(settings)
         self._rows = ChunkRows(settings)
 
-    def __call__(self, doc: DocInput, part: Part) -> list[dict[str, Any]]:
+    def __call__(self, doc: DocInput, part: Part) -> dict[str, Any]:
         rows = self._rows(doc, part)
         results = self._enricher.enrich_many([row["text"] for row in rows])
         # A chunk's heading travels as metadata: it is redacted too (once per distinct heading).
         headings = sorted({row["heading"] for row in rows if row.get("heading")})
-        redacted = dict(zip(headings, (r.text for r in self._enricher.enrich_many(headings)))) if headings else {}
-        return [
-            {
-                **row,
-                "heading": redacted.get(row["heading"], row["heading"]),
-                "text": result.text,
-                "redactions": result.redactions,
-                "entities": result.entities,
-                "key_phrases": result.key_phrases,
-                "llm_usage": {**asdict(result.usage), "fallback": int(result.fallback)},
-            }
-            for row, result in zip(rows, results)
-        ]
+        heading_results = self._enricher.enrich_many(headings) if headings else []
+        redacted = {heading: result.text for heading, result in zip(headings, heading_results)}
+        usage = Usage()
+        for result in [*results, *heading_results]:
+            usage.add(result.usage)
+        return {
+            "usage": asdict(usage),
+            "fallbacks": sum(result.fallback for result in [*results, *heading_results]),
+            "rows": [
+                {
+                    **row,
+                    "heading": redacted.get(row["heading"], row["heading"]),
+                    "text": result.text,
+                    "redactions": result.redactions,
+                    "entities": result.entities,
+                    "key_phrases": result.key_phrases,
+                }
+                for row, result in zip(rows, results)
+            ],
+        }
 
 
-def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tuple[Outputs, Metrics]:
-    rows = [row for payload in payloads for row in payload]
+def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outputs, Metrics]:
+    rows = [row for payload in payloads for row in payload["rows"]]
     redactions: Counter[str] = Counter()
     for row in rows:
         redactions.update(row["redactions"])
@@ -54,7 +62,10 @@ def assemble(ctx: AssembleContext, payloads: list[list[dict[str, Any]]]) -> tupl
     metrics.update({f"redactions_{kind.lower()}": n for kind, n in sorted(redactions.items())})
     # What an LLM enricher's calls cost (nothing for the local one); fallbacks: chunks the model
     # answered badly twice, enriched locally instead.
-    for name in ("requests", "prompt_tokens", "completion_tokens", "retries", "cost_usd", "fallback"):
-        total = sum(row["llm_usage"][name] for row in rows)
-        metrics["llm_fallbacks" if name == "fallback" else name] = round(total, 6) if name == "cost_usd" else total
+    usage = Usage()
+    for payload in payloads:
+        usage.add(Usage(**payload["usage"]))
+    metrics.update(requests=usage.requests, prompt_tokens=usage.prompt_tokens,
+                   completion_tokens=usage.completion_tokens, retries=usage.retries,
+                   cost_usd=round(usage.cost_usd, 6), llm_fallbacks=sum(p["fallbacks"] for p in payloads))
     return {"chunks": uri}, metrics
