@@ -66,6 +66,7 @@ def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outp
         "windowed_chunks": sum(row["windows"] > 1 for row in rows),
         # What a paid API charged (zero for a local model).
         "requests": usage.requests,
+        "prompt_tokens": usage.prompt_tokens,
         "retries": usage.retries,
         "cost_usd": round(usage.cost_usd, 6),
     }

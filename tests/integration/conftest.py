@@ -29,6 +29,10 @@ TEST_PORTS = {"STACK_S3_PORT": "21333", "STACK_RAY_DASHBOARD_PORT": "28265", "ST
 # A run finds out quickly that there is no work; a file over 64 KiB is too big.
 TEST_SETTINGS = {"PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_SENSOR_TIMEOUT_SECONDS": "12",
                  "PIPELINE_SENSOR_POKE_SECONDS": "4", "PIPELINE_MAX_DOCUMENT_BYTES": str(64 * 1024)}
+# The keys the cloud backends read on the workers, from their own environment: the Ray head is
+# started with them, as a cluster's nodes would be. Fake values, for the local fakes of the APIs;
+# the tests check that no job ever carries them.
+WORKER_SECRETS = {"OPENAI_API_KEY": "sk-test-worker-only-5b1e0c", "PINECONE_API_KEY": "pc-test-worker-only-9d2c4a"}
 
 
 def run(env: dict[str, str], *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -46,7 +50,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
 
     patch = pytest.MonkeyPatch()
     work = tmp_path_factory.mktemp("stack") / "work"
-    for name, value in {**TEST_PORTS, **TEST_SETTINGS, "PIPELINE_WORK_DIR": str(work)}.items():
+    for name, value in {**TEST_PORTS, **TEST_SETTINGS, **WORKER_SECRETS, "PIPELINE_WORK_DIR": str(work)}.items():
         patch.setenv(name, value)
     for name, value in stack_env().items():  # this process reads the stack like the DAG does
         patch.setenv(name, value)
@@ -65,16 +69,16 @@ def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
         get_settings.cache_clear()
 
 
-def isolated_env(stack: dict[str, str], name: str) -> Iterator[dict[str, str]]:
+def isolated_env(stack: dict[str, str], name: str, **settings: str) -> Iterator[dict[str, str]]:
     """The stack's environment with an inbox, a quarantine, queries and answers prefixes and a vector
-    collection of its own."""
+    collection of its own, and any other ``PIPELINE_*`` settings given."""
     from include.settings import get_settings
 
     overrides = {"PIPELINE_INBOX_URI": f"s3://documents/{name}/inbox/",
                  "PIPELINE_QUARANTINE_URI": f"s3://documents/{name}/quarantine/",
                  "PIPELINE_QUERIES_URI": f"s3://documents/{name}/queries/",
                  "PIPELINE_ANSWERS_URI": f"s3://documents/{name}/answers/",
-                 "PIPELINE_CHROMA_COLLECTION": name}
+                 "PIPELINE_CHROMA_COLLECTION": name, **settings}
     patch = pytest.MonkeyPatch()
     for key, value in overrides.items():
         patch.setenv(key, value)

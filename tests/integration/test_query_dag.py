@@ -17,7 +17,7 @@ from include.query import evaluation
 from include.query.pipeline import MARKER, read_answers
 from include.query.prompts import NO_PASSAGES
 from include.query.steps import ANSWER_SCHEMA, PASSAGE
-from tests.integration.conftest import AIRFLOW, dag_test, isolated_env, ray_jobs_of, run
+from tests.integration.conftest import AIRFLOW, WORKER_SECRETS, dag_test, isolated_env, ray_jobs_of, run
 from tools import airflow_db
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_a_dropped_questions_file_is_answered_by_one_ray_job_that_carries_no_sec
     assert len(jobs) == 1 and str(jobs[0].status) == "SUCCEEDED"
     assert jobs[0].entrypoint.startswith("python -m include.query run --questions")
     shown = repr(jobs[0])  # what the Job API (and so the dashboard) shows of it
-    for secret in ("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"]):
+    for secret in ("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"], *WORKER_SECRETS.values()):
         assert secret not in shown
 
 
