@@ -276,6 +276,14 @@ class PipelineSettings(BaseSettings):
     # llama.cpp runs ceil(actor_cpus) threads: 2 on the local stack's two CPUs.
     generate_pool: PoolSettings = PoolSettings(max_actors=1, actor_cpus=1.5)
     query_io_cpus: float = Field(default=0.1, gt=0, description="CPUs of each Parquet read or write task.")
+    secrets_manager_secret: str | None = Field(
+        default=None,
+        description="Name of an AWS Secrets Manager secret (JSON: OPENAI_API_KEY, PINECONE_API_KEY) the "
+        "workers read their API keys from, when their environment does not have them.",
+    )
+    secrets_manager_endpoint_url: str | None = Field(
+        default=None, description="Secrets Manager endpoint; unset = AWS's (a VPC endpoint, or a test fake)."
+    )
     openai_max_retries: int = Field(
         default=5, ge=0, description="Retries of a 429 or 5xx by the OpenAI SDK (exponential backoff "
         "with jitter, honouring Retry-After)."

@@ -1,7 +1,8 @@
 """What every OpenAI-compatible backend shares: the SDK client, its retries, token counts, cost.
 
 The key is read by the SDK from ``OPENAI_API_KEY`` in the environment of the process that
-makes the calls (a Ray worker), never from the settings a job is submitted with. Retries of
+makes the calls (a Ray worker; see ``include.backends.secrets``), never from the settings a
+job is submitted with. Retries of
 429 and 5xx answers are the SDK's own (exponential backoff with jitter, honouring
 ``Retry-After``), ``openai_max_retries`` of them; each call reports how many it took.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from include.backends.secrets import load_worker_secrets
 from include.settings import PipelineSettings
 
 
@@ -43,6 +45,8 @@ def cost_usd(settings: PipelineSettings, model: str, prompt_tokens: int, complet
 
 def openai_client(settings: PipelineSettings, base_url: str | None) -> Any:
     import openai
+
+    load_worker_secrets(settings)
 
     return openai.OpenAI(
         base_url=base_url, max_retries=settings.openai_max_retries, timeout=settings.openai_timeout_seconds

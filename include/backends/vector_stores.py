@@ -240,6 +240,9 @@ class PineconeStore:
     def __init__(self, settings: PipelineSettings) -> None:
         from pinecone import Pinecone
 
+        from include.backends.secrets import load_worker_secrets
+
+        load_worker_secrets(settings)
         self._pinecone = Pinecone(host=settings.pinecone_host) if settings.pinecone_host else Pinecone()
         self._settings = settings
         self._name = settings.pinecone_index
