@@ -6,8 +6,9 @@ each becomes one Ray job (embed -> retrieve -> prompt -> generate, each step an 
 that writes ``<answers_uri>/<file>/part-*.parquet``. Questions with ``expected_source`` and
 ``expected_page`` columns are scored too (hit@1, hit@5, MRR), in the job's metrics.
 
-Trigger with ``{"keys": ["q.parquet"]}`` to answer those files now, and with
-``{"reanswer": true}`` to answer files that already have answers again.
+Trigger with ``{"keys": ["q.parquet"]}`` to answer those files now, with
+``{"reanswer": true}`` to answer files that already have answers again, and with
+``{"where": {"doc_id": "..."}}`` to retrieve only from matching passages.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ with DAG(
     params={
         "keys": Param([], type="array", description="Only these questions files (relative to the queries prefix)."),
         "reanswer": Param(False, type="boolean", description="Answer files that already have answers again."),
+        "where": Param({}, type="object",
+                       description='Metadata filter for retrieval, e.g. {"doc_id": "..."} (empty: everything).'),
     },
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True,
                   "execution_timeout": timedelta(hours=2)},
@@ -62,7 +65,8 @@ with DAG(
     @task
     def plan_questions(params: dict | None = None, dag_run=None) -> list[dict]:
         params = params or {}
-        return planning.plan(dag_run.dag_id, dag_run.run_id, params.get("keys"), bool(params.get("reanswer")))
+        return planning.plan(dag_run.dag_id, dag_run.run_id, params.get("keys"), bool(params.get("reanswer")),
+                             params.get("where") or None)
 
     jobs = plan_questions()
     answer_questions = RayJobOperator.partial(

@@ -10,6 +10,7 @@ back, and XCom carries its URIs and metrics only.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from typing import Any
@@ -74,13 +75,16 @@ def pending(settings: PipelineSettings, keys: list[str] | None = None, reanswer:
     return [info for info in listing if not is_answered(storage, settings, info)]
 
 
-def plan(dag_id: str, run_id: str, keys: list[str] | None = None, reanswer: bool = False) -> list[dict[str, str]]:
-    """One Ray job per questions file: its entrypoint and where it writes its result."""
+def plan(dag_id: str, run_id: str, keys: list[str] | None = None, reanswer: bool = False,
+         where: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """One Ray job per questions file: its entrypoint and where it writes its result. ``where``
+    (a metadata filter, e.g. ``{"doc_id": ...}``) narrows every question's retrieval."""
     settings = get_settings()
     jobs = []
     folder = run_folder(settings.artifacts_uri, dag_id, run_id)
+    narrow = f" --where {shlex.quote(json.dumps(where))}" if where else ""
     for number, info in enumerate(pending(settings, keys, reanswer), 1):
-        entrypoint = f"python -m include.query run --questions {shlex.quote(info.uri)}"
+        entrypoint = f"python -m include.query run --questions {shlex.quote(info.uri)}{narrow}"
         jobs.append({"entrypoint": entrypoint, "result_prefix": join_uri(folder, f"questions-{number:04d}")})
         log.info("To answer: %s -> %s", info.uri, answers_uri_for(settings, info.uri))
     if not jobs:
