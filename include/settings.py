@@ -126,6 +126,18 @@ class PipelineSettings(BaseSettings):
         "pipeline runs. Unset: the model-free native pipeline runs (offline).",
     )
     docling_parser_threads: int = Field(default=1, ge=1)
+    describe_pictures: bool = Field(
+        default=False,
+        description="Describe each picture with a vision model (describe_model, OpenAI-compatible, at "
+        "openai_base_url); the description goes into the page's Markdown at the picture's place, marked "
+        "as generated. Off: pictures are counted only.",
+    )
+    describe_model: str = "gpt-4o"
+    describe_max_tokens: int = Field(default=150, ge=16, description="Longest picture description, in tokens.")
+    describe_min_points: float = Field(
+        default=48.0, gt=0, description="Pictures smaller than this on either side (in PDF points) are "
+        "decoration: not described."
+    )
     extract_pages_per_part: int = Field(
         default=32,
         ge=1,
