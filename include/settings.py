@@ -128,9 +128,9 @@ class PipelineSettings(BaseSettings):
     docling_parser_threads: int = Field(default=1, ge=1)
     describe_pictures: bool = Field(
         default=False,
-        description="Describe each picture with a vision model (describe_model, OpenAI-compatible, at "
-        "openai_base_url); the description goes into the page's Markdown at the picture's place, marked "
-        "as generated. Off: pictures are counted only.",
+        description="Describe each picture, and each table, with a vision model (describe_model, "
+        "OpenAI-compatible, at openai_base_url); the description goes into the page's Markdown at the "
+        "picture's place (after the table), marked as generated. Off: pictures are counted only.",
     )
     describe_model: str = "gpt-4o"
     describe_max_tokens: int = Field(default=150, ge=16, description="Longest picture description, in tokens.")

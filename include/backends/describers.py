@@ -1,4 +1,4 @@
-"""Describers: a picture's image in, a short description for the search index out.
+"""Describers: an image of a picture or a table in, a short description for the search index out.
 
 ``OpenAIDescriber`` sends the image (PNG, as a data URL) to an OpenAI-compatible vision model
 (GPT-4o by default) with the SDK's retries, and counts tokens and cost. There is no local
@@ -15,8 +15,8 @@ from include.backends.openai_api import Usage, cost_usd, openai_client
 from include.settings import PipelineSettings
 
 DESCRIBE_INSTRUCTIONS = (
-    "Describe this picture from a document for a search index, in at most three sentences: what it "
-    "shows, and any numbers, labels or trends it makes plain. Do not guess beyond what is visible."
+    "Describe this picture or table from a document for a search index, in at most three sentences: "
+    "what it shows, and any numbers, labels or trends it makes plain. Do not guess beyond what is visible."
 )
 
 
