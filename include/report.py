@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from include.backends.openai_api import SPEND_METRICS
 from include.batching import RunPlan
 from include.incremental import tally
 from include.storage import Storage, join_uri
@@ -51,8 +52,7 @@ def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[st
 def cost(stages: dict[str, dict[str, float]], ingested: int) -> dict[str, float]:
     """What the run's calls to paid APIs cost (the price table in the settings), in all, per
     ingested document and per 1,000 pages extracted; zero on the local backends."""
-    spent = {name: sum(totals.get(name, 0.0) for totals in stages.values())
-             for name in ("requests", "prompt_tokens", "completion_tokens", "retries", "cost_usd")}
+    spent = {name: sum(totals.get(name, 0.0) for totals in stages.values()) for name in SPEND_METRICS}
     pages = stages.get("extract", {}).get("pages", 0.0)
     return {
         **{name: round(value, 6) if name == "cost_usd" else int(value) for name, value in spent.items()},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from include.backends.openai_api import Usage, cost_usd, openai_client
+from include.backends.openai_api import Usage, call_usage, openai_client
 from include.settings import PipelineSettings
 
 DESCRIBE_INSTRUCTIONS = (
@@ -41,11 +41,8 @@ class OpenAIDescriber:
                                                    {"type": "image_url", "image_url": image}]}],
         )
         reply = raw.parse()
-        prompt, completion = (reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else (0, 0)
         text = " ".join((reply.choices[0].message.content or "").split())
-        return Description(text, self.model, Usage(requests=1, prompt_tokens=prompt, completion_tokens=completion,
-                                                   retries=raw.retries_taken,
-                                                   cost_usd=cost_usd(self._settings, self.model, prompt, completion)))
+        return Description(text, self.model, call_usage(self._settings, self.model, raw, reply))
 
 
 def build_describer(settings: PipelineSettings) -> OpenAIDescriber | None:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from include.backends.openai_api import Usage, cost_usd, openai_client, token_encoding
+from include.backends.openai_api import Usage, call_usage, openai_client, token_encoding
 from include.backends.vector_stores import EmbedderInfo
 from include.settings import PipelineSettings
 
@@ -136,9 +136,7 @@ class OpenAIEmbedder:
         options = {"dimensions": self._dimensions} if self._dimensions else {}
         raw = self._client.embeddings.with_raw_response.create(model=self.model, input=inputs, **options)
         reply = raw.parse()
-        tokens = reply.usage.prompt_tokens if reply.usage else 0
-        usage.add(Usage(requests=1, prompt_tokens=tokens, retries=raw.retries_taken,
-                        cost_usd=cost_usd(self._settings, self.model, tokens, 0)))
+        usage.add(call_usage(self._settings, self.model, raw, reply))
         return [item.embedding for item in sorted(reply.data, key=lambda item: item.index)]
 
     def embed(self, texts: list[str]) -> EmbeddingBatch:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from include.backends.openai_api import Usage, cost_usd, openai_client
+from include.backends.openai_api import Usage, call_usage, openai_client
 from include.pii_shapes import find_pii
 from include.settings import PipelineSettings
 
@@ -273,10 +273,7 @@ class OpenAIEnricher:
             except json.JSONDecodeError as exc:  # a body that is not JSON at all (no retry by the SDK)
                 problem: Exception = exc
                 reply = None
-            prompt, completion = (reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply and reply.usage \
-                else (0, 0)
-            usage.add(Usage(requests=1, prompt_tokens=prompt, completion_tokens=completion, retries=raw.retries_taken,
-                            cost_usd=cost_usd(self._settings, self.model, prompt, completion)))
+            usage.add(call_usage(self._settings, self.model, raw, reply))
             if reply is not None:
                 try:
                     return LLMEnrichment.model_validate_json(reply.choices[0].message.content or "")

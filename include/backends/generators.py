@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from include.backends.openai_api import Usage, cost_usd, openai_client, token_encoding
+from include.backends.openai_api import Usage, call_usage, openai_client, token_encoding
 from include.settings import PipelineSettings
 
 Messages = list[dict[str, str]]
@@ -155,14 +155,12 @@ class OpenAIGenerator:
         )
         reply = raw.parse()
         choice = reply.choices[0]
-        prompt, completion = (reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else (0, 0)
         return Generation(
             text=(choice.message.content or "").strip(),
             model=self.model,
             finish_reason=choice.finish_reason or "stop",
             seconds=time.perf_counter() - clock,
-            usage=Usage(requests=1, prompt_tokens=prompt, completion_tokens=completion, retries=raw.retries_taken,
-                        cost_usd=cost_usd(self._settings, self.model, prompt, completion)),
+            usage=call_usage(self._settings, self.model, raw, reply),
         )
 
 

@@ -9,7 +9,8 @@ job is submitted with. Retries of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -33,6 +34,32 @@ class Usage:
         self.completion_tokens += other.completion_tokens
         self.retries += other.retries
         self.cost_usd += other.cost_usd
+
+    @classmethod
+    def total(cls, usages: Iterable[Usage | dict[str, Any]]) -> Usage:
+        """The sum of several calls' usage (dicts: as it travels in a stage's payloads)."""
+        total = cls()
+        for usage in usages:
+            total.add(usage if isinstance(usage, Usage) else cls(**usage))
+        return total
+
+    def metrics(self) -> dict[str, float]:
+        """As a stage's metrics (``SPEND_METRICS``), the cost rounded to a millionth of a dollar."""
+        return {**asdict(self), "cost_usd": round(self.cost_usd, 6)}
+
+
+# What calls to a paid API used: spent once, not again when a stage's result is reused.
+SPEND_METRICS = tuple(Usage().metrics())
+
+
+def call_usage(settings: PipelineSettings, model: str, raw: Any, reply: Any) -> Usage:
+    """One SDK call's usage: its tokens (from the reply, when there is one), the SDK's retries,
+    the price of the tokens."""
+    tokens = getattr(reply, "usage", None)
+    prompt = tokens.prompt_tokens if tokens else 0
+    completion = (getattr(tokens, "completion_tokens", 0) or 0) if tokens else 0
+    return Usage(requests=1, prompt_tokens=prompt, completion_tokens=completion, retries=raw.retries_taken,
+                 cost_usd=cost_usd(settings, model, prompt, completion))
 
 
 def cost_usd(settings: PipelineSettings, model: str, prompt_tokens: int, completion_tokens: int) -> float:

@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from include.backends.openai_api import SPEND_METRICS
 from include.documents import DocumentRef
 from include.settings import PipelineSettings
 from include.storage import Storage, join_uri
@@ -436,8 +437,6 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
                            manifest_uri=target, metrics=metrics)
 
 
-# What calls to a paid API used (enrich, embed): spent once, not again when a result is reused.
-SPEND_METRICS = ("requests", "prompt_tokens", "completion_tokens", "retries", "cost_usd")
 # Metrics that describe a setting or a peak: totals keep their maximum, not a sum.
 PEAK_METRICS = frozenset({"dimension", "actors", "max_chunk_chars"})
 

@@ -51,9 +51,6 @@ def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outp
     import pyarrow.parquet as pq
 
     rows = [row for payload in payloads for row in payload["rows"]]
-    usage = Usage()
-    for payload in payloads:
-        usage.add(Usage(**payload["usage"]))
     columns = {name: [row[name] for row in rows] for name in (*_COLUMNS, "entities", "key_phrases")}
     columns["vector"] = pa.array([row["vector"] for row in rows], type=pa.list_(pa.float32()))
     sink = io.BytesIO()
@@ -65,8 +62,5 @@ def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outp
         "tokens": sum(row["tokens"] for row in rows),
         "windowed_chunks": sum(row["windows"] > 1 for row in rows),
         # What a paid API charged (zero for a local model).
-        "requests": usage.requests,
-        "prompt_tokens": usage.prompt_tokens,
-        "retries": usage.retries,
-        "cost_usd": round(usage.cost_usd, 6),
+        **Usage.total(payload["usage"] for payload in payloads).metrics(),
     }

@@ -31,11 +31,8 @@ class ChunkEnricher:
         headings = sorted({row["heading"] for row in rows if row.get("heading")})
         heading_results = self._enricher.enrich_many(headings) if headings else []
         redacted = {heading: result.text for heading, result in zip(headings, heading_results)}
-        usage = Usage()
-        for result in [*results, *heading_results]:
-            usage.add(result.usage)
         return {
-            "usage": asdict(usage),
+            "usage": asdict(Usage.total(result.usage for result in [*results, *heading_results])),
             "fallbacks": sum(result.fallback for result in [*results, *heading_results]),
             "rows": [
                 {
@@ -62,10 +59,6 @@ def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outp
     metrics.update({f"redactions_{kind.lower()}": n for kind, n in sorted(redactions.items())})
     # What an LLM enricher's calls cost (nothing for the local one); fallbacks: chunks the model
     # answered badly twice, enriched locally instead.
-    usage = Usage()
-    for payload in payloads:
-        usage.add(Usage(**payload["usage"]))
-    metrics.update(requests=usage.requests, prompt_tokens=usage.prompt_tokens,
-                   completion_tokens=usage.completion_tokens, retries=usage.retries,
-                   cost_usd=round(usage.cost_usd, 6), llm_fallbacks=sum(p["fallbacks"] for p in payloads))
+    metrics.update(Usage.total(p["usage"] for p in payloads).metrics(),
+                   llm_fallbacks=sum(p["fallbacks"] for p in payloads))
     return {"chunks": uri}, metrics

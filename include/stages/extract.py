@@ -433,18 +433,11 @@ def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outp
         )
     uri = ctx.write_text("document.md", render(pages))
     markdown_tables = sum(line.startswith("| --- |") for page in pages for line in page.splitlines())
-    usage = Usage()
-    for payload in payloads:
-        usage.add(Usage(**payload["usage"]))
     return {"markdown": uri}, {
         "pictures_described": sum(p["pictures_described"] for p in payloads),
         "tables_described": sum(p["tables_described"] for p in payloads),
         # What the vision model's calls cost (nothing when pictures are not described).
-        "requests": usage.requests,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "retries": usage.retries,
-        "cost_usd": round(usage.cost_usd, 6),
+        **Usage.total(p["usage"] for p in payloads).metrics(),
         "pages": len(pages),
         "pages_with_text": sum(1 for page in pages if page.strip()),
         "pictures": sum(p["pictures"] for p in payloads),
