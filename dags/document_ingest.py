@@ -14,13 +14,13 @@ instead of reusing their results.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include import ingest, report
+from include.dag_parts import TASK_DEFAULTS, work_sensor
 from include.settings import get_settings
 from include.stage_operator import PipelineStageOperator
 
@@ -46,27 +46,12 @@ with DAG(
             description="Stages that redo every document instead of reusing recorded results.",
         ),
     },
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": True,
-        # A task past this is killed, and its Ray job stopped with it (on_kill).
-        "execution_timeout": timedelta(hours=2),
-    },
+    default_args=TASK_DEFAULTS,
     tags=["ingest", "ray", "rag"],
 ):
-    wait_for_documents = S3KeySensor(
-        task_id="wait_for_documents",
-        bucket_name=ingest.sensor_bucket(),
-        bucket_key="{{ sensor_keys(params['keys']) }}",
-        wildcard_match=True,
-        check_fn=lambda files, **context: ingest.inbox_has_work(files, context.get("params")),
-        metadata_keys=["Key", "Size", "ETag"],
-        aws_conn_id="aws_default",
-        poke_interval=settings.sensor_poke_seconds,
-        timeout=settings.sensor_timeout_seconds,
-        mode="reschedule",
-        soft_fail=True,  # no work in the inbox skips the run instead of failing it
+    wait_for_documents = work_sensor(
+        "wait_for_documents", bucket=ingest.sensor_bucket(), bucket_key="{{ sensor_keys(params['keys']) }}",
+        has_work=ingest.inbox_has_work,
     )
 
     @task

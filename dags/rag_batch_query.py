@@ -13,13 +13,13 @@ Trigger with ``{"keys": ["q.parquet"]}`` to answer those files now, with
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Param, task
 from ray_operators.operators.ray_job import RayJobOperator
 
 from include import ingest
+from include.dag_parts import TASK_DEFAULTS, work_sensor
 from include.query import planning
 from include.settings import get_settings
 
@@ -44,22 +44,12 @@ with DAG(
         "where": Param({}, type="object",
                        description='Metadata filter for retrieval, e.g. {"doc_id": "..."} (empty: everything).'),
     },
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(hours=2)},
+    default_args=TASK_DEFAULTS,
     tags=["query", "ray", "rag"],
 ):
-    wait_for_questions = S3KeySensor(
-        task_id="wait_for_questions",
-        bucket_name=ingest.sensor_bucket(settings.queries_uri),
-        bucket_key="{{ question_keys(params['keys']) }}",
-        wildcard_match=True,
-        check_fn=lambda files, **context: planning.has_unanswered(files, context.get("params")),
-        metadata_keys=["Key", "Size", "ETag"],
-        aws_conn_id="aws_default",
-        poke_interval=settings.sensor_poke_seconds,
-        timeout=settings.sensor_timeout_seconds,
-        mode="reschedule",
-        soft_fail=True,  # nothing to answer skips the run instead of failing it
+    wait_for_questions = work_sensor(
+        "wait_for_questions", bucket=ingest.sensor_bucket(settings.queries_uri),
+        bucket_key="{{ question_keys(params['keys']) }}", has_work=planning.has_unanswered,
     )
 
     @task

@@ -1,0 +1,39 @@
+"""What the project's DAGs share: their tasks' retry policy, and the sensor that waits for work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+TASK_DEFAULTS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    # A task past this is killed, and its Ray job stopped with it (on_kill).
+    "execution_timeout": timedelta(hours=2),
+}
+
+
+def work_sensor(task_id: str, *, bucket: str, bucket_key: str,
+                has_work: Callable[[list[dict[str, Any]], dict[str, Any] | None], bool]) -> Any:
+    """An S3 sensor that waits for *work* under a prefix, not for objects: ``has_work`` gets the
+    listing (Key, Size, ETag) and the run's params. No work before the timeout skips the run."""
+    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+
+    from include.settings import get_settings
+
+    settings = get_settings()
+    return S3KeySensor(
+        task_id=task_id,
+        bucket_name=bucket,
+        bucket_key=bucket_key,
+        wildcard_match=True,
+        check_fn=lambda files, **context: has_work(files, context.get("params")),
+        metadata_keys=["Key", "Size", "ETag"],
+        aws_conn_id="aws_default",
+        poke_interval=settings.sensor_poke_seconds,
+        timeout=settings.sensor_timeout_seconds,
+        mode="reschedule",
+        soft_fail=True,  # nothing to do skips the run instead of failing it
+    )
