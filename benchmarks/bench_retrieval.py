@@ -10,7 +10,8 @@ questions. For each checkout, in a child process with that checkout on its path:
 - chunk shape: chunks, chunks per page, and the tokens each chunk puts before the embedder
   (the embedder's own tokenizer; max, p95, mean) and how many pass what it reads in one window;
 - retrieval: hit@1, hit@5 and MRR per question set, for every retrieval mode the checkout has
-  (dense only before hybrid search existed; dense, hybrid and hybrid + rerank after).
+  (dense only before hybrid search existed; dense and hybrid after, and hybrid + rerank when a
+  cross-encoder is given with ``--rerank-model``).
 
     .venv/bin/python -m benchmarks.bench_retrieval                        # this checkout
     .venv/bin/python -m benchmarks.bench_retrieval --project /tmp/before --project .
@@ -50,13 +51,13 @@ def _percentile(values: list[int], share: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(share * len(ordered)))]) if ordered else 0.0
 
 
-def _modes(settings_class) -> list[dict]:
+def _modes(settings_class, rerank_model: str | None) -> list[dict]:
     fields = settings_class.model_fields
     if "retrieval_mode" not in fields:
         return [{"name": "dense"}]
     modes = [{"name": "dense", "retrieval_mode": "dense"}, {"name": "hybrid", "retrieval_mode": "hybrid"}]
-    if "rerank" in fields:
-        modes.append({"name": "hybrid+rerank", "retrieval_mode": "hybrid", "rerank": True})
+    if rerank_model:
+        modes.append({"name": "hybrid+rerank", "retrieval_mode": "hybrid", "rerank_model": rerank_model})
     return modes
 
 
@@ -101,7 +102,7 @@ def run_child(corpus: Path, question_files: list[Path]) -> dict:
     sets = {path.stem: load_question_set(path).to_pylist() for path in question_files}
     scores: dict[str, dict[str, dict[str, float]]] = {}
     search_ms: dict[str, float] = {}
-    for mode in _modes(PipelineSettings):
+    for mode in _modes(PipelineSettings, os.environ.get("BENCH_RERANK_MODEL")):
         mode_settings = PipelineSettings(**places, **{k: v for k, v in mode.items() if k != "name"})
         if hasattr(retrieval, "Searcher"):
             search = retrieval.Searcher(mode_settings)
@@ -137,9 +138,11 @@ def run_child(corpus: Path, question_files: list[Path]) -> dict:
 # --- parent: every checkout, one table ------------------------------------------------
 
 
-def measure(project: Path, corpus: Path, question_files: list[Path]) -> dict:
+def measure(project: Path, corpus: Path, question_files: list[Path], rerank_model: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "STACK_"))}
     env["PYTHONPATH"] = str(project)
+    if rerank_model:
+        env["BENCH_RERANK_MODEL"] = rerank_model
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", str(corpus), *map(str, question_files)],
         cwd=project, env=env, capture_output=True, text=True,
@@ -177,6 +180,8 @@ def main() -> None:
                         help="a checkout to measure (repeat for before/after; default: this one)")
     parser.add_argument("--sets", default=",".join(QUESTION_SETS), help="question sets, comma-separated")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--rerank-model", help="also measure hybrid search reranked by this cross-encoder "
+                        "(a local folder: no package ships one)")
     args = parser.parse_args()
     projects = [p.resolve() for p in (args.project or [ROOT])]
     question_files = [QUESTIONS / f"{name}.jsonl" for name in args.sets.split(",")]
@@ -188,7 +193,7 @@ def main() -> None:
         for project in projects:
             name = project.name if project != ROOT else "this checkout"
             print(f"measuring {name} ...", flush=True)
-            results[name] = measure(project, corpus, question_files)
+            results[name] = measure(project, corpus, question_files, args.rerank_model)
             if results[name]["failed"]:
                 print(f"  documents that failed: {results[name]['failed']}")
         print(report(results))

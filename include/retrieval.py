@@ -1,9 +1,19 @@
-"""Retrieval: a question's vector in, the passages that may answer it out.
+"""Retrieval: a question in, the passages that may answer it out.
 
-One place for both consumers, the ``rag_batch_query`` job and the ``ask`` command: the
-store the ingest loaded, searched with the ingest's embedder (a store made by another
-embedder is an error, not noise), top ``retrieval_top_k`` passages, those under
-``retrieval_min_score`` dropped, an optional metadata filter.
+One place for both consumers, the ``rag_batch_query`` job and the ``ask`` command:
+
+- **dense**: the store the ingest loaded, searched with the question's vector from the ingest's
+  embedder (a store made by another embedder is an error, not noise); passages under
+  ``retrieval_min_score`` are dropped, and a question with none left is off-topic: no passages;
+- **hybrid** (default): the same dense candidates fused by reciprocal rank with BM25's
+  (``include.lexical``), so a passage holding the exact term a user typed ranks high even when
+  its vector is not the nearest;
+- **reranked**, when ``rerank_model`` names a cross-encoder: the fused candidates re-scored
+  pair by pair with the question (``include.backends.rerankers``).
+
+Then the top ``retrieval_top_k``. A metadata filter (``where``: by document, by pages) applies
+to every side. ``Passage.score`` is what the passages were ordered by: cosine similarity (dense),
+the fused reciprocal-rank score (hybrid), or the reranker's score.
 """
 
 from __future__ import annotations
@@ -12,7 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from include.backends.embedders import Embedder, build_embedder, embedder_info
+from include.backends.rerankers import build_reranker
 from include.backends.vector_stores import Filter, Hit, VectorStore, build_vector_store, check_embedder
+from include.lexical import LexicalIndex, reciprocal_rank_fusion
 from include.settings import PipelineSettings
 from include.storage import object_name
 
@@ -57,25 +69,62 @@ def passage_from_hit(rank: int, hit: Hit) -> Passage:
 
 
 class Retriever:
-    """The store and the embedder of the ingest, checked to belong together."""
+    """The store and the embedder of the ingest, checked to belong together, and the lexical
+    index of the same passages (built on first use)."""
 
     def __init__(self, settings: PipelineSettings, store: VectorStore | None = None) -> None:
         self.store = store or build_vector_store(settings)
-        self._k = settings.retrieval_top_k
-        self._min_score = settings.retrieval_min_score
+        self._settings = settings
+        self._lexical: LexicalIndex | None = None
+        self._reranker = build_reranker(settings)
 
     def check(self, embedder: Embedder, settings: PipelineSettings) -> None:
         check_embedder(self.store, embedder_info(settings, embedder.dimension))
 
-    def __call__(self, vector: list[float], where: Filter | None = None) -> list[Passage]:
-        hits = self.store.query(vector, self._k, where)
-        kept = [hit for hit in hits if hit.score >= self._min_score]
-        return [passage_from_hit(rank, hit) for rank, hit in enumerate(kept, 1)]
+    @property
+    def lexical(self) -> LexicalIndex:
+        if self._lexical is None:
+            self._lexical = LexicalIndex.from_store(self.store)
+        return self._lexical
+
+    def __call__(self, question: str, vector: list[float], where: Filter | None = None) -> list[Passage]:
+        settings = self._settings
+        wanted = max(settings.retrieval_top_k, settings.retrieval_candidates)
+        dense = [hit for hit in self.store.query(vector, wanted, where) if hit.score >= settings.retrieval_min_score]
+        hits: list[Hit] = dense
+        if dense and settings.retrieval_mode == "hybrid":
+            hits = reciprocal_rank_fusion([dense, self.lexical.search(question, wanted, where)], k=settings.rrf_k)
+        if self._reranker is not None:
+            hits = self._reranker.rerank(question, hits)
+        return [passage_from_hit(rank, hit) for rank, hit in enumerate(hits[: settings.retrieval_top_k], 1)]
+
+
+class Searcher:
+    """Questions to passages in this process: the embedder and the retriever, built once."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._embedder = build_embedder(settings)
+        self._retriever = Retriever(settings)
+        self._retriever.check(self._embedder, settings)
+
+    def __call__(self, question: str, where: Filter | None = None) -> list[Passage]:
+        return self._retriever(question, self._embedder.embed([question]).vectors[0].tolist(), where)
 
 
 def search(question: str, settings: PipelineSettings, where: Filter | None = None) -> list[Passage]:
     """Embed one question and retrieve its passages, in this process."""
-    embedder = build_embedder(settings)
-    retriever = Retriever(settings)
-    retriever.check(embedder, settings)
-    return retriever(embedder.embed([question]).vectors[0].tolist(), where)
+    return Searcher(settings)(question, where)
+
+
+def passage_filter(document: str | None = None, pages: tuple[int, int] | None = None) -> Filter | None:
+    """A ``where`` filter for one document (its file name, as ``Passage.citation`` shows it) and
+    passages that touch a page range (first, last)."""
+    parts: list[Filter] = []
+    if document:
+        parts.append({"document": document})
+    if pages:
+        first, last = pages
+        parts += [{"page_start": {"$lte": last}}, {"page_end": {"$gte": first}}]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else {"$and": parts}

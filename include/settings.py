@@ -1,7 +1,7 @@
 """Every setting of the pipeline, in one typed place.
 
 Values come from environment variables named ``PIPELINE_<FIELD>`` (for example
-``PIPELINE_CHUNK_TARGET_CHARS=1200``). The Airflow side and the Ray jobs read the
+``PIPELINE_CHUNK_MAX_TOKENS=200``). The Airflow side and the Ray jobs read the
 same variables: the Ray operator forwards every ``PIPELINE_*`` variable of the
 Airflow worker into the job's runtime environment, so both sides always agree on
 where artifacts live and which backends run.
@@ -147,7 +147,13 @@ class PipelineSettings(BaseSettings):
     extract_pool: PoolSettings = PoolSettings()
 
     # --- chunk ---------------------------------------------------------------
-    chunk_target_chars: int = Field(default=1500, ge=200)
+    chunk_max_tokens: int | None = Field(
+        default=None,
+        ge=32,
+        description="Most tokens a chunk's heading path and text may hold, counted with the embedder's "
+        "own tokenizer. Unset: what the embedder reads in one window (254 word pieces for MiniLM), or "
+        "400 tokens (about 1,500 characters) for an OpenAI embedder. Never more than the embedder reads.",
+    )
     chunk_pool: PoolSettings = PoolSettings(max_actors=1)
 
     # --- enrich --------------------------------------------------------------
@@ -239,6 +245,21 @@ class PipelineSettings(BaseSettings):
         default="@hourly", description="Cron or preset for rag_batch_query; empty = manual only."
     )
     retrieval_top_k: int = Field(default=5, ge=1, le=100, description="Passages retrieved per question.")
+    retrieval_mode: Literal["dense", "hybrid"] = Field(
+        default="hybrid",
+        description="dense: the nearest vectors. hybrid: those fused by reciprocal rank with BM25's best "
+        "passages (exact terms: function names, options, codes). See include/retrieval.py.",
+    )
+    retrieval_candidates: int = Field(
+        default=30, ge=1, le=500,
+        description="Passages each search (dense, BM25) proposes before fusion and reranking.")
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion's constant: 1 / (k + rank).")
+    rerank_model: str | None = Field(
+        default=None,
+        description="A cross-encoder (a local folder, or a Hugging Face id already in the cache) that "
+        "re-scores the fused candidates against the question. None: no reranking. No PyPI package "
+        "ships one, so none is on by default.",
+    )
     retrieval_min_score: float = Field(
         default=0.2,
         ge=-1.0,

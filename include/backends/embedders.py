@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -161,6 +162,59 @@ def request_bounds(window_tokens: list[int]) -> list[tuple[int, int]]:
     if start < len(window_tokens):
         bounds.append((start, len(window_tokens)))
     return bounds
+
+
+# Chunk size for an OpenAI embedder when PIPELINE_CHUNK_MAX_TOKENS is not set: about 1,500
+# characters of English, the reference system's chunk size; the model itself reads 8,192.
+OPENAI_CHUNK_TOKENS = 400
+
+
+def chunk_tokenizer(settings: PipelineSettings):
+    """The configured embedder's tokenizer and chunk limit, as docling-core's chunkers take them:
+    what a chunk may hold so the embedder reads it whole."""
+    if settings.embedder == "minilm":
+        import json
+
+        from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
+        from transformers import AutoTokenizer
+
+        location = resolve_model_location(settings.embed_model)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        config = Path(location) / "sentence_bert_config.json"
+        window = json.loads(config.read_text())["max_seq_length"] if config.exists() else tokenizer.model_max_length
+        # The model's window holds [CLS] and [SEP] besides the text's word pieces.
+        limit = min(settings.chunk_max_tokens or window, window) - 2
+        # The chunker counts texts longer than the window in order to split them; the tokenizer's
+        # warning about feeding those to the model does not apply.
+        tokenizer.model_max_length = 1 << 30
+        return HuggingFaceTokenizer(tokenizer=tokenizer, max_tokens=limit)
+    if settings.embedder == "openai":
+        limit = min(settings.chunk_max_tokens or OPENAI_CHUNK_TOKENS, MAX_TOKENS_PER_INPUT)
+        return _encoding_tokenizer(token_encoding(settings.openai_embed_model), limit)
+    raise ValueError(f"unknown embedder {settings.embedder!r}")
+
+
+def _encoding_tokenizer(encoding, limit: int):
+    """docling-core's ``OpenAITokenizer`` takes only tiktoken's own class, and tiktoken downloads
+    its encodings; ``bpe-openai`` ships the same encodings, so this wraps one of those."""
+    from docling_core.transforms.chunker.tokenizer.base import BaseTokenizer
+    from pydantic import ConfigDict
+
+    class EncodingTokenizer(BaseTokenizer):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+        encoding: object
+        max_tokens: int
+
+        def count_tokens(self, text: str) -> int:
+            return len(self.encoding.encode(text))
+
+        def get_max_tokens(self) -> int:
+            return self.max_tokens
+
+        def get_tokenizer(self):
+            return self.encoding
+
+    return EncodingTokenizer(encoding=encoding, max_tokens=limit)
 
 
 def embedder_info(settings: PipelineSettings, dimension: int) -> EmbedderInfo:

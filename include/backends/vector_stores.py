@@ -43,9 +43,14 @@ class VectorRecord:
 @dataclass
 class Hit:
     id: str
-    score: float  # cosine similarity, 1 = same direction
+    score: float  # cosine similarity, 1 = same direction (other searches: their own score)
     text: str
     metadata: Metadata
+
+    @property
+    def searchable_text(self) -> str:
+        """The passage as the embedder read it: its heading path, then its text."""
+        return f"{self.metadata.get('heading') or ''}\n{self.text}"
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from include.backends.embedders import build_embedder
+from include.backends.embedders import build_embedder, embedder_info
 from include.backends.generators import build_generator, build_token_counter
-from include.backends.vector_stores import Filter
+from include.backends.vector_stores import Filter, build_vector_store, check_embedder
 from include.query.prompts import NO_PASSAGES, QuestionTooLong, build_prompt, cited
 from include.retrieval import Passage, Retriever
 from include.settings import PipelineSettings
@@ -82,7 +82,7 @@ class EmbedQuestions:
     def __init__(self, settings: PipelineSettings) -> None:
         self._embedder = build_embedder(settings)
         # The questions must be embedded as the passages were: checked once, before any work.
-        Retriever(settings).check(self._embedder, settings)
+        check_embedder(build_vector_store(settings), embedder_info(settings, self._embedder.dimension))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         clock = time.perf_counter()
@@ -100,8 +100,10 @@ class RetrievePassages:
     def __call__(self, table: pa.Table) -> pa.Table:
         clock = time.perf_counter()
         passages = [
-            [] if error else [p.as_row() for p in self._retrieve(vector, self._where)]
-            for vector, error in zip(table.column("question_vector").to_pylist(), table.column("error").to_pylist())
+            [] if error else [p.as_row() for p in self._retrieve(question, vector, self._where)]
+            for question, vector, error in zip(table.column("prompt").to_pylist(),
+                                               table.column("question_vector").to_pylist(),
+                                               table.column("error").to_pylist())
         ]
         table = table.drop_columns(["question_vector"])  # not worth keeping in the answers
         table = _set(table, "passages", passages, pa.list_(PASSAGE))

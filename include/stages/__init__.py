@@ -23,7 +23,7 @@ STAGES: dict[str, Stage] = {
              "describe_min_points"),
             pool="extract_pool",
             unit="pages",
-            code_modules=("include.backends.describers", "include.backends.openai_api"),
+            code_modules=("include.stages.layout", "include.backends.describers", "include.backends.openai_api"),
             libraries=("docling", "docling-core", "docling-parse", "pypdfium2"),
         ),
         Stage(
@@ -32,9 +32,12 @@ STAGES: dict[str, Stage] = {
             chunk.split,
             chunk.Chunker,
             chunk.assemble,
-            ("chunk_target_chars",),
+            # The embedder's tokenizer bounds the chunks.
+            ("chunk_max_tokens", "embedder", "embed_model", "openai_embed_model"),
             pool="chunk_pool",
             unit=None,
+            code_modules=("include.backends.embedders",),
+            libraries=("docling-core", "semchunk", "transformers", "tiktoken"),
         ),
         Stage(
             "enrich",

@@ -17,6 +17,7 @@ from include.backends.embedders import build_embedder
 from include.backends.openai_api import Usage
 from include.settings import PipelineSettings
 from include.stages.base import AssembleContext, ChunkRows, DocInput, Metrics, Outputs, Part, chunk_parts
+from include.stages.chunk import embedding_text
 
 _COLUMNS = ("chunk_id", "doc_id", "chunk_no", "text", "page_start", "page_end", "heading", "source_uri",
             "content_sha256")
@@ -32,7 +33,7 @@ class ChunkEmbedder:
 
     def __call__(self, doc: DocInput, part: Part) -> dict[str, Any]:
         rows = self._rows(doc, part)
-        result = self._embedder.embed([row["text"] for row in rows])
+        result = self._embedder.embed([embedding_text(row) for row in rows])
         return {"usage": asdict(result.usage), "rows": [
             {
                 **{name: row[name] for name in _COLUMNS},

@@ -15,6 +15,7 @@ from include.backends.enrichers import build_enricher
 from include.backends.openai_api import Usage
 from include.settings import PipelineSettings
 from include.stages.base import AssembleContext, ChunkRows, DocInput, Metrics, Outputs, Part, chunk_parts
+from include.stages.chunk import HEADING_SEPARATOR
 
 split = chunk_parts
 
@@ -27,8 +28,9 @@ class ChunkEnricher:
     def __call__(self, doc: DocInput, part: Part) -> dict[str, Any]:
         rows = self._rows(doc, part)
         results = self._enricher.enrich_many([row["text"] for row in rows])
-        # A chunk's heading travels as metadata: it is redacted too (once per distinct heading).
-        headings = sorted({row["heading"] for row in rows if row.get("heading")})
+        # A chunk's headings are embedded with it and travel as metadata: they are redacted too
+        # (once per distinct heading).
+        headings = sorted({heading for row in rows for heading in row["headings"]})
         heading_results = self._enricher.enrich_many(headings) if headings else []
         redacted = {heading: result.text for heading, result in zip(headings, heading_results)}
         return {
@@ -37,7 +39,8 @@ class ChunkEnricher:
             "rows": [
                 {
                     **row,
-                    "heading": redacted.get(row["heading"], row["heading"]),
+                    "headings": [redacted[heading] for heading in row["headings"]],
+                    "heading": HEADING_SEPARATOR.join(redacted[heading] for heading in row["headings"]),
                     "text": result.text,
                     "redactions": result.redactions,
                     "entities": result.entities,

@@ -17,7 +17,7 @@ from include.backends.embedders import embedder_info
 from include.backends.vector_stores import VectorRecord, VectorStore, build_vector_store
 from include.settings import PipelineSettings
 from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
-from include.storage import Storage
+from include.storage import Storage, object_name
 
 
 def _read_table(storage: Storage, uri: str) -> Any:
@@ -59,6 +59,7 @@ class VectorLoader:
                     "doc_id": row["doc_id"],
                     "chunk_no": row["chunk_no"],
                     "source_uri": row["source_uri"],
+                    "document": object_name(row["source_uri"]),  # the file's name: what a filter names
                     "content_sha256": row["content_sha256"],
                     "page_start": row["page_start"],
                     "page_end": row["page_end"],

@@ -1,82 +1,136 @@
+"""Chunking the DoclingDocument with docling-core's HybridChunker, bounded by the embedder's own tokenizer."""
+
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from include.stages.base import StageManifest
-from include.stages.chunk import build_chunks, parse_blocks
-from include.stages.extract import render
+from include.stages.chunk import embedding_text
 from include.stages.local import run_stages
 from include.storage import Storage
 from tests.helpers import drop, run_until
 
-TABLE = "| a | b |\n| --- | --- |\n" + "\n".join(f"| row {i} | value {i} |" for i in range(40))
+HEADER = ("Week", "Dose", "Site", "Notes")
 
 
-def _pages() -> list[str]:
-    return [
-        "## Introduction\n\n" + "\n\n".join(f"Paragraph {i} " + "word " * 60 for i in range(4)),
-        "## Results\n\n" + TABLE + "\n\nClosing remarks " + "word " * 20,
-    ]
+def _long_pdf(path, table_rows=80):
+    """Two sections over several pages: long paragraphs, then a table far too long for one chunk."""
+    from fpdf import FPDF
+
+    pdf = FPDF(format="A4")
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 10, "1. Background", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=11)
+    for n in range(12):
+        pdf.multi_cell(0, 6, f"Paragraph {n} of the background. " + "The cohort was followed for safety. " * 12)
+        pdf.ln(3)
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 10, "2. Schedule", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=11)
+    for row in [HEADER, *[(f"{n}", f"{250 * (n % 8 + 1)} mg", f"Clinic {n % 5}", f"visit {n}") for n in range(table_rows)]]:
+        for cell in row:
+            pdf.cell(45, 7, cell)
+        pdf.ln(7)
+    pdf.output(str(path))
+    return path
 
 
-def test_blocks_know_their_page_and_nearest_heading():
-    blocks = parse_blocks(render(_pages()))
-    assert [b.page for b in blocks[:2]] == [1, 1]
-    assert blocks[1].heading == "Introduction"
-    table = next(b for b in blocks if b.text.startswith("| a |"))
-    assert table.page == 2 and table.heading == "Results"
-
-
-def test_chunks_hold_whole_blocks_near_the_target_and_never_split_a_table():
-    blocks = parse_blocks(render(_pages()))
-    chunks = build_chunks(blocks, target_chars=700)
-    texts = [c.text for c in chunks]
-    # Every paragraph and the table appear whole in exactly one chunk.
-    for block in blocks:
-        assert sum(block.text in t for t in texts) == 1
-    assert sum(TABLE in t for t in texts) == 1
-    # Only a chunk made of one oversize block may pass the target.
-    for chunk in chunks:
-        assert chunk.size <= 700 or len(chunk.blocks) == 1
-    # A new heading on a new page starts a new chunk.
-    assert any(c.blocks[0].text == "## Results" for c in chunks)
-
-
-def test_small_pieces_merge_across_a_page_break_instead_of_standing_alone():
-    blocks = parse_blocks(render(["## A\n\nshort one", "short two", "short three"]))
-    chunks = build_chunks(blocks, target_chars=1500)
-    assert len(chunks) == 1
-    assert (chunks[0].blocks[0].page, chunks[0].blocks[-1].page) == (1, 3)
-
-
-def test_chunk_stage_records_ids_pages_and_headings(settings, sample_pdfs):
-    doc = drop(settings, sample_pdfs["metformin_trial_protocol.pdf"])
+def _chunks(settings, doc):
     manifests = run_until(settings, doc, "chunk")
-    rows = Storage(settings).read_jsonl(manifests["chunk"].outputs["chunks"])
+    return Storage(settings).read_jsonl(manifests["chunk"].outputs["chunks"]), manifests
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from include.backends.embedders import PACKAGED_MINILM, resolve_model_location
+
+    return AutoTokenizer.from_pretrained(resolve_model_location(PACKAGED_MINILM))
+
+
+def test_every_chunk_fits_in_one_window_of_the_embedder(settings, sample_pdfs, tmp_path, minilm_tokenizer):
+    """The bound holds for every chunk, recounted here as the model sees it: with [CLS] and [SEP]."""
+    documents = [drop(settings, path) for path in sample_pdfs.values()] + [drop(settings, _long_pdf(tmp_path / "l.pdf"))]
+    results = run_stages(settings, documents, "chunk")["chunk"]
+    storage = Storage(settings)
+    counted = 0
+    for outcome in results.documents:
+        manifest = StageManifest.model_validate(storage.read_json(outcome.manifest_uri))
+        assert manifest.metrics["chunks_over_limit"] == 0 and manifest.metrics["token_limit"] == 254
+        for row in storage.read_jsonl(manifest.outputs["chunks"]):
+            assert len(minilm_tokenizer(embedding_text(row))["input_ids"]) <= 256, row["chunk_id"]
+            counted += 1
+    assert counted >= 15
+
+
+def test_a_table_too_long_for_one_chunk_is_split_by_rows_with_its_header_repeated(settings, tmp_path):
+    rows, _ = _chunks(settings, drop(settings, _long_pdf(tmp_path / "table.pdf")))
+    table_chunks = [row for row in rows if "| visit " in row["text"]]
+    assert len(table_chunks) >= 3
+    header = re.compile(r"^\| Week \| Dose \| Site \| Notes \|\n\|( - \|){4}$", re.MULTILINE)
+    for row in table_chunks:
+        assert header.search(row["text"]), row["text"][:200]
+        assert row["headings"][-1] == "2. Schedule"
+    # Every row of the table is in exactly one chunk.
+    for n in range(80):
+        assert sum(f"| visit {n} " in row["text"] for row in table_chunks) == 1, n
+
+
+def test_chunks_carry_their_heading_path_page_span_and_ids(settings, sample_pdfs, samples_by_name, tmp_path):
+    sample = samples_by_name["metformin_trial_protocol.pdf"]
+    doc = drop(settings, sample_pdfs[sample.filename])
+    rows, manifests = _chunks(settings, doc)
     assert [r["chunk_id"] for r in rows] == [f"{doc.doc_id}#{i}" for i in range(len(rows))]
     assert manifests["chunk"].metrics["chunks"] == len(rows) >= 2
     dosing = next(r for r in rows if "2000 mg" in r["text"])
-    assert dosing["page_start"] == 2 and dosing["heading"] == "3. Dosing Schedule"
+    assert dosing["headings"] == [sample.title, "3. Dosing Schedule"]
+    assert dosing["heading"] == f"{sample.title} > 3. Dosing Schedule"
+    assert dosing["page_start"] == dosing["page_end"] == 2
     assert "| 4 | 2000 mg | Clinic |" in dosing["text"]
     assert all(r["source_uri"] == doc.source_uri for r in rows)
+    assert embedding_text(dosing) == f"{sample.title}\n3. Dosing Schedule\n{dosing['text']}"
+
+    long_rows, _ = _chunks(settings, drop(settings, _long_pdf(tmp_path / "long.pdf")))
+    assert any(r["page_start"] < r["page_end"] for r in long_rows)  # a chunk may run over a page break
+    assert [r["page_start"] for r in long_rows] == sorted(r["page_start"] for r in long_rows)
 
 
-def _reused(settings, doc, last="chunk", **options) -> bool:
-    return run_stages(settings, [doc], last, **options)[last].documents[0].reused
+def test_an_openai_embedder_bounds_chunks_with_its_own_encoding(settings, tmp_path):
+    from include.backends.openai_api import token_encoding
+
+    openai = settings.model_copy(update={"embedder": "openai"})
+    rows, manifests = _chunks(openai, drop(openai, _long_pdf(tmp_path / "long.pdf")))
+    encoding = token_encoding(openai.openai_embed_model)
+    assert manifests["chunk"].metrics["token_limit"] == 400
+    assert max(len(encoding.encode(embedding_text(row))) for row in rows) <= 400
+    # Bigger chunks than MiniLM's for the same document.
+    minilm_rows, _ = _chunks(settings, drop(settings, _long_pdf(tmp_path / "long.pdf")))
+    assert len(rows) < len(minilm_rows)
 
 
-def test_a_rerun_reuses_chunks_but_not_after_the_settings_or_the_code_change(settings, sample_pdfs, monkeypatch):
+def _reused(settings, doc, last="chunk", **options) -> dict[str, bool]:
+    return {stage: result.documents[0].reused for stage, result in run_stages(settings, [doc], last, **options).items()}
+
+
+def test_rechunking_reuses_the_extraction_and_a_rerun_reuses_the_chunks(settings, sample_pdfs, monkeypatch):
     from include.stages import base as stage_base
 
     doc = drop(settings, sample_pdfs["adverse_event_guide.pdf"])
-    assert not _reused(settings, doc)
-    assert _reused(settings, doc)
+    assert _reused(settings, doc) == {"extract": False, "chunk": False}
+    assert _reused(settings, doc) == {"extract": True, "chunk": True}
 
-    smaller = settings.model_copy(update={"chunk_target_chars": 300})
-    assert not _reused(smaller, doc)
+    smaller = settings.model_copy(update={"chunk_max_tokens": 64})
+    assert _reused(smaller, doc) == {"extract": True, "chunk": False}  # no PDF converted again
+    assert _reused(settings.model_copy(update={"embedder": "openai"}), doc) == {"extract": True, "chunk": False}
 
     stage_base.code_fingerprint.cache_clear()
     monkeypatch.setattr(stage_base.inspect, "getsource", lambda module: "changed code")
     try:
-        assert not _reused(settings, doc)
+        assert not _reused(settings, doc)["chunk"]
     finally:
         stage_base.code_fingerprint.cache_clear()
 
@@ -86,12 +140,12 @@ def test_recompute_redoes_a_stage_and_downstream_reuse_follows_the_upstream_outp
     first = run_stages(settings, [doc], "chunk")
     forced = run_stages(settings, [doc], "chunk", recompute=True)
     assert not any(result.documents[0].reused for result in forced.values())
-    # Same bytes out of a recomputed extract: the chunks made from them stay valid.
+    # The same document out of a recomputed extract: the chunks made from it stay valid.
     again = run_stages(settings, [doc], "chunk")
     assert again["chunk"].documents[0].reused
     assert again["chunk"].documents[0].manifest_uri == first["chunk"].documents[0].manifest_uri
 
-    # Other Markdown out of extract (here: edited by hand): its chunks are made again.
+    # Another document out of extract (here: its digest edited by hand): its chunks are made again.
     storage = Storage(settings)
     extract = StageManifest.model_validate(storage.read_json(first["extract"].documents[0].manifest_uri))
     edited = extract.model_copy(update={"output_digest": "something-else"})

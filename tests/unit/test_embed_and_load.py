@@ -70,7 +70,7 @@ def test_a_changed_file_replaces_its_old_vectors(settings, sample_pdfs, ray_loca
 
 def test_rechunking_into_fewer_chunks_leaves_no_stale_vectors(settings, sample_pdfs, ray_local):
     doc = drop(settings, sample_pdfs["metformin_trial_protocol.pdf"])
-    small = settings.model_copy(update={"chunk_target_chars": 300})
+    small = settings.model_copy(update={"chunk_max_tokens": 48})
     many = run_until(small, doc, "load")["chunk"].metrics["chunks"]
     few = run_until(settings, doc, "load")["chunk"].metrics["chunks"]
     assert many > few

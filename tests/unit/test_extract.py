@@ -5,7 +5,7 @@ import re
 import pytest
 
 from include.stages.base import DocumentError, StageManifest
-from include.stages.extract import BOUNDARY, check_pdf, rebuild_page
+from include.stages.extract import BOUNDARY, check_pdf
 from include.stages.local import run_stages
 from include.storage import Storage
 from tests.helpers import drop, run_until
@@ -15,26 +15,50 @@ def _markdown(settings, manifests) -> str:
     return Storage(settings).read_text(manifests["extract"].outputs["markdown"])
 
 
-def test_extract_gives_one_unit_per_page_with_paragraphs_headings_and_tables(settings, sample_pdfs, samples_by_name):
+def _document(settings, manifests):
+    from docling_core.types.doc import DoclingDocument
+
+    return DoclingDocument.model_validate_json(Storage(settings).read_text(manifests["extract"].outputs["document"]))
+
+
+def _one_space(text: str) -> str:
+    return re.sub(r" +", " ", text)
+
+
+def test_extract_keeps_a_docling_document_with_headings_paragraphs_and_a_table_with_cells(
+        settings, sample_pdfs, samples_by_name):
+    from docling_core.types.doc import SectionHeaderItem, TableItem, TextItem, TitleItem
+
     sample = samples_by_name["metformin_trial_protocol.pdf"]
     doc = drop(settings, sample_pdfs[sample.filename])
     manifests = run_until(settings, doc, "extract")
-    markdown = _markdown(settings, manifests)
+    document = _document(settings, manifests)
+    items = [item for item, _ in document.iterate_items()]
 
-    units = markdown.split(BOUNDARY)
-    assert len(units) == len(sample.pages) == manifests["extract"].metrics["pages"]
-    assert [int(n) for n in re.findall(r"<!-- page: (\d+) -->", markdown)] == [1, 2]
-    # Headings become Markdown headings, a heading wrapped over two lines stays one.
-    assert f"## {sample.title}" in units[0]
-    assert "## 3. Dosing Schedule" in units[1]
+    assert isinstance(items[0], TitleItem) and items[0].text == sample.title  # wrapped over two lines, one title
+    sections = [section.heading for page in sample.pages for section in page]
+    assert [(i.text, i.level) for i in items if isinstance(i, SectionHeaderItem)] == [(h, 1) for h in sections]
     # The native pipeline gives one item per line: paragraphs are re-joined whole.
-    for section in sample.pages[1]:
-        for paragraph in section.paragraphs:
-            assert paragraph in units[1]
-    # The table keeps its rows and cells.
+    paragraphs = [i.text for i in items if type(i) is TextItem]
+    assert paragraphs == [p for page in sample.pages for section in page for p in section.paragraphs]
+    [table] = [i for i in items if isinstance(i, TableItem)]
+    assert [[cell.text for cell in row] for row in table.data.grid] == [list(row) for row in sample.pages[1][0].table]
+    # Every item knows its page.
+    assert {i.prov[0].page_no for i in items} == {1, 2} and all(i.prov for i in items)
+    assert manifests["extract"].metrics["tables"] == 1 and manifests["extract"].metrics["headings"] == 5
+
+
+def test_the_markdown_view_has_one_unit_per_page(settings, sample_pdfs, samples_by_name):
+    sample = samples_by_name["metformin_trial_protocol.pdf"]
+    doc = drop(settings, sample_pdfs[sample.filename])
+    manifests = run_until(settings, doc, "extract")
+    units = _one_space(_markdown(settings, manifests)).split(BOUNDARY)
+    assert len(units) == len(sample.pages) == manifests["extract"].metrics["pages"]
+    assert [int(n) for n in re.findall(r"<!-- page: (\d+) -->", "".join(units))] == [1, 2]
+    assert f"# {sample.title}" in units[0]
+    assert "## 3. Dosing Schedule" in units[1]
     assert "| Week | Metformin dose | Visit |" in units[1]
     assert "| 4 | 2000 mg | Clinic |" in units[1]
-    assert manifests["extract"].metrics["tables"] == 1
 
 
 @pytest.mark.parametrize(
@@ -95,44 +119,28 @@ def test_a_file_replaced_or_removed_after_listing_fails_alone_and_says_so(settin
     assert outcomes[kept.doc_id].status == "succeeded"
 
 
-def test_page_ranges_are_put_back_in_order_and_give_the_same_markdown(settings, tmp_path):
+def test_page_ranges_are_put_back_in_order_and_give_the_same_document(settings, tmp_path):
     from benchmarks.bench_extract import make_pdf
 
     doc = drop(settings, make_pdf(tmp_path / "long.pdf", 7))
-    whole = Storage(settings).read_text(run_until(settings, doc, "extract")["extract"].outputs["markdown"])
+    manifests = run_until(settings, doc, "extract")
+    whole, whole_document = _markdown(settings, manifests), _document(settings, manifests)
     by_two = settings.model_copy(update={"extract_pages_per_part": 2})
     # Reuse does not care how a document was split: recompute to convert it again.
-    manifests = run_until(by_two, doc, "extract", recompute=True)
-    assert manifests["extract"].metrics["pages"] == 7
-    assert Storage(settings).read_text(manifests["extract"].outputs["markdown"]) == whole
+    parts = run_until(by_two, doc, "extract", recompute=True)
+    assert parts["extract"].metrics["pages"] == 7
+    assert _markdown(settings, parts) == whole
+    assert sorted(_document(settings, parts).pages) == list(range(1, 8))
+    assert _document(settings, parts).export_to_dict()["texts"] == whole_document.export_to_dict()["texts"]
     assert [int(n) for n in re.findall(r"<!-- page: (\d+) -->", whole)] == list(range(1, 8))
     assert "Page 7, paragraph 6." in whole.split(BOUNDARY)[6]
 
 
-def test_rebuild_page_joins_lines_splits_on_white_space_and_keeps_hyphenated_words():
-    items = [  # (text, (left, top, right, bottom)), body lines 10 pt tall
-        ("Big Heading", (50, 800, 300, 780)),  # 20 pt tall: a heading
-        ("first line of a para-", (50, 760, 400, 750)),
-        ("graph continues here.", (50, 745, 400, 735)),
-        ("A second paragraph.", (50, 700, 400, 690)),  # a wide gap above
-    ]
-    assert rebuild_page(items) == (
-        "## Big Heading\n\nfirst line of a paragraph continues here.\n\nA second paragraph."
-    )
-
-
-def test_two_text_columns_side_by_side_are_not_mistaken_for_a_table():
-    left = "a long line of body text in the left column of the page"
-    right = "and another long line of text in the right-hand column"
-    items = [(left, (50, 700, 280, 690)), (right, (310, 700, 540, 690))]
-    assert "|" not in rebuild_page(items)
-
-
-def test_standard_pipeline_markdown_is_split_back_onto_its_pages_even_around_an_empty_page():
-    """The layout-model path (not runnable offline) exports once; the split must keep page numbers."""
+def test_the_markdown_is_split_back_onto_its_pages_even_around_an_empty_page():
+    """One export for the whole document (the layout-model path's too); the split must keep page numbers."""
     from docling_core.types.doc import BoundingBox, DocItemLabel, DoclingDocument, ProvenanceItem, Size
 
-    from include.stages.extract import _standard_pages
+    from include.stages.extract import page_markdown
 
     doc = DoclingDocument(name="three-pages")
     for number in (1, 2, 3):
@@ -144,4 +152,4 @@ def test_standard_pipeline_markdown_is_split_back_onto_its_pages_even_around_an_
     doc.add_heading(text="Intro", prov=on(1))
     doc.add_text(label=DocItemLabel.TEXT, text="First page text.", prov=on(1))
     doc.add_text(label=DocItemLabel.TEXT, text="Third page text.", prov=on(3))
-    assert _standard_pages(doc, 1, 3) == ["## Intro\n\nFirst page text.", "", "Third page text."]
+    assert page_markdown(doc, 3) == ["## Intro\n\nFirst page text.", "", "Third page text."]

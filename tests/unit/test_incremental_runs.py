@@ -109,7 +109,7 @@ def test_a_new_pipeline_fingerprint_makes_ingested_documents_stale_and_reuses_wh
 
     inbox(GOOD, sample_pdfs[GOOD].read_bytes())
     ingest_like_the_dag("run-1")
-    monkeypatch.setenv("PIPELINE_CHUNK_TARGET_CHARS", "600")
+    monkeypatch.setenv("PIPELINE_CHUNK_MAX_TOKENS", "96")
     get_settings.cache_clear()
     again = ingest_like_the_dag("run-2")
     assert [row["reason"] for row in again["touched"]] == ["stale"]

@@ -46,8 +46,10 @@ def test_no_labelled_pii_survives_enrichment_and_non_pii_numbers_do(settings, co
         leaks += found
         flat = " ".join(" ".join(row["text"].split()) for row in rows)
         for label in item.truth:
-            if label.kind == KEEP:
+            # Page headers and footers are furniture: kept in the DoclingDocument, not chunked (as Docling
+            # does), so neither their PII nor their other numbers reach a chunk.
+            if label.kind == KEEP and label.placement not in ("header", "footer"):
                 non_pii += 1
                 kept += " ".join(label.value.split()) in flat
     assert [leak.line() for leak in leaks] == []
-    assert non_pii >= 150 and kept >= (1 - MAX_LOST_NON_PII) * non_pii, f"kept {kept} of {non_pii}"
+    assert non_pii >= 120 and kept >= (1 - MAX_LOST_NON_PII) * non_pii, f"kept {kept} of {non_pii}"

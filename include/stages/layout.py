@@ -1,0 +1,395 @@
+"""The model-free path's document: a real DoclingDocument rebuilt from the lines of a PDF's text layer.
+
+Docling's ``NativePdfPipeline`` needs no layout models: it gives one text item per line, with its
+box, and picture items. ``build_document`` turns one part's pages back into structure, each item
+with its page and box (provenance):
+
+- lines that overlap vertically are one visual line; cells of a line are separated by wide gaps;
+- consecutive lines of two or more cells are a **table** (``TableData`` with its cells, the first
+  row as the column header);
+- a line clearly taller than the page's body text is a **section header**; its level comes from
+  its numbering ("3.2 Invoking" is level 2) or, unnumbered, from its size; the first heading of
+  page 1 is the document's **title**; a heading wrapped over two lines is one heading;
+- the remaining lines group into **paragraphs** at white space, or into **list items** where a
+  line opens with a bullet or an enumerator;
+- **pictures** keep their boxes, and a vision model's description, when there is one, becomes
+  the picture's caption (a table's goes after its cells, as its caption);
+- page numbers and running headers/footers (in the page's top or bottom band, digits-only or
+  repeated on other pages of the part) go to the furniture layer: kept, but out of the body
+  that Markdown and chunks are made of.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from docling_core.types.doc import (
+    BoundingBox,
+    ContentLayer,
+    CoordOrigin,
+    DocItemLabel,
+    DoclingDocument,
+    PictureItem,
+    ProvenanceItem,
+    Size,
+    TableCell,
+    TableData,
+    TableItem,
+    TextItem,
+)
+
+# Cells of one table row are separated by at least this many points of white space.
+_CELL_GAP_PT = 12.0
+# Two side-by-side items this long are two text columns, not a table row.
+_COLUMN_TEXT_CHARS = 40
+# A line this much taller than the page's body text is a heading.
+_HEADING_RATIO = 1.25
+# A heading's characters are at least this wide, as a share of its height (a font's are about half).
+_HEADING_CHAR_WIDTH = 0.3
+# Share of the page's height, at the top and at the bottom, where running headers and footers sit.
+_MARGIN_BAND = 0.1
+# Running headers and footers are short; a longer line in the band is body text.
+_FURNITURE_CHARS = 80
+_SECTION_NUMBER = re.compile(r"^(?:(?:chapter|section|appendix)\s+)?([0-9]+(?:\.[0-9]+)*|[A-Z](?:\.[0-9]+)+)\.?\s+\S",
+                             re.IGNORECASE)
+_BULLET = re.compile(r"^([\u2022\u25cf\u25cb\u25e6\u25aa\u25a0\u2013\u2014*-])\s+(\S.*)$", re.DOTALL)
+_ENUMERATOR = re.compile(r"^(\(?[0-9]{1,2}[.)]|\(?[a-z][)])\s+(\S.*)$", re.DOTALL)
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom; PDF points, origin bottom-left
+# A run of text on a page: (text, box) or (text, box, bold).
+TextRun = tuple[str, Box] | tuple[str, Box, bool]
+# Font names of bold faces: "Helvetica-Bold", "TimesNewRomanPS-BoldMT", TeX's "CMBX12", "CMB10",
+# "CMSSBX10", and cm-super's "SFBX1000".
+_BOLD_FONT = re.compile(r"bold|black|heavy|[+/](?:cm|sf)bx|[+/]cmb|cmssbx", re.IGNORECASE)
+# "Figure 7-27. Stainless steel nut." "Table 2: Doses": a caption, however it is set.
+_CAPTION = re.compile(r"^(?:figure|fig\.|table)\s+[A-Z0-9][\w.-]*[.:]\s", re.IGNORECASE)
+# (left, bottom, right, top) of a region of a page -> its description (a Markdown-free line).
+RegionDescriber = Callable[[tuple[float, float, float, float]], str]
+
+
+@dataclass
+class Line:
+    """Text items that sit on one visual row of a page, left to right."""
+
+    cells: list[str]
+    left: float
+    right: float
+    top: float
+    bottom: float
+    bold: bool = False  # every item of the line set in a bold font
+
+    @property
+    def height(self) -> float:
+        return self.top - self.bottom
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.cells)
+
+    @property
+    def box(self) -> Box:
+        return self.left, self.top, self.right, self.bottom
+
+    def is_heading(self, body_height: float) -> bool:
+        """A short line set in bold, or taller than the body text and in a bigger font (its
+        characters are wider too, which two lines the text layer merged into one item are not)."""
+        if len(self.text) > 120:
+            return False
+        char_width = (self.right - self.left) / max(len(self.text), 1)
+        bigger = self.height > _HEADING_RATIO * body_height and char_width >= _HEADING_CHAR_WIDTH * self.height
+        return bigger or self.bold
+
+    def is_table_row(self) -> bool:
+        if len(self.cells) < 2:
+            return False
+        return not (len(self.cells) == 2 and min(map(len, self.cells)) >= _COLUMN_TEXT_CHARS)
+
+
+@dataclass
+class Picture:
+    box: Box
+    description: str | None = None  # already marked as generated, e.g. "[picture, description generated by ...] ..."
+
+
+@dataclass
+class PageInput:
+    page_no: int
+    width: float
+    height: float
+    items: list[TextRun]  # the text layer's lines, in reading order
+    pictures: list[Picture] = field(default_factory=list)
+
+
+def group_lines(items: list[TextRun]) -> list[Line]:
+    """Merge consecutive items that overlap vertically into one visual line."""
+    lines: list[Line] = []
+    for text, (left, top, right, bottom), *style in items:
+        bold = bool(style and style[0])
+        prev = lines[-1] if lines else None
+        overlap = prev and min(prev.top, top) - max(prev.bottom, bottom)
+        if prev and overlap > 0.5 * min(prev.height, top - bottom) and left >= prev.right - 1:
+            if left - prev.right >= _CELL_GAP_PT:
+                prev.cells.append(text)
+            else:
+                prev.cells[-1] = f"{prev.cells[-1]} {text}"
+            prev.right = max(prev.right, right)
+            prev.top, prev.bottom = max(prev.top, top), min(prev.bottom, bottom)
+            prev.bold = prev.bold and bold
+        else:
+            lines.append(Line([text], left, right, top, bottom, bold))
+    return lines
+
+
+def join_lines(lines: list[Line]) -> str:
+    text = ""
+    for line in lines:
+        piece = line.text.strip()
+        if text.endswith("-") and piece[:1].islower():
+            text = text[:-1] + piece  # re-join a word hyphenated at the line end
+        else:
+            text = f"{text} {piece}" if text else piece
+    return text
+
+
+def _union(boxes: list[Box]) -> Box:
+    return (min(b[0] for b in boxes), max(b[1] for b in boxes), max(b[2] for b in boxes), min(b[3] for b in boxes))
+
+
+def _prov(page_no: int, box: Box, text: str) -> ProvenanceItem:
+    left, top, right, bottom = box
+    return ProvenanceItem(page_no=page_no, charspan=(0, len(text)),
+                          bbox=BoundingBox(l=left, t=top, r=right, b=bottom, coord_origin=CoordOrigin.BOTTOMLEFT))
+
+
+def heading_level(text: str, height: float, body_height: float) -> int:
+    """From the heading's numbering when it has one ("3" is 1, "3.2" is 2), else from its size."""
+    numbered = _SECTION_NUMBER.match(text)
+    if numbered:
+        return min(6, numbered.group(1).count(".") + 1)
+    ratio = height / body_height
+    return 1 if ratio >= 1.8 else 2 if ratio >= 1.45 else 3
+
+
+def _furniture_key(text: str) -> str:
+    return re.sub(r"[0-9]+", "#", text.strip().casefold())
+
+
+def running_lines(pages: list[PageInput]) -> set[tuple[int, str]]:
+    """(page, text) of the short lines in the top or bottom band that are page furniture: page numbers
+    (digits or roman numerals alone) and lines repeated, numbers aside, on another page."""
+    band: list[tuple[int, str]] = []
+    for page in pages:
+        lines = group_lines(page.items)
+        for index, line in enumerate(lines):
+            in_band = line.bottom >= page.height * (1 - _MARGIN_BAND) or line.top <= page.height * _MARGIN_BAND
+            # A row of a table that runs to the page's edge repeats its shape on every page, too.
+            in_table = line.is_table_row() and any(
+                neighbour.is_table_row() for neighbour in lines[max(0, index - 1):index + 2] if neighbour is not line)
+            if in_band and not in_table and len(line.text) <= _FURNITURE_CHARS:
+                band.append((page.page_no, line.text))
+    repeats = Counter(_furniture_key(text) for _, text in set(band))
+    return {(page_no, text) for page_no, text in band
+            if repeats[_furniture_key(text)] > 1 or re.fullmatch(r"[0-9ivxlc]+", text.strip(), re.IGNORECASE)}
+
+
+def _cells(rows: list[Line], first_row: int) -> list[TableCell]:
+    """The rows' cells, numbered from ``first_row``; row 0 of a table is its column header."""
+    return [
+        TableCell(text=text, start_row_offset_idx=r, end_row_offset_idx=r + 1, start_col_offset_idx=c,
+                  end_col_offset_idx=c + 1, column_header=r == 0)
+        for r, row in enumerate(rows, start=first_row) for c, text in enumerate(row.cells)
+    ]
+
+
+class _PageWriter:
+    """Adds one page's structure to the document, in reading order."""
+
+    def __init__(self, doc: DoclingDocument, page: PageInput, body_height: float, leading: float,
+                 describe_table: RegionDescriber | None, continued: TableItem | None) -> None:
+        self.doc, self.page = doc, page
+        self.body_height, self.leading = body_height, leading
+        self.describe_table = describe_table
+        self.paragraph: list[Line] = []
+        self.table: list[Line] = []
+        self.heading: tuple[TextItem, Line] | None = None  # the heading just written, to continue a wrapped one
+        self.list_group = None
+        self.list_enumerated = False
+        # The table the last page ended with, which this page's first block may continue; and the
+        # table this page ends with, for the next.
+        self.continued, self.last_table = continued, None
+        self.started = False
+
+    def flush(self) -> None:
+        if self.paragraph:
+            self._paragraph(self.paragraph)
+            self.paragraph = []
+        if len(self.table) >= 2:
+            self._table(self.table)
+        elif self.table:  # a single "row" is just a line with wide spacing
+            self._paragraph(self.table)
+        self.table = []
+
+    def _paragraph(self, lines: list[Line]) -> None:
+        self.started, self.last_table = True, None
+        text = join_lines(lines)
+        prov = _prov(self.page.page_no, _union([line.box for line in lines]), text)
+        marker = _BULLET.match(text) or _ENUMERATOR.match(text)
+        if marker is None:
+            self.list_group = None
+            label = DocItemLabel.CAPTION if _CAPTION.match(text) else DocItemLabel.TEXT
+            self.doc.add_text(label=label, text=text, prov=prov)
+            return
+        enumerated = marker.re is _ENUMERATOR
+        if self.list_group is None or self.list_enumerated != enumerated:
+            self.list_group, self.list_enumerated = self.doc.add_list_group(), enumerated
+        self.doc.add_list_item(text=marker.group(2), enumerated=enumerated, marker=marker.group(1), prov=prov,
+                               parent=self.list_group)
+
+    def _table(self, rows: list[Line]) -> None:
+        self.list_group = None
+        width = max(len(row.cells) for row in rows)
+        text = " ".join(row.text for row in rows)
+        box = _union([row.box for row in rows])
+        prov = _prov(self.page.page_no, box, text)
+        continued = self.continued if not self.started and self.continued is not None else None
+        self.started = True
+        if continued is not None and continued.data.num_cols == width:
+            # The page opens with more rows of the table the last page ended with: one table, on both pages.
+            first_row = continued.data.num_rows
+            continued.data.table_cells.extend(_cells(rows, first_row))
+            continued.data.num_rows += len(rows)
+            continued.prov.append(prov)
+            self.last_table = continued
+            return
+        table = self.doc.add_table(data=TableData(num_rows=len(rows), num_cols=width, table_cells=_cells(rows, 0)),
+                                   prov=prov)
+        if self.describe_table is not None:
+            left, top, right, bottom = box
+            self._caption(table, self.describe_table((left, bottom, right, top)), box)
+        self.last_table = table
+
+    def _caption(self, item, description: str, box: Box) -> None:
+        caption = self.doc.add_text(label=DocItemLabel.CAPTION, text=description, parent=item,
+                                    prov=_prov(self.page.page_no, box, description))
+        item.captions.append(caption.get_ref())
+
+    def picture(self, picture: Picture) -> None:
+        self.flush()
+        self.list_group, self.heading = None, None
+        self.started, self.last_table = True, None
+        item = self.doc.add_picture(prov=_prov(self.page.page_no, picture.box, ""))
+        if picture.description:
+            self._caption(item, picture.description, picture.box)
+
+    def line(self, line: Line, first_on_document: bool) -> None:
+        if line.is_table_row():
+            if self.paragraph:
+                self._paragraph(self.paragraph)
+                self.paragraph = []
+            self.table.append(line)
+            self.heading = None
+            return
+        if self.table:
+            self.flush()
+        if line.is_heading(self.body_height) and not _CAPTION.match(line.text):
+            self.flush()
+            self._heading(line, first_on_document)
+            return
+        self.heading = None
+        if self.paragraph:
+            prev = self.paragraph[-1]
+            gap = prev.bottom - line.top
+            # White space, a new column, or a new list item ends the paragraph.
+            if gap > self.leading + 0.5 * self.body_height or line.top > prev.top or _BULLET.match(line.text) or (
+                    _ENUMERATOR.match(line.text) and gap > 0.25 * self.body_height):
+                self.flush()
+        self.paragraph.append(line)
+
+    def _heading(self, line: Line, first_on_document: bool) -> None:
+        self.list_group = None
+        self.started, self.last_table = True, None
+        text = line.text.strip()
+        if self.heading is not None:
+            item, previous = self.heading
+            # Set in the same size, less than a line's height below the last heading: it wrapped.
+            if previous.bottom - line.top <= 0.8 * previous.height and abs(line.height - previous.height) <= (
+                    0.1 * previous.height):
+                item.text = item.orig = f"{item.text} {text}"
+                item.prov[0] = _prov(self.page.page_no, _union([item_box(item), line.box]), item.text)
+                self.heading = (item, line)
+                return
+        prov = _prov(self.page.page_no, line.box, text)
+        if first_on_document:
+            item = self.doc.add_title(text=text, prov=prov)
+        else:
+            item = self.doc.add_heading(text=text, level=heading_level(text, line.height, self.body_height), prov=prov)
+        self.heading = (item, line)
+
+
+def item_box(item) -> Box:
+    box = item.prov[0].bbox
+    return box.l, box.t, box.r, box.b
+
+
+def build_document(name: str, pages: list[PageInput],
+                   table_describers: dict[int, RegionDescriber] | None = None) -> DoclingDocument:
+    """One part's pages (in order) as a DoclingDocument; every page is in ``doc.pages``, even an
+    empty one, so the parts of a PDF concatenate back in page order."""
+    doc = DoclingDocument(name=name)
+    furniture = running_lines(pages)
+    titled = False
+    writer = None
+    for page in pages:
+        doc.add_page(page_no=page.page_no, size=Size(width=page.width, height=page.height))
+        lines = []
+        for line in group_lines(page.items):
+            if (page.page_no, line.text) in furniture:
+                label = DocItemLabel.PAGE_HEADER if line.top > page.height / 2 else DocItemLabel.PAGE_FOOTER
+                doc.add_text(label=label, text=line.text, prov=_prov(page.page_no, line.box, line.text),
+                             content_layer=ContentLayer.FURNITURE)
+            else:
+                lines.append(line)
+        waiting = sorted(page.pictures, key=lambda picture: -picture.box[1])  # top of the page first
+        if lines:
+            body_height = statistics.median(line.height for line in lines)
+            # The usual white space between two lines of one paragraph on this page: more than
+            # that (by half a line) starts a new paragraph.
+            gaps = [a.bottom - b.top for a, b in zip(lines, lines[1:]) if b.top < a.bottom]
+            leading = statistics.median(gaps) if gaps else 0.0
+        else:
+            body_height, leading = 1.0, 0.0
+        writer = _PageWriter(doc, page, body_height, leading, (table_describers or {}).get(page.page_no),
+                             continued=writer.last_table if writer else None)
+        for line in lines:
+            while waiting and line.top < waiting[0].box[1]:  # the line starts below the picture's top
+                writer.picture(waiting.pop(0))
+            writer.line(line, first_on_document=page.page_no == 1 and not titled)
+            titled = True
+        writer.flush()
+        for picture in waiting:
+            writer.picture(picture)
+    return doc
+
+
+def native_pages(result, first: int, last: int) -> list[PageInput]:
+    """Pages ``first``..``last`` of a native-pipeline conversion: each text-layer line with its box
+    and whether its font is bold (from the parsed page's cells), and the pictures' boxes."""
+    parsed = {page.page_no: page for page in result.pages}
+    pages = {}
+    for n in range(first, last + 1):
+        page = parsed.get(n)
+        size = page.size if page is not None and page.size else Size(width=612, height=792)
+        runs = []
+        for cell in (page.cells if page is not None else []):
+            if cell.text.strip():
+                box = cell.rect.to_bottom_left_origin(size.height).to_bounding_box()
+                runs.append((cell.text, (box.l, box.t, box.r, box.b), bool(_BOLD_FONT.search(cell.font_name or ""))))
+        pages[n] = PageInput(n, size.width, size.height, runs)
+    for item, _level in result.document.iterate_items():
+        if isinstance(item, PictureItem) and item.prov and item.prov[0].page_no in pages:
+            pages[item.prov[0].page_no].pictures.append(Picture(item_box(item)))
+    return [pages[n] for n in range(first, last + 1)]
