@@ -109,4 +109,6 @@ def test_a_heading_with_pii_is_redacted_before_it_travels_as_metadata(settings, 
     manifests = run_until(settings, drop(settings, path), "enrich")
     rows = Storage(settings).read_jsonl(manifests["enrich"].outputs["chunks"])
     assert rows and all("7946" not in row["text"] for row in rows)
-    assert [row["heading"] for row in rows] == ["Hotline [REDACTED:PHONE]"] * len(rows)
+    # The title heads every chunk's heading path: redacted there, and in the path the embedder reads.
+    assert [row["headings"] for row in rows] == [["Hotline [REDACTED:PHONE]", "Contacts"]] * len(rows)
+    assert [row["heading"] for row in rows] == ["Hotline [REDACTED:PHONE] > Contacts"] * len(rows)
