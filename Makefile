@@ -23,10 +23,12 @@ ledger:
 	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.ledger $(ARGS)
 
 # One question answered from the ingested documents, with its sources: make ask Q="What is the dose?"
+# (narrowed with ARGS="--document libtasn1.pdf --pages 9-11").
 ask:
-	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.query ask "$(Q)"
+	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.query ask "$(Q)" $(ARGS)
 
-# The sample question set answered and scored (hit@1, hit@5, MRR, answers with the expected phrase).
+# The sample question set answered and scored (hit@1, hit@5, MRR, answers with the expected phrase);
+# retrieval alone, on another set: ARGS="--retrieval-only --questions include/query/questions/bzip2.jsonl".
 evaluate:
 	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.query evaluate $(ARGS)
 

@@ -161,6 +161,10 @@ def report(results: dict[str, dict]) -> str:
                      f"| {s.get('embed')} | {s.get('load')} | {r['pages']} | {r['chunks']} | {r['chunks_per_page']} "
                      f"| {r['tokens_max']} | {r['tokens_p95']:.0f} | {r['tokens_mean']} "
                      f"| {r['over_window']} (> {r['window']}) | {r['chars_max']} | {r['chars_p95']:.0f} |")
+    base_name, base = next(iter(results.items()))
+    for name, r in list(results.items())[1:]:
+        lines.append(f"\ningest seconds {name} / {base_name}: {r['ingest_seconds'] / base['ingest_seconds']:.2f}; "
+                     f"chunks {r['chunks'] / max(base['chunks'], 1):.2f}")
     lines += ["", "| checkout | mode | question set | questions | hit@1 | hit@5 | MRR | ms per question |",
               "|" + "---|" * 8]
     for name, r in results.items():

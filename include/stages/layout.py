@@ -193,7 +193,7 @@ def running_lines(pages: list[PageInput]) -> set[tuple[int, str]]:
                 band.append((page.page_no, line.text))
     repeats = Counter(_furniture_key(text) for _, text in set(band))
     return {(page_no, text) for page_no, text in band
-            if repeats[_furniture_key(text)] > 1 or re.fullmatch(r"[0-9ivxlc]+", text.strip(), re.IGNORECASE)}
+            if repeats[_furniture_key(text)] > 1 or re.fullmatch(r"[0-9]+|[ivx]{1,6}", text.strip(), re.IGNORECASE)}
 
 
 def _cells(rows: list[Line], first_row: int) -> list[TableCell]:
