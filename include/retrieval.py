@@ -11,9 +11,9 @@ One place for both consumers, the ``rag_batch_query`` job and the ``ask`` comman
 - **reranked**, when ``rerank_model`` names a cross-encoder: the fused candidates re-scored
   pair by pair with the question (``include.backends.rerankers``).
 
-Then the top ``retrieval_top_k``. A metadata filter (``where``: by document, by pages) applies
-to every side. ``Passage.score`` is what the passages were ordered by: cosine similarity (dense),
-the fused reciprocal-rank score (hybrid), or the reranker's score.
+Then the top ``retrieval_top_k``, in that order (``Passage.rank``). A metadata filter (``where``:
+by document, by pages) applies to every side. ``Passage.score`` is always the passage's cosine
+similarity to the question, whichever search found it: the number a reader can compare.
 """
 
 from __future__ import annotations
@@ -96,7 +96,12 @@ class Retriever:
             hits = reciprocal_rank_fusion([dense, self.lexical.search(question, wanted, where)], k=settings.rrf_k)
         if self._reranker is not None:
             hits = self._reranker.rerank(question, hits)
-        return [passage_from_hit(rank, hit) for rank, hit in enumerate(hits[: settings.retrieval_top_k], 1)]
+        hits = hits[: settings.retrieval_top_k]
+        if hits and (settings.retrieval_mode == "hybrid" or self._reranker is not None):
+            # Ordered by fusion or the reranker; scored, like dense hits, by their similarity.
+            similarity = self.store.similarities(vector, [hit.id for hit in hits])
+            hits = [Hit(id=h.id, score=similarity.get(h.id, 0.0), text=h.text, metadata=h.metadata) for h in hits]
+        return [passage_from_hit(rank, hit) for rank, hit in enumerate(hits, 1)]
 
 
 class Searcher:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from include.documents import id_prefix
 from include.settings import PipelineSettings
 
@@ -79,6 +81,7 @@ class VectorStore(Protocol):
     def count(self, doc_id: str | None = None) -> int: ...
     def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]: ...
     def scan(self) -> Iterator[tuple[str, str, Metadata]]: ...
+    def similarities(self, vector: list[float], ids: list[str]) -> dict[str, float]: ...
     def embedder(self) -> EmbedderInfo | None: ...
     def bind_embedder(self, info: EmbedderInfo) -> None: ...
 
@@ -173,6 +176,10 @@ class ChromaStore:
                 return
             offset += page
 
+    def similarities(self, vector: list[float], ids: list[str]) -> dict[str, float]:
+        found = self._collection.get(ids=ids, include=["embeddings"])
+        return cosine_similarities(vector, dict(zip(found["ids"], found["embeddings"])))
+
     def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]:
         result = self._collection.query(
             query_embeddings=[vector], n_results=k, where=where or None,
@@ -184,6 +191,17 @@ class ChromaStore:
                 result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
             )
         ]
+
+
+def cosine_similarities(vector: list[float], stored: dict[str, list[float]]) -> dict[str, float]:
+    """Cosine similarity of ``vector`` to each stored vector, by id."""
+    if not stored:
+        return {}
+    ids = list(stored)
+    matrix = np.asarray([stored[i] for i in ids], dtype=np.float32)
+    query = np.asarray(vector, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1) * np.linalg.norm(query)
+    return dict(zip(ids, (matrix @ query / np.where(norms == 0, 1, norms)).tolist()))
 
 
 # Pinecone's limits (docs.pinecone.io, "Database limits"): a little under each, since the SDK's
@@ -300,18 +318,18 @@ class PineconeStore:
             return []
         return [item.id for page in index.list(prefix=prefix, namespace=self._namespace) for item in page.vectors]
 
-    def _fetch(self, ids: list[str]) -> Iterator[tuple[str, Metadata]]:
+    def _fetch(self, ids: list[str]) -> Iterator[tuple[str, Metadata, list[float]]]:
         index = self._open()
         for start in range(0, len(ids), PINECONE_MAX_IDS_PER_CALL):
             found = index.fetch(ids=ids[start : start + PINECONE_MAX_IDS_PER_CALL], namespace=self._namespace)
             for vector_id, vector in found.vectors.items():
-                yield vector_id, dict(vector.metadata or {})
+                yield vector_id, dict(vector.metadata or {}), list(vector.values)
 
     def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int:
         """Remove this source's vectors that the latest load did not write (ids share a prefix
         per source name; the metadata says which source each one is)."""
         candidates = [i for i in self._ids(id_prefix(source_uri)) if i not in keep_ids]
-        stale = [i for i, meta in self._fetch(candidates) if meta.get("source_uri") == source_uri]
+        stale = [i for i, meta, _ in self._fetch(candidates) if meta.get("source_uri") == source_uri]
         for start in range(0, len(stale), PINECONE_MAX_IDS_PER_CALL):
             self._open().delete(ids=stale[start : start + PINECONE_MAX_IDS_PER_CALL], namespace=self._namespace)
         return len(stale)
@@ -320,8 +338,11 @@ class PineconeStore:
         return len(self._ids(f"{doc_id}#" if doc_id else ""))
 
     def scan(self) -> Iterator[tuple[str, str, Metadata]]:
-        for vector_id, metadata in self._fetch(self._ids("")):
+        for vector_id, metadata, _ in self._fetch(self._ids("")):
             yield vector_id, str(metadata.pop("text", "")), metadata
+
+    def similarities(self, vector: list[float], ids: list[str]) -> dict[str, float]:
+        return cosine_similarities(vector, {vector_id: values for vector_id, _, values in self._fetch(ids)})
 
     def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]:
         index = self._open()
