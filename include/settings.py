@@ -264,9 +264,11 @@ class PipelineSettings(BaseSettings):
         default=0.2,
         ge=-1.0,
         le=1.0,
-        description="Passages scoring below this (cosine similarity) are not context. A question with "
-        "none left is answered 'I don't know' without calling the model. Measured with MiniLM on the "
-        "sample questions: the right passage scored 0.22-0.88, off-topic questions' best 0.02-0.22.",
+        description="Dense candidates scoring below this (cosine similarity) are dropped. A question with "
+        "none left is off-topic: answered 'I don't know' without calling the model. In hybrid mode a "
+        "passage BM25 ranks high may still join the others below it: an exact term the embedder missed. "
+        "Measured with MiniLM on the sample questions: the right passage scored 0.22-0.88, off-topic "
+        "questions' best 0.02-0.22.",
     )
     generator: Literal["smollm2", "openai", "huggingface"] = Field(
         default="smollm2",
