@@ -96,12 +96,15 @@ class Retriever:
             hits = reciprocal_rank_fusion([dense, self.lexical.search(question, wanted, where)], k=settings.rrf_k)
         if self._reranker is not None:
             hits = self._reranker.rerank(question, hits)
+        # Ordered by fusion or the reranker; scored by similarity to the question, which the dense
+        # search gave its own hits and the store gives the others (found by BM25 alone).
+        similarity = {hit.id: hit.score for hit in dense}
         hits = hits[: settings.retrieval_top_k]
-        if hits and (settings.retrieval_mode == "hybrid" or self._reranker is not None):
-            # Ordered by fusion or the reranker; scored, like dense hits, by their similarity.
-            similarity = self.store.similarities(vector, [hit.id for hit in hits])
-            hits = [Hit(id=h.id, score=similarity.get(h.id, 0.0), text=h.text, metadata=h.metadata) for h in hits]
-        return [passage_from_hit(rank, hit) for rank, hit in enumerate(hits, 1)]
+        missing = [hit.id for hit in hits if hit.id not in similarity]
+        if missing:
+            similarity.update(self.store.similarities(vector, missing))
+        return [passage_from_hit(rank, Hit(id=hit.id, score=similarity.get(hit.id, 0.0), text=hit.text,
+                                           metadata=hit.metadata)) for rank, hit in enumerate(hits, 1)]
 
 
 class Searcher:

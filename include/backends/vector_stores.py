@@ -51,7 +51,8 @@ class Hit:
 
     @property
     def searchable_text(self) -> str:
-        """The passage as the embedder read it: its heading path, then its text."""
+        """The passage with its context, for lexical search and rerankers: its heading path (as
+        the metadata joins it), then its text."""
         return f"{self.metadata.get('heading') or ''}\n{self.text}"
 
 

@@ -178,12 +178,12 @@ def _furniture_key(text: str) -> str:
     return re.sub(r"[0-9]+", "#", text.strip().casefold())
 
 
-def running_lines(pages: list[PageInput]) -> set[tuple[int, str]]:
+def running_lines(pages: list[PageInput], lines_of: dict[int, list[Line]]) -> set[tuple[int, str]]:
     """(page, text) of the short lines in the top or bottom band that are page furniture: page numbers
     (digits or roman numerals alone) and lines repeated, numbers aside, on another page."""
     band: list[tuple[int, str]] = []
     for page in pages:
-        lines = group_lines(page.items)
+        lines = lines_of[page.page_no]
         for index, line in enumerate(lines):
             in_band = line.bottom >= page.height * (1 - _MARGIN_BAND) or line.top <= page.height * _MARGIN_BAND
             # A row of a table that runs to the page's edge repeats its shape on every page, too.
@@ -340,13 +340,14 @@ def build_document(name: str, pages: list[PageInput],
     """One part's pages (in order) as a DoclingDocument; every page is in ``doc.pages``, even an
     empty one, so the parts of a PDF concatenate back in page order."""
     doc = DoclingDocument(name=name)
-    furniture = running_lines(pages)
+    lines_of = {page.page_no: group_lines(page.items) for page in pages}
+    furniture = running_lines(pages, lines_of)
     titled = False
     writer = None
     for page in pages:
         doc.add_page(page_no=page.page_no, size=Size(width=page.width, height=page.height))
         lines = []
-        for line in group_lines(page.items):
+        for line in lines_of[page.page_no]:
             if (page.page_no, line.text) in furniture:
                 label = DocItemLabel.PAGE_HEADER if line.top > page.height / 2 else DocItemLabel.PAGE_FOOTER
                 doc.add_text(label=label, text=line.text, prov=_prov(page.page_no, line.box, line.text),
