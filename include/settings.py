@@ -344,6 +344,12 @@ class PipelineSettings(BaseSettings):
         description="Chunks enriched, embedded or loaded per unit of work: a document with many "
         "chunks spreads over the stage's actors.",
     )
+    worker_crash_retries: int = Field(
+        default=2, ge=0, description="How often a Ray worker process that died (a native crash, a signal, "
+        "out of memory, a lost node) is started again and its work retried, in every actor pool and task of "
+        "the ingest and query jobs, before the job fails naming the step, the model and the signal. Ray "
+        "Data's own default is without limit: a model that crashes in native code would loop until timeout."
+    )
     split_cpus: float = Field(
         default=0.25,
         gt=0,

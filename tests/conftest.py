@@ -77,7 +77,7 @@ def ray_local():
     temp_dir = tempfile.mkdtemp(prefix="ray-ut-", dir="/tmp")
     ray.init(
         num_cpus=2,
-        include_dashboard=False,
+        include_dashboard=True,  # the state API: a crashed worker's log names its signal
         _temp_dir=temp_dir,
         runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES, "env_vars": _OFFLINE},
         logging_level="WARNING",

@@ -20,7 +20,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,17 +103,55 @@ class _LlamaTokens:
         self._vocab.close()
 
 
+_MODEL_LOAD = threading.Lock()
+
+
+@contextmanager
+def _weights_in_plain_cpu_buffers() -> Iterator[None]:
+    """Models loaded inside this block keep their weights in llama.cpp's plain CPU buffers.
+
+    llama.cpp otherwise repacks weights into "extra" buffer types for the CPU it finds, the
+    AMX one on Intel Xeons with AMX (Sapphire Rapids and later), and its AMX matrix multiply
+    segfaults on the packaged SmolLM2 Q4_1 model (``ggml_backend_amx_mul_mat``, llama.cpp
+    issue 20824). Turning the extra buffers off holds on every x86-64 CPU and whatever the
+    wheel was built with (a native build here, a generic one in an image, one from a pip
+    cache built elsewhere), where a build flag would hold only for one build. The cost is
+    nil for this model: Q4_1 has no other repacked layout; a Q4_0 model would lose the
+    AVX2 repacking. ``Llama()`` takes no such argument, so its model parameters' defaults
+    are amended while it loads, under a lock.
+    """
+    import llama_cpp.llama_cpp as native
+
+    defaults = native.llama_model_default_params
+    if "use_extra_bufts" not in dict(native.llama_model_params._fields_):
+        raise RuntimeError("this llama-cpp-python has no use_extra_bufts model parameter: the AMX "
+                           "workaround in include/backends/generators.py needs updating")
+
+    def plain_cpu_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _MODEL_LOAD:
+        native.llama_model_default_params = plain_cpu_buffers
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = defaults
+
+
 class SmolLM2Generator:
     def __init__(self, settings: PipelineSettings) -> None:
         from llama_cpp import Llama
 
         self.model = generator_model(settings)
-        self._llm = Llama(
-            model_path=gguf_path(self.model),
-            n_ctx=settings.generator_context_tokens,
-            n_threads=math.ceil(settings.generate_pool.actor_cpus),
-            verbose=False,
-        )
+        with _weights_in_plain_cpu_buffers():
+            self._llm = Llama(
+                model_path=gguf_path(self.model),
+                n_ctx=settings.generator_context_tokens,
+                n_threads=math.ceil(settings.generate_pool.actor_cpus),
+                verbose=False,
+            )
         self._max_tokens = settings.generator_max_new_tokens
         self._temperature = settings.generator_temperature
         self._repeat_penalty = settings.generator_repeat_penalty

@@ -22,11 +22,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from include.backends.generators import generator_model
 from include.backends.vector_stores import Filter
 from include.query import evaluation
 from include.query.steps import STEPS, BuildPrompts, EmbedQuestions, GenerateAnswers, RetrievePassages
 from include.settings import PipelineSettings
 from include.storage import Storage, join_uri, object_name, relative_key
+from include.worker_crashes import actor_crash_limits, crashes_named, task_crash_limits
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,8 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
     context.use_datasource_v2 = False
     storage = Storage(settings)
     filesystem, path = storage.arrow_filesystem(questions_uri)
-    questions = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=settings.query_io_cpus)
+    questions = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=settings.query_io_cpus,
+                                      ray_remote_args=task_crash_limits(settings))
     names = list(questions.schema().names)
     check_columns(names, questions_uri)
 
@@ -111,6 +114,7 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
             worker, fn_constructor_kwargs={"settings": settings, **kwargs}, batch_format="pyarrow",
             batch_size=settings.query_batch_size, num_cpus=sizes.actor_cpus,
             compute=ActorPoolStrategy(min_size=sizes.min_actors, max_size=sizes.max_actors),
+            **actor_crash_limits(settings),
             **({"num_gpus": settings.generator_gpus} if worker is GenerateAnswers and settings.generator_gpus else {}),
         )
 
@@ -119,9 +123,24 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
     answers = step(answers, BuildPrompts, "prompt_pool")
     answers = step(answers, GenerateAnswers, "generate_pool")
     if evaluation.has_expectations(names):
-        answers = answers.map_batches(evaluation.score_batch, batch_format="pyarrow", num_cpus=settings.query_io_cpus)
+        answers = answers.map_batches(evaluation.score_batch, batch_format="pyarrow", num_cpus=settings.query_io_cpus,
+                                      **task_crash_limits(settings))
     out_filesystem, out_path = storage.arrow_filesystem(output_uri)
-    answers.write_parquet(out_path, filesystem=out_filesystem, ray_remote_args={"num_cpus": settings.query_io_cpus})
+    with crashes_named(settings, step_models(settings), default_step="reading or writing Parquet"):
+        answers.write_parquet(out_path, filesystem=out_filesystem,
+                              ray_remote_args={"num_cpus": settings.query_io_cpus, **task_crash_limits(settings)})
+
+
+def step_models(settings: PipelineSettings) -> dict[str, tuple[str, str]]:
+    """What each step's actors run, as a crash report names it."""
+    backend = {"smollm2": "llama.cpp", "openai": "the OpenAI API", "huggingface": "transformers"}[settings.generator]
+    embedder = settings.embed_model if settings.embedder == "minilm" else settings.openai_embed_model
+    return {
+        EmbedQuestions.__name__: ("EmbedQuestions", embedder),
+        RetrievePassages.__name__: ("RetrievePassages", f"the {settings.vector_store} client and BM25"),
+        BuildPrompts.__name__: ("BuildPrompts", f"the {generator_model(settings)} tokenizer"),
+        GenerateAnswers.__name__: ("GenerateAnswers", f"{generator_model(settings)} on {backend}"),
+    }
 
 
 # --- results ------------------------------------------------------------------------

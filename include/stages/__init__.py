@@ -25,6 +25,7 @@ STAGES: dict[str, Stage] = {
             unit="pages",
             code_modules=("include.stages.layout", "include.backends.describers", "include.backends.openai_api"),
             libraries=("docling", "docling-core", "docling-parse", "pypdfium2"),
+            runs=lambda s: "docling-parse and pdfium" + (f", {s.describe_model}" if s.describe_pictures else ""),
         ),
         Stage(
             "chunk",
@@ -38,6 +39,7 @@ STAGES: dict[str, Stage] = {
             unit=None,
             code_modules=("include.backends.embedders",),
             libraries=("docling-core", "semchunk", "transformers", "tiktoken"),
+            runs=lambda s: f"HybridChunker with the {s.embedder} tokenizer",
         ),
         Stage(
             "enrich",
@@ -50,6 +52,8 @@ STAGES: dict[str, Stage] = {
             pool="enrich_pool",
             code_modules=("include.backends.enrichers", "include.backends.openai_api", "include.pii_shapes"),
             libraries=("presidio-analyzer", "spacy", "yake", "drug-named-entity-recognition", "phonenumbers"),
+            runs=lambda s: (f"Presidio and spaCy {s.spacy_model}" if s.enricher == "local"
+                            else f"{s.enrich_model} over the OpenAI API"),
         ),
         Stage(
             "embed",
@@ -61,6 +65,8 @@ STAGES: dict[str, Stage] = {
             pool="embed_pool",
             code_modules=("include.backends.embedders",),
             libraries=("sentence-transformers", "torch", "openai"),
+            runs=lambda s: (f"{s.embed_model} on torch" if s.embedder == "minilm"
+                            else f"{s.openai_embed_model} over the OpenAI API"),
         ),
         Stage(
             "load",
@@ -73,6 +79,7 @@ STAGES: dict[str, Stage] = {
             pool="load_pool",
             reusable=False,
             code_modules=("include.backends.vector_stores",),
+            runs=lambda s: f"the {s.vector_store} client",
         ),
     )
 }

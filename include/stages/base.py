@@ -216,6 +216,8 @@ class Stage:
     # change the output: an upgrade must not reuse what older code made.
     code_modules: tuple[str, ...] = ()
     libraries: tuple[str, ...] = ()
+    # What the worker runs, as an error names it ("all-MiniLM-L6-v2 on torch").
+    runs: Callable[[PipelineSettings], str] = lambda _settings: ""
 
 
 @cache

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from include.settings import PipelineSettings
+from include.worker_crashes import actor_crash_limits, crashes_named, task_crash_limits
 from include.stages.base import (
     BadFileError,
     DocInput,
@@ -135,6 +136,7 @@ def run_on_ray(
             # As many splitters as actors they feed: each is a worker process to start,
             # and starting processes is most of a small job's time.
             concurrency=pool.max_actors,
+            **task_crash_limits(settings),
         )
         .map_batches(
             _PartWorker,
@@ -142,6 +144,7 @@ def run_on_ray(
             batch_size=1,  # a part is already a bounded unit of work
             compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
             num_cpus=pool.actor_cpus,
+            **actor_crash_limits(settings),
         )
     )
     by_id = {item.document.doc_id: item for item in items}
@@ -150,18 +153,20 @@ def run_on_ray(
     collected: list[Any] = []
     error: DocumentError | None = None
     seconds = 0.0
-    for row in payloads.iter_rows():
-        if row["doc_id"] != current:
-            if current is not None:
-                yield DocumentDone(by_id[current], collected, error, seconds)
-            current, collected, error, seconds = row["doc_id"], [], None, 0.0
-            seen.add(current)
-        seconds += row["seconds"]
-        if row["error"]:
-            error = error or (BadFileError if row["bad_file"] else DocumentError)(row["error"])
-        elif row["index"] != _NO_PART:
-            collected.append(json.loads(row["payload"]))
-            progress.add(units=row["units"])
+    steps = {_PartWorker.__name__: (stage.name, stage.runs(settings))}
+    with crashes_named(settings, steps, default_step=f"{stage.name} (splitting)"):
+        for row in payloads.iter_rows():
+            if row["doc_id"] != current:
+                if current is not None:
+                    yield DocumentDone(by_id[current], collected, error, seconds)
+                current, collected, error, seconds = row["doc_id"], [], None, 0.0
+                seen.add(current)
+            seconds += row["seconds"]
+            if row["error"]:
+                error = error or (BadFileError if row["bad_file"] else DocumentError)(row["error"])
+            elif row["index"] != _NO_PART:
+                collected.append(json.loads(row["payload"]))
+                progress.add(units=row["units"])
     if current is not None:
         yield DocumentDone(by_id[current], collected, error, seconds)
     if missing := set(by_id) - seen:

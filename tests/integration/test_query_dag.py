@@ -13,6 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from airflow.sdk.exceptions import AirflowFailException
+from ray_operators.operators.ray_job import RayJobOperator
+
+from include.ingest import runtime_env
 from include.query import evaluation
 from include.query.pipeline import MARKER, read_answers
 from include.query.prompts import NO_PASSAGES
@@ -21,6 +25,8 @@ from tests.integration.conftest import AIRFLOW, WORKER_SECRETS, dag_test, isolat
 from tools import airflow_db
 
 pytestmark = pytest.mark.integration
+
+CRASH_LLAMA = Path(__file__).resolve().parents[1] / "fakes" / "crash_llama"
 
 QUERY_DAG = "rag_batch_query"
 OFF_TOPIC = {"id": "off-topic", "prompt": "What is the capital of Mongolia?"}
@@ -145,3 +151,35 @@ def test_a_file_without_a_prompt_column_fails_at_once_naming_the_file(env, answe
     assert _states(env, run_id)[("answer_questions", 0)] == "failed"
     assert len(ray_jobs_of(env, run_id, QUERY_DAG)) == 1  # not retried: the same file would fail the same way
     assert f"{bad_uri} has no 'prompt' column" in output.stdout + output.stderr
+
+
+def test_a_model_that_dies_by_signal_fails_its_job_once_naming_step_model_and_signal(env, answered):
+    """The real query job with llama.cpp made to segfault in its workers: the actor's restarts are
+    bounded, the job fails, and the operator fails the task at once (no Airflow retry) with the cause.
+    A restart loop would instead run into the job timeout, a retryable error this test rejects."""
+    from ray.job_submission import JobSubmissionClient
+
+    from include.settings import get_settings
+    from include.storage import join_uri
+
+    settings = get_settings()
+    question = join_uri(settings.queries_uri, "crash/dose.parquet")
+    prompts = pa.table({"prompt": ["What is the maximum daily dose of metformin?"]})
+    answered.storage.write_bytes(question, _parquet(prompts))
+    job_env = {**runtime_env(), "py_modules": [str(CRASH_LLAMA)],
+               "worker_process_setup_hook": "crash_llama.install"}
+    operator = RayJobOperator(
+        task_id="answer_questions", entrypoint=f"python -m include.query run --questions {question}",
+        result_prefix=join_uri(settings.artifacts_uri, "crash-test-results"), runtime_env=job_env,
+        job_timeout=600,
+    )
+    ti = SimpleNamespace(dag_id="crash_test", run_id=answered.run_id, task_id="answer_questions",
+                         map_index=0, try_number=1)
+    with pytest.raises(AirflowFailException) as caught:
+        operator.execute({"ti": ti})
+    deaths = settings.worker_crash_retries + 1
+    assert (f"GenerateAnswers (packaged:SmolLM2-135M-Instruct on llama.cpp): the worker process died with "
+            f"SIGSEGV {deaths} time(s)") in str(caught.value)
+    assert "a native crash repeats on a retry" in str(caught.value)
+    job = JobSubmissionClient(env["RAY_ADDRESS"]).get_job_info(operator.submission_id)
+    assert str(job.status) == "FAILED"

@@ -1,0 +1,93 @@
+"""A worker that dies by a signal inside a Ray Data pool: bounded restarts, then a job error that names
+the step, what it runs and the signal, and says whether a retry can help. The packaged llama.cpp model
+answers on this machine's CPU (an Intel Xeon with AMX, where its AMX kernels used to segfault)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from include.documents import DocumentRef
+from include.stages import STAGES
+from include.stages.base import Progress, StageInput
+from include.stages.execution import run_on_ray
+from include.worker_crashes import WorkerCrashed, signal_in
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# What Ray's failure handler and Python's faulthandler write to a worker's stderr, as read from a
+# worker killed by SIGSEGV on Ray 2.60.
+RAY_SEGV_LOG = """:job_id:01000000
+:actor_name:MapWorker(MapBatches(GenerateAnswers))
+*** SIGSEGV received at time=1796160415 on cpu 0 ***
+PC: @     0x7f0b6daa3f16  (unknown)  ggml_backend_amx_mul_mat()
+Fatal Python error: Segmentation fault
+"""
+
+
+def test_the_signal_is_read_from_either_handler_of_a_worker_log():
+    assert signal_in(RAY_SEGV_LOG) == "SIGSEGV"
+    assert signal_in("Fatal Python error: Aborted\n\nStack (most recent call first):") == "SIGABRT"
+    assert signal_in("INFO worker.py: task done\n") is None
+
+
+def test_a_native_crash_is_not_retryable_and_a_kill_without_a_signal_is():
+    crash = WorkerCrashed("GenerateAnswers", "packaged:SmolLM2-135M-Instruct on llama.cpp", 3, "SIGSEGV", 2)
+    assert not crash.retryable
+    assert str(crash).startswith("GenerateAnswers (packaged:SmolLM2-135M-Instruct on llama.cpp): the worker "
+                                 "process died with SIGSEGV 3 time(s), more than the 2 restart(s) allowed")
+    assert WorkerCrashed("embed", "", 3, None, 2).retryable  # OOM-killed, node lost: may run next time
+
+
+class SelfKillingWorker:
+    """A stage worker whose 'model' dies by SIGSEGV on its first part, as llama.cpp's AMX kernel did."""
+
+    def __init__(self, settings) -> None:
+        pass
+
+    def __call__(self, doc, part):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_worker_that_dies_by_signal_fails_the_job_after_its_restarts_naming_step_model_and_signal(
+    settings, ray_local
+):
+    import ray
+
+    # The worker class travels by value: this test module is not shipped to the workers.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stage = replace(STAGES["embed"], split=lambda doc, settings: [{"units": 1}], worker=SelfKillingWorker)
+    crashy = settings.model_copy(update={"worker_crash_retries": 1})
+    document = DocumentRef(doc_id="d1", source_uri="s3://documents/inbox/a.pdf", content_sha256="0" * 64,
+                           size_bytes=1)
+    with pytest.raises(WorkerCrashed) as caught, Progress("embed", "chunks", 1, 60) as progress:
+        list(run_on_ray(stage, crashy, [StageInput(document)], progress))
+    crash = caught.value
+    assert crash.step == "embed" and crash.model == "packaged:all-MiniLM-L6-v2 on torch"
+    assert crash.signal == "SIGSEGV" and crash.deaths == 2 and not crash.retryable
+
+
+def test_the_packaged_llama_cpp_model_answers_on_this_cpu():
+    """In a child process: were llama.cpp to crash (as its AMX kernels did here), this test fails
+    with the signal instead of taking the whole test run down with it."""
+    code = (
+        "from include.backends.generators import SmolLM2Generator\n"
+        "from include.settings import PipelineSettings\n"
+        "generator = SmolLM2Generator(PipelineSettings())\n"
+        "reply = generator.generate([{'role': 'user', 'content': 'Context: the maximum daily dose of "
+        "metformin is 2000 mg.\\nQuestion: What is the maximum daily dose of metformin?'}])\n"
+        "print(reply.text)\n"
+        "generator.close()\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    flags = sorted({flag for flag in Path("/proc/cpuinfo").read_text().split() if flag.startswith("amx")})
+    died = signal.Signals(-child.returncode).name if child.returncode < 0 else f"exit {child.returncode}"
+    assert child.returncode == 0, f"llama.cpp died ({died}) on a CPU with {flags}:\n{child.stderr[-3000:]}"
+    assert "2000 mg" in child.stdout
