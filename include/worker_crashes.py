@@ -92,20 +92,28 @@ def crashes_named(settings: PipelineSettings, steps: Mapping[str, tuple[str, str
 def _signals_since(started_ms: float) -> Counter[str]:
     """The signals that killed workers (of any node) since ``started_ms``, from their stderr logs.
     Empty when the state API cannot tell (a cluster without a dashboard): the error then says so."""
+    import ray
     from ray.util.state import get_log, list_workers
 
     found: Counter[str] = Counter()
     try:
-        dead = list_workers(filters=[("is_alive", "=", "False"), ("exit_type", "=", "SYSTEM_ERROR")],
-                            detail=True, limit=1000, raise_on_missing_output=False)
-        for worker in dead:
-            if (worker.end_time_ms or 0) < started_ms:
-                continue
-            lines = get_log(pid=worker.pid, node_id=worker.node_id, suffix="err", tail=_LOG_TAIL_LINES)
+        # The cluster this process is connected to, not whichever one the state API would guess.
+        cluster = ray.get_runtime_context().gcs_address
+        dead = list_workers(address=cluster, detail=True, limit=1000, raise_on_missing_output=False,
+                            filters=[("is_alive", "=", "False"), ("exit_type", "=", "SYSTEM_ERROR")])
+    except Exception as exc:  # diagnosis must never hide the failure it explains
+        log.warning("could not list the dead workers to name the signal: %s", exc)
+        return found
+    for worker in dead:
+        if (worker.end_time_ms or 0) < started_ms:
+            continue
+        try:
+            lines = get_log(address=cluster, pid=worker.pid, node_id=worker.node_id, suffix="err",
+                            tail=_LOG_TAIL_LINES)
             if signal := signal_in("".join(lines)):
                 found[signal] += 1
-    except Exception as exc:  # diagnosis must never hide the failure it explains
-        log.warning("could not read the dead workers' logs to name the signal: %s", exc)
+        except Exception as exc:  # its node may be gone with it
+            log.warning("could not read the log of dead worker %s (pid %s): %s", worker.worker_id, worker.pid, exc)
     return found
 
 

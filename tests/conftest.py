@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,12 @@ def pipeline_env(settings, monkeypatch) -> PipelineSettings:
     get_settings.cache_clear()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A throwaway local Ray (not the stack's head), shipping the project like a job does."""
@@ -77,7 +84,10 @@ def ray_local():
     temp_dir = tempfile.mkdtemp(prefix="ray-ut-", dir="/tmp")
     ray.init(
         num_cpus=2,
-        include_dashboard=True,  # the state API: a crashed worker's log names its signal
+        # The state API: a crashed worker's log names its signal. On a port of its own, never the
+        # demo stack's 8265.
+        include_dashboard=True,
+        dashboard_port=_free_port(),
         _temp_dir=temp_dir,
         runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES, "env_vars": _OFFLINE},
         logging_level="WARNING",
