@@ -20,20 +20,13 @@ import re
 
 from pydantic import BaseModel
 
-from include.documents import DocumentRef, Unreadable
+from include.contract import BatchSpec, DocumentRef
+from include.documents import Unreadable
 from include.storage import Storage, join_uri
 
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-class BatchSpec(BaseModel):
-    """A batch's file: what the first stage's job reads."""
-
-    batch_id: str
-    run_id: str
-    documents: list[DocumentRef]
 
 
 class BatchRef(BaseModel):

@@ -18,29 +18,14 @@ import re
 import unicodedata
 from pathlib import PurePosixPath
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
+from include.contract import DocumentRef
 from include.storage import ObjectNotFound, Storage, canonical_uri, join_uri, object_name, uri_scheme
 
 log = logging.getLogger(__name__)
 
 _STEM_CHARS = re.compile(r"[^a-z0-9]+")
-
-
-class DocumentRef(BaseModel):
-    """What the pipeline knows of a source document before reading it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    doc_id: str
-    source_uri: str
-    content_sha256: str
-    size_bytes: int
-
-    @property
-    def name(self) -> str:
-        """The object's file name as its key spells it (``file://`` URIs decoded)."""
-        return object_name(self.source_uri)
 
 
 def _readable_stem(source_uri: str) -> str:

@@ -22,14 +22,14 @@ from typing import Any
 
 from include import report
 from include.backends.vector_stores import build_vector_store
-from include.batching import BatchSpec, Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
-from include.documents import DocumentRef, Unreadable, describe, key_uris
+from include.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
+from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef
+from include.documents import Unreadable, describe, key_uris
 from include.incremental import WORK, Reason, decide, pending, tally
 from include.ledger import Candidate, Final, Ledger, Status
 from include.quarantine import quarantine
 from include.settings import PROJECT_ROOT, PipelineSettings, get_settings
 from include.stages import STAGES, pipeline_fingerprint
-from include.stages.base import BatchResult, DocumentOutcome
 from include.storage import ObjectInfo, ObjectNotFound, Storage, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)

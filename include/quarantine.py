@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from include.documents import DocumentRef
+from include.contract import DocumentRef, now
 from include.settings import PipelineSettings
-from include.stages.base import now
 from include.storage import ObjectNotFound, Storage, join_uri, relative_key
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from typing import Any
 
 from ray_operators.operators.ray_job import RayJobOperator
 
+from include.contract import BatchResult
 from include.ingest import record_stage, runtime_env, stage_result_prefix
 from include.stages import STAGES
-from include.stages.base import BatchResult
 
 
 class PipelineStageOperator(RayJobOperator):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from include.documents import DocumentRef, describe
+from include.contract import BatchResult, DocumentRef, StageManifest
+from include.documents import describe
 from include.settings import PipelineSettings
-from include.stages.base import BatchResult, StageManifest
 from include.stages.local import run_stages
 from include.storage import Storage, join_uri
 
@@ -43,7 +43,7 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
     """One ``document_ingest`` run in this process, task by task, with the stages run inline;
     the settings come from the environment, as in the DAG. Returns the run's summary."""
     from include import ingest
-    from include.batching import BatchSpec
+    from include.contract import BatchSpec
     from include.settings import get_settings
 
     settings = get_settings()

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from include.documents import DocumentRef
+from include.contract import DocumentRef
 from include.ledger.schema import Document, Event, Run, Status
 from include.settings import PipelineSettings
 

@@ -19,14 +19,12 @@ import logging
 import os
 import sys
 import time
-import traceback
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 from include.backends.vector_stores import Filter
+from include.contract import JobResult, now
 from include.query import evaluation
 from include.query.pipeline import InlineAnswerer, answer_metrics, run_job
 from include.query.report import format_answer, format_metrics
@@ -97,25 +95,23 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
-    job_id = os.environ.get("JOB_SUBMISSION_ID") or f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    result: dict[str, Any] = {"submission_id": job_id, "started_at": datetime.now(UTC).isoformat()}
+    job_id = os.environ.get("JOB_SUBMISSION_ID") or f"local-{now():%Y%m%dT%H%M%S}"
+    started = now()
     try:
         import ray
 
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
-        result.update(run_job(settings, args.questions, answers_uri=args.answers, where=args.where, job_id=job_id))
-        result["status"] = "succeeded"
+        done = run_job(settings, args.questions, answers_uri=args.answers, where=args.where, job_id=job_id)
+        result = JobResult(submission_id=job_id, status="succeeded", started_at=started, finished_at=now(), **done)
     except Exception as exc:
         log.error("answering %s failed: %s", args.questions, exc)
-        result.update(status="failed", retryable=getattr(exc, "retryable", True),
-                      error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
-    result["finished_at"] = datetime.now(UTC).isoformat()
+        result = JobResult(submission_id=job_id, started_at=started, finished_at=now(),
+                           **JobResult.failure_fields(exc))
     if args.result:
-        Storage(settings).write_json(args.result, result)
-    metrics = result.get("metrics", {})
-    print(f"RESULT: {result['status']}: {metrics.get('questions', 0):.0f} question(s), "
-          f"{metrics.get('questions_per_second', 0)} per second", flush=True)
-    return 0 if result["status"] == "succeeded" else 1
+        Storage(settings).write_json(args.result, result.model_dump(mode="json"))
+    print(f"RESULT: {result.status}: {result.metrics.get('questions', 0):.0f} question(s), "
+          f"{result.metrics.get('questions_per_second', 0)} per second", flush=True)
+    return 0 if result.status == "succeeded" else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,11 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 
-from include.batching import BatchSpec
+from include.contract import BatchResult, BatchSpec, JobResult, StageManifest, now
 from include.settings import PipelineSettings, get_settings
 from include.stages import STAGES
-from include.stages.base import BatchResult, StageInput, StageManifest, now, run_stage
+from include.stages.base import StageInput, run_stage
 from include.stages.execution import run_inline, run_on_ray
 from include.storage import Storage
 
@@ -85,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except Exception as exc:
         log.error("%s of %s failed: %s", args.stage, batch_id, exc)
-        result = BatchResult(stage=args.stage, batch_id=batch_id, submission_id=submission_id, status="failed",
-                             error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
-                             retryable=getattr(exc, "retryable", True), started_at=started, finished_at=now())
+        result = BatchResult(stage=args.stage, batch_id=batch_id, submission_id=submission_id,
+                             started_at=started, finished_at=now(), **JobResult.failure_fields(exc))
     if args.result:
         storage.write_json(args.result, result.model_dump(mode="json"))
     ok, bad = len(result.succeeded), len(result.failed)

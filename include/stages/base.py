@@ -35,14 +35,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache, lru_cache
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from include.backends.openai_api import SPEND_METRICS
-from include.documents import DocumentRef
+from include.contract import BatchResult, DocumentOutcome, DocumentRef, Metrics, Outputs, StageManifest, now
 from include.settings import PipelineSettings
 from include.storage import Storage, join_uri
 
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.json"
 
-Metrics = dict[str, float]
-Outputs = dict[str, str]
 Part = dict[str, Any]  # a unit of work; "units" (pages, chunks) counts it for progress
 Payload = Any  # JSON-able result of one part
 
@@ -71,67 +69,6 @@ class BadFileError(DocumentError):
     help, so the orchestrator moves it to quarantine until a fixed file is dropped."""
 
     bad_file = True
-
-
-class StageManifest(BaseModel):
-    """One document's outcome in one stage."""
-
-    stage: str
-    document: DocumentRef
-    status: Literal["succeeded", "failed"]
-    outputs: Outputs = {}
-    metrics: Metrics = {}
-    error: str | None = None
-    # False when trying again cannot help (the input itself is bad).
-    retryable: bool = True
-    bad_file: bool = False
-    config_fingerprint: str
-    # What the outputs were made from, and a digest of what they hold: a downstream
-    # stage reuses its result only if its upstream's outputs are still the same.
-    upstream_manifest_uri: str | None = None
-    upstream_digest: str | None = None
-    output_digest: str | None = None
-    submission_id: str | None = None
-    started_at: datetime
-    finished_at: datetime
-
-
-class DocumentOutcome(BaseModel):
-    doc_id: str
-    source_uri: str
-    status: Literal["succeeded", "failed"]
-    manifest_uri: str
-    error: str | None = None
-    retryable: bool = True
-    # The file itself is bad (``BadFileError``): it goes to quarantine.
-    bad_file: bool = False
-    reused: bool = False
-    metrics: Metrics = {}
-
-
-class BatchResult(BaseModel):
-    """What one stage's job did for one batch: the only thing the orchestrator reads back."""
-
-    stage: str
-    batch_id: str
-    submission_id: str | None = None
-    # "failed": the job itself failed (cluster, storage, a bug). The documents it
-    # finished first have their manifests written: the retry reuses them.
-    status: Literal["succeeded", "failed"]
-    error: str | None = None
-    retryable: bool = True
-    documents: list[DocumentOutcome] = []
-    metrics: Metrics = {}
-    started_at: datetime
-    finished_at: datetime
-
-    @property
-    def succeeded(self) -> list[DocumentOutcome]:
-        return [d for d in self.documents if d.status == "succeeded"]
-
-    @property
-    def failed(self) -> list[DocumentOutcome]:
-        return [d for d in self.documents if d.status == "failed"]
 
 
 class DocInput(BaseModel):
@@ -269,10 +206,6 @@ def stage_prefix(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:
 
 def manifest_uri(settings: PipelineSettings, stage: Stage, doc_id: str) -> str:
     return join_uri(stage_prefix(settings, stage, doc_id), MANIFEST_NAME)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # --- running a stage over a batch ------------------------------------------------

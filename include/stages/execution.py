@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from include.settings import PipelineSettings
-from include.worker_crashes import actor_crash_limits, crashes_named, task_crash_limits
 from include.stages.base import (
     BadFileError,
     DocInput,
@@ -34,6 +33,7 @@ from include.stages.base import (
     Stage,
     StageInput,
 )
+from include.worker_crashes import actor_crash_limits, crashes_named, task_crash_limits
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ succeeded in the one before, as the DAG passes them along.
 
 from __future__ import annotations
 
-from include.documents import DocumentRef
+from include.contract import BatchResult, DocumentRef, StageManifest
 from include.settings import PipelineSettings
 from include.stages import STAGES
-from include.stages.base import BatchResult, Executor, StageInput, StageManifest, run_stage
+from include.stages.base import Executor, StageInput, run_stage
 from include.stages.execution import run_inline
 from include.storage import Storage
 

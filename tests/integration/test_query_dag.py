@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from airflow.sdk.exceptions import AirflowFailException
 from ray_operators.operators.ray_job import RayJobOperator
 

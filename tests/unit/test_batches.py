@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from include.batching import BatchSpec, plan_batches, read_plan, run_folder
-from include.documents import DocumentRef
+from include.batching import plan_batches, read_plan, run_folder
+from include.contract import BatchSpec, DocumentRef
 from include.stages.execution import run_inline, run_on_ray
 from include.stages.local import run_stages
 from include.storage import Storage, join_uri

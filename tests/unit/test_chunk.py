@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from include.stages.base import StageManifest
+from include.contract import StageManifest
 from include.stages.chunk import embedding_text
 from include.stages.local import run_stages
 from include.storage import Storage

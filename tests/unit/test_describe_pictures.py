@@ -51,7 +51,7 @@ def _markdown(settings, document) -> tuple[str, dict]:
     result = run_stages(settings, [document], "extract")["extract"]
     outcome = result.documents[0]
     assert outcome.status == "succeeded", outcome.error
-    from include.stages.base import StageManifest
+    from include.contract import StageManifest
 
     manifest = StageManifest.model_validate(Storage(settings).read_json(outcome.manifest_uri))
     return Storage(settings).read_text(manifest.outputs["markdown"]), manifest.metrics

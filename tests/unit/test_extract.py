@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from include.stages.base import DocumentError, StageManifest
+from include.contract import StageManifest
+from include.stages.base import DocumentError
 from include.stages.extract import BOUNDARY, check_pdf
 from include.stages.local import run_stages
 from include.storage import Storage

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import inspect
 
-from include.documents import DocumentRef, document_id
+from include.contract import DocumentOutcome, DocumentRef
+from include.documents import document_id
 from include.incremental import Reason, decide, pending
 from include.ledger import Candidate, Entry, Final, Ledger, Status
-from include.stages.base import DocumentOutcome
 from include.storage import ObjectInfo
 
 INBOX = "s3://documents/inbox/"

@@ -9,7 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from include.documents import DocumentRef, describe, discover, document_id, key_uris
+from include.contract import DocumentRef
+from include.documents import describe, discover, document_id, key_uris
 from include.settings import PipelineSettings
 from include.storage import (
     ObjectInfo,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from include.documents import DocumentRef
+from include.contract import DocumentRef
 from include.stages import STAGES
 from include.stages.base import Progress, StageInput
 from include.stages.execution import run_on_ray

@@ -1,0 +1,128 @@
+"""The job contract: what Airflow hands a Ray job, and what the job hands back.
+
+Both tiers import this module, and it imports nothing heavy (pydantic and the standard
+library): the Airflow side reads results and manifests through it without the data
+plane installed, and the jobs write them through it.
+
+- ``DocumentRef``: a source document as the pipeline knows it.
+- ``BatchSpec``: the batch file an ingest job's first stage reads.
+- ``StageManifest``: one document's outcome in one stage, kept beside its outputs.
+- ``JobResult``: every job's result document (``<result prefix>/<submission id>.json``):
+  status, error, whether a retry can help, outputs (URIs) and metrics (numbers).
+  ``BatchResult`` is an ingest stage's, with one ``DocumentOutcome`` per document.
+"""
+
+from __future__ import annotations
+
+import traceback
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from include.storage import object_name
+
+Metrics = dict[str, float]
+Outputs = dict[str, str]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DocumentRef(BaseModel):
+    """What the pipeline knows of a source document before reading it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    doc_id: str
+    source_uri: str
+    content_sha256: str
+    size_bytes: int
+
+    @property
+    def name(self) -> str:
+        """The object's file name as its key spells it (``file://`` URIs decoded)."""
+        return object_name(self.source_uri)
+
+
+class BatchSpec(BaseModel):
+    """A batch's file: what the first stage's job reads."""
+
+    batch_id: str
+    run_id: str
+    documents: list[DocumentRef]
+
+
+class StageManifest(BaseModel):
+    """One document's outcome in one stage."""
+
+    stage: str
+    document: DocumentRef
+    status: Literal["succeeded", "failed"]
+    outputs: Outputs = {}
+    metrics: Metrics = {}
+    error: str | None = None
+    # False when trying again cannot help (the input itself is bad).
+    retryable: bool = True
+    bad_file: bool = False
+    config_fingerprint: str
+    # What the outputs were made from, and a digest of what they hold: a downstream
+    # stage reuses its result only if its upstream's outputs are still the same.
+    upstream_manifest_uri: str | None = None
+    upstream_digest: str | None = None
+    output_digest: str | None = None
+    submission_id: str | None = None
+    started_at: datetime
+    finished_at: datetime
+
+
+class DocumentOutcome(BaseModel):
+    doc_id: str
+    source_uri: str
+    status: Literal["succeeded", "failed"]
+    manifest_uri: str
+    error: str | None = None
+    retryable: bool = True
+    # The file itself is bad (``BadFileError``): it goes to quarantine.
+    bad_file: bool = False
+    reused: bool = False
+    metrics: Metrics = {}
+
+
+class JobResult(BaseModel):
+    """What one Ray job did: the only thing the Airflow side reads back from it."""
+
+    submission_id: str | None = None
+    # "failed": the job itself failed (cluster, storage, a crash, a bug).
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+    # False when a retry of the job would fail the same way (a bad questions file, a native crash).
+    retryable: bool = True
+    outputs: Outputs = {}
+    metrics: Metrics = {}
+    started_at: datetime
+    finished_at: datetime
+
+    @staticmethod
+    def failure_fields(exc: BaseException) -> dict[str, object]:
+        """The fields of a failed result: the error with its traceback's tail, and whether a
+        retry can help (an exception says so with a ``retryable`` attribute; default yes)."""
+        return {"status": "failed", "retryable": getattr(exc, "retryable", True),
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"}
+
+
+class BatchResult(JobResult):
+    """What one ingest stage's job did for one batch, document by document."""
+
+    stage: str
+    batch_id: str
+    documents: list[DocumentOutcome] = []
+
+    @property
+    def succeeded(self) -> list[DocumentOutcome]:
+        return [d for d in self.documents if d.status == "succeeded"]
+
+    @property
+    def failed(self) -> list[DocumentOutcome]:
+        return [d for d in self.documents if d.status == "failed"]
