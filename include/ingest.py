@@ -28,7 +28,7 @@ from include.documents import Unreadable, describe, key_uris
 from include.incremental import WORK, Reason, decide, pending, tally
 from include.ledger import Candidate, Final, Ledger, Status
 from include.quarantine import quarantine
-from include.settings import PROJECT_ROOT, PipelineSettings, get_settings
+from include.settings import AIRFLOW_ONLY_SETTINGS, PROJECT_ROOT, PipelineSettings, get_settings
 from include.stages import STAGES, pipeline_fingerprint
 from include.storage import ObjectInfo, ObjectNotFound, Storage, s3_object_info, split_s3_uri
 
@@ -220,8 +220,10 @@ def sensor_keys(keys: list[str] | None, prefix_uri: str | None = None) -> list[s
 
 
 def runtime_env() -> dict[str, Any]:
-    """Project code as the job's working dir, plus the PIPELINE_* settings of this worker."""
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("PIPELINE_")}
+    """Project code as the job's working dir, plus this worker's PIPELINE_* settings that jobs read
+    (not the Airflow side's own, such as the ledger's URL and its password)."""
+    kept_back = {f"PIPELINE_{name.upper()}" for name in AIRFLOW_ONLY_SETTINGS}
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("PIPELINE_") and k.upper() not in kept_back}
     return {"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES, "env_vars": env_vars}
 
 

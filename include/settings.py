@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,15 @@ class ModelPrice(BaseModel):
     model: str
     input_usd_per_million: float = Field(ge=0)
     output_usd_per_million: float = Field(default=0.0, ge=0)
+
+
+# Read only on the Airflow side (the ledger, planning, the sensors, the schedules): never sent to a
+# Ray job, which has no use for them, and the ledger's URL carries a password.
+AIRFLOW_ONLY_SETTINGS = frozenset({
+    "ledger_url", "ingest_schedule", "query_schedule", "batch_max_documents", "batch_max_bytes",
+    "max_batches_per_run", "max_parallel_batches", "sensor_timeout_seconds", "sensor_poke_seconds",
+    "max_attempts", "max_document_bytes",
+})
 
 
 class PipelineSettings(BaseSettings):
@@ -75,10 +84,10 @@ class PipelineSettings(BaseSettings):
         description="Bad files are moved here from the inbox, each with a JSON note of why "
         "(outside the inbox, so the next run does not pick them up again).",
     )
-    ledger_url: str | None = Field(
+    ledger_url: SecretStr | None = Field(
         default=None,
-        description="SQLAlchemy URL of the ledger database. Unset: the Airflow connection "
-        "'pipeline_ledger' if there is one, else a SQLite file <work_dir>/ledger.sqlite.",
+        description="SQLAlchemy URL of the ledger database (its password included: kept secret). Unset: "
+        "the Airflow connection 'pipeline_ledger' if there is one, else a SQLite file <work_dir>/ledger.sqlite.",
     )
 
     # --- orchestration -------------------------------------------------------

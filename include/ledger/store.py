@@ -101,7 +101,7 @@ class Final:
 def default_url(settings: PipelineSettings) -> str:
     """The ledger's URL: the setting, else the Airflow connection, else SQLite in the work dir."""
     if settings.ledger_url:
-        return settings.ledger_url
+        return settings.ledger_url.get_secret_value()
     try:
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException
