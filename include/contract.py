@@ -118,6 +118,8 @@ class BatchResult(JobResult):
     stage: str
     batch_id: str
     documents: list[DocumentOutcome] = []
+    # The versions of the stage's libraries the job ran with (the pinned ones: it checks).
+    libraries: dict[str, str] = {}
 
     @property
     def succeeded(self) -> list[DocumentOutcome]:

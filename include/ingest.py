@@ -25,16 +25,15 @@ from include.backends.vector_stores import build_vector_store
 from include.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
 from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef
 from include.documents import Unreadable, describe, key_uris
+from include.fingerprints import STAGE_ORDER, pipeline_fingerprint
 from include.incremental import WORK, Reason, decide, pending, tally
 from include.ledger import Candidate, Final, Ledger, Status
 from include.quarantine import quarantine
 from include.settings import AIRFLOW_ONLY_SETTINGS, PROJECT_ROOT, PipelineSettings, get_settings
-from include.stages import STAGES, pipeline_fingerprint
 from include.storage import ObjectInfo, ObjectNotFound, Storage, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = tuple(STAGES)  # extract, chunk, enrich, embed, load
 # Shipped with every job: the project code, without local state and tooling.
 RUNTIME_EXCLUDES = [".venv", ".work", ".git", ".ci", "tests", "tools", "benchmarks", "*.pdf", "__pycache__"]
 _GLOB_CHARS = re.compile(r"([*?\[])")

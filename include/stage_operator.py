@@ -9,8 +9,8 @@ from typing import Any
 from ray_operators.operators.ray_job import RayJobOperator
 
 from include.contract import BatchResult
+from include.fingerprints import SPECS
 from include.ingest import record_stage, runtime_env, stage_result_prefix
-from include.stages import STAGES
 
 
 class PipelineStageOperator(RayJobOperator):
@@ -26,8 +26,8 @@ class PipelineStageOperator(RayJobOperator):
     template_fields = (*RayJobOperator.template_fields, "upstream")
 
     def __init__(self, *, stage: str, upstream: Any, **kwargs: Any) -> None:
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGES)}")
+        if stage not in SPECS:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(SPECS)}")
         super().__init__(entrypoint="", **kwargs)
         self.stage = stage
         self.upstream = upstream

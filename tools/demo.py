@@ -64,7 +64,8 @@ def ask_questions(env: dict[str, str], logs: Path, storage: Storage, settings: P
     import pyarrow.parquet as pq
 
     from include.query import evaluation
-    from include.query.pipeline import MARKER, answers_uri_for, read_answers
+    from include.query.answers import MARKER, answers_uri_for
+    from include.query.pipeline import read_answers
     from include.query.report import format_answer, format_metrics
     from include.storage import join_uri
 

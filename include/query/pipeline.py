@@ -25,15 +25,13 @@ import pyarrow as pa
 from include.backends.generators import generator_model
 from include.backends.vector_stores import Filter
 from include.query import evaluation
+from include.query.answers import MARKER, answers_uri_for
 from include.query.steps import STEPS, BuildPrompts, EmbedQuestions, GenerateAnswers, RetrievePassages
 from include.settings import PipelineSettings
-from include.storage import Storage, join_uri, object_name, relative_key
+from include.storage import Storage, join_uri, object_name
 from include.worker_crashes import actor_crash_limits, crashes_named, task_crash_limits
 
 log = logging.getLogger(__name__)
-
-MARKER = "_answers.json"
-
 
 class QuestionsError(ValueError):
     """The questions file cannot be answered as it is (no ``prompt`` column...): retrying cannot help."""
@@ -45,15 +43,6 @@ def check_columns(names: list[str], uri: str) -> None:
     if "prompt" not in names:
         raise QuestionsError(f"{uri} has no 'prompt' column (it has {', '.join(names) or 'none'}): a questions "
                              "file is Parquet with a 'prompt' column and, optionally, 'id'")
-
-
-def answers_uri_for(settings: PipelineSettings, questions_uri: str) -> str:
-    """``<answers_uri>/<questions key, relative to the queries prefix, without .parquet>/``."""
-    try:
-        name = relative_key(settings.queries_uri, questions_uri)
-    except ValueError:
-        name = object_name(questions_uri)
-    return join_uri(settings.answers_uri, name.removesuffix(".parquet")) + "/"
 
 
 # --- in this process ----------------------------------------------------------------

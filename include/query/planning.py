@@ -17,7 +17,7 @@ from typing import Any
 
 from include.batching import run_folder
 from include.documents import key_uris
-from include.query.pipeline import MARKER, answers_uri_for
+from include.query.answers import MARKER, answers_uri_for
 from include.query.report import format_metrics
 from include.settings import PipelineSettings, get_settings
 from include.storage import ObjectInfo, ObjectNotFound, Storage, join_uri, s3_object_info, split_s3_uri

@@ -19,6 +19,7 @@ import os
 import sys
 
 from include.contract import BatchResult, BatchSpec, JobResult, StageManifest, now
+from include.fingerprints import STAGE_ORDER
 from include.settings import PipelineSettings, get_settings
 from include.stages import STAGES
 from include.stages.base import StageInput, run_stage
@@ -27,7 +28,6 @@ from include.storage import Storage
 
 log = logging.getLogger("include.stages")
 
-STAGE_ORDER = tuple(STAGES)
 
 
 def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None, upstream: str | None) -> tuple[str, list[StageInput]]:

@@ -25,9 +25,6 @@ another job's.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
-import inspect
 import json
 import logging
 import threading
@@ -36,13 +33,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from include.backends.openai_api import SPEND_METRICS
 from include.contract import BatchResult, DocumentOutcome, DocumentRef, Metrics, Outputs, StageManifest, now
+from include.fingerprints import StageSpec, check_installed, stage_fingerprint
 from include.settings import PipelineSettings
 from include.storage import Storage, join_uri
 
@@ -135,13 +133,12 @@ class Worker(Protocol):
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
+    # Its name, and what shapes its output (what the Airflow side knows of it).
+    spec: StageSpec
     output_dir: str
     split: Callable[[DocInput, PipelineSettings], list[Part]]
     worker: type[Worker]
     assemble: Callable[[AssembleContext, list[Payload]], tuple[Outputs, Metrics]]
-    # Settings whose values change this stage's output.
-    settings_fields: tuple[str, ...]
     # The settings field holding this stage's worker pool (``PoolSettings``).
     pool: str
     # What progress counts besides documents (pages, chunks), if anything.
@@ -149,32 +146,17 @@ class Stage:
     # False when the output lives outside our artifacts (the vector store), which
     # may have been wiped since: such a stage always redoes its (idempotent) work.
     reusable: bool = True
-    # Code beyond the stage's own module, and installed distributions, whose changes
-    # change the output: an upgrade must not reuse what older code made.
-    code_modules: tuple[str, ...] = ()
-    libraries: tuple[str, ...] = ()
     # What the worker runs, as an error names it ("all-MiniLM-L6-v2 on torch").
     runs: Callable[[PipelineSettings], str] = lambda _settings: ""
 
-
-@cache
-def code_fingerprint(stage: Stage) -> str:
-    digest = hashlib.sha256()
-    for module in (stage.worker.__module__, *stage.code_modules):
-        digest.update(inspect.getsource(importlib.import_module(module)).encode())
-    for library in stage.libraries:
-        digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
-    return digest.hexdigest()[:12]
-
-
-def stage_fingerprint(stage: Stage, settings: PipelineSettings) -> str:
-    """What shapes this stage's own output: its settings, its code, its libraries."""
-    return f"{settings.fingerprint(*stage.settings_fields)}-{code_fingerprint(stage)}"
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 def config_fingerprint(stage: Stage, settings: PipelineSettings, upstream: StageManifest | None) -> str:
     """The stage's fingerprint chained after its upstream's: what shaped the output, end to end."""
-    own = stage_fingerprint(stage, settings)
+    own = stage_fingerprint(stage.spec, settings)
     return f"{upstream.config_fingerprint}.{own}" if upstream is not None else own
 
 
@@ -298,6 +280,7 @@ def run_stage(
     """
     storage = Storage(settings)
     started = now()
+    libraries = check_installed(stage.spec)  # before any output is recorded under the pinned versions
     outcomes: list[DocumentOutcome] = []
     fingerprints = {item.document.doc_id: config_fingerprint(stage, settings, item.upstream) for item in items}
     pending: list[StageInput] = []
@@ -334,7 +317,7 @@ def run_stage(
     return BatchResult(
         stage=stage.name, batch_id=batch_id, submission_id=submission_id, status="succeeded",
         documents=outcomes, metrics=total_metrics(o.metrics for o in outcomes if o.status == "succeeded"),
-        started_at=started, finished_at=now(),
+        libraries=libraries, started_at=started, finished_at=now(),
     )
 
 

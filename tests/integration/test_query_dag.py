@@ -17,7 +17,8 @@ from ray_operators.operators.ray_job import RayJobOperator
 
 from include.ingest import runtime_env
 from include.query import evaluation
-from include.query.pipeline import MARKER, read_answers
+from include.query.answers import MARKER
+from include.query.pipeline import read_answers
 from include.query.prompts import NO_PASSAGES
 from include.query.steps import ANSWER_SCHEMA, PASSAGE
 from tests.integration.conftest import AIRFLOW, WORKER_SECRETS, dag_test, isolated_env, ray_jobs_of, run

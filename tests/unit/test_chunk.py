@@ -117,7 +117,7 @@ def _reused(settings, doc, last="chunk", **options) -> dict[str, bool]:
 
 
 def test_rechunking_reuses_the_extraction_and_a_rerun_reuses_the_chunks(settings, sample_pdfs, monkeypatch):
-    from include.stages import base as stage_base
+    from include import fingerprints
 
     doc = drop(settings, sample_pdfs["adverse_event_guide.pdf"])
     assert _reused(settings, doc) == {"extract": False, "chunk": False}
@@ -127,12 +127,12 @@ def test_rechunking_reuses_the_extraction_and_a_rerun_reuses_the_chunks(settings
     assert _reused(smaller, doc) == {"extract": True, "chunk": False}  # no PDF converted again
     assert _reused(settings.model_copy(update={"embedder": "openai"}), doc) == {"extract": True, "chunk": False}
 
-    stage_base.code_fingerprint.cache_clear()
-    monkeypatch.setattr(stage_base.inspect, "getsource", lambda module: "changed code")
+    fingerprints.code_fingerprint.cache_clear()
+    monkeypatch.setattr(fingerprints, "_code", lambda module: f"changed code of {module}")
     try:
         assert not _reused(settings, doc)["chunk"]
     finally:
-        stage_base.code_fingerprint.cache_clear()
+        fingerprints.code_fingerprint.cache_clear()
 
 
 def test_recompute_redoes_a_stage_and_downstream_reuse_follows_the_upstream_output(settings, sample_pdfs):

@@ -82,3 +82,28 @@ def test_stage_code_never_imports_airflow_anywhere(package):
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n.split(".")[0] in ("airflow", "ray_operators") for n in names), path
+
+
+# The data plane: what only Ray workers install. Parsing a DAG must need none of it.
+DATA_PLANE = ("docling", "docling_core", "docling_parse", "pypdfium2", "torch", "transformers",
+              "sentence_transformers", "presidio_analyzer", "spacy", "chromadb", "pinecone", "llama_cpp",
+              "ray.data", "pyarrow")
+
+
+def test_parsing_the_dags_imports_nothing_of_the_data_plane():
+    """In a fresh interpreter, as Airflow's DAG processor would: an Airflow image without the ML stack
+    parses both DAGs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util, json, sys\n"
+        "sys.path[:0] = ['.', 'plugins']\n"
+        "for name in ('document_ingest', 'rag_batch_query'):\n"
+        "    spec = importlib.util.spec_from_file_location(name, f'dags/{name}.py')\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        f"print(json.dumps([m for m in {DATA_PLANE!r} if m in sys.modules]))\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert child.stdout.strip().splitlines()[-1] == "[]"

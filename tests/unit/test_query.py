@@ -14,14 +14,8 @@ import pytest
 from include.backends.generators import SmolLM2Generator, build_token_counter, messages_tokens
 from include.backends.vector_stores import ChromaStore, EmbedderInfo, EmbedderMismatch
 from include.query import evaluation, planning
-from include.query.pipeline import (
-    MARKER,
-    InlineAnswerer,
-    QuestionsError,
-    answers_uri_for,
-    read_answers,
-    run_job,
-)
+from include.query.answers import MARKER, answers_uri_for
+from include.query.pipeline import InlineAnswerer, QuestionsError, read_answers, run_job
 from include.query.prompts import NO_PASSAGES, build_prompt, cited, render
 from include.query.steps import ANSWER_SCHEMA, PASSAGE, EmbedQuestions
 from include.retrieval import Passage
