@@ -379,6 +379,11 @@ class PipelineSettings(BaseSettings):
         return self
 
     @property
+    def embedder_model(self) -> str:
+        """The model the chosen embedder runs."""
+        return self.openai_embed_model if self.embedder == "openai" else self.embed_model
+
+    @property
     def resolved_chroma_path(self) -> Path:
         return self.chroma_path or self.work_dir / "chroma"
 

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 # Crashes in native code: the same input and the same binary crash the same way again.
 _NATIVE_CRASHES = {"SIGSEGV", "SIGABRT", "SIGILL", "SIGBUS", "SIGFPE"}
+# Python's faulthandler names the signal in words.
 _FAULTHANDLER_NAMES = {"Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Illegal instruction": "SIGILL",
-                       "Bus error": "SIGBUS", "Floating-point exception": "SIGFPE",
-                       "Floating point exception": "SIGFPE"}
+                       "Bus error": "SIGBUS", "Floating-point exception": "SIGFPE"}
 _SIGNAL_LINE = re.compile(r"\*\*\* (SIG[A-Z]+) received|Fatal Python error: ([A-Za-z -]+)")
 # Ray names a map actor after its callable class: class_name: MapWorker(MapBatches(GenerateAnswers)).
 _WORKER_CLASS = re.compile(r"MapBatches\((\w+)\)")

@@ -219,8 +219,7 @@ def _encoding_tokenizer(encoding, limit: int):
 
 def embedder_info(settings: PipelineSettings, dimension: int) -> EmbedderInfo:
     """How a vector store records the embedder of these settings."""
-    model = settings.openai_embed_model if settings.embedder == "openai" else settings.embed_model
-    return EmbedderInfo(f"{settings.embedder}:{model}", dimension)
+    return EmbedderInfo(f"{settings.embedder}:{settings.embedder_model}", dimension)
 
 
 def build_embedder(settings: PipelineSettings) -> Embedder:

@@ -33,6 +33,7 @@ from include.worker_crashes import actor_crash_limits, crashes_named, task_crash
 
 log = logging.getLogger(__name__)
 
+
 class QuestionsError(ValueError):
     """The questions file cannot be answered as it is (no ``prompt`` column...): retrying cannot help."""
 
@@ -121,15 +122,13 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
 
 
 def step_models(settings: PipelineSettings) -> dict[str, tuple[str, str]]:
-    """What each step's actors run, as a crash report names it."""
+    """Each step (by its class's name, as Ray names its actors) and what it runs, as a crash report says."""
     backend = {"smollm2": "llama.cpp", "openai": "the OpenAI API", "huggingface": "transformers"}[settings.generator]
-    embedder = settings.embed_model if settings.embedder == "minilm" else settings.openai_embed_model
-    return {
-        EmbedQuestions.__name__: ("EmbedQuestions", embedder),
-        RetrievePassages.__name__: ("RetrievePassages", f"the {settings.vector_store} client and BM25"),
-        BuildPrompts.__name__: ("BuildPrompts", f"the {generator_model(settings)} tokenizer"),
-        GenerateAnswers.__name__: ("GenerateAnswers", f"{generator_model(settings)} on {backend}"),
-    }
+    runs = {EmbedQuestions: settings.embedder_model,
+            RetrievePassages: f"the {settings.vector_store} client and BM25",
+            BuildPrompts: f"the {generator_model(settings)} tokenizer",
+            GenerateAnswers: f"{generator_model(settings)} on {backend}"}
+    return {step.__name__: (step.__name__, model) for step, model in runs.items()}
 
 
 # --- results ------------------------------------------------------------------------

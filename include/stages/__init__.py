@@ -34,8 +34,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             SPECS["embed"], "embeddings", embed.split, embed.ChunkEmbedder, embed.assemble,
             pool="embed_pool",
-            runs=lambda s: (f"{s.embed_model} on torch" if s.embedder == "minilm"
-                            else f"{s.openai_embed_model} over the OpenAI API"),
+            runs=lambda s: f"{s.embedder_model} " + ("on torch" if s.embedder == "minilm" else "over the OpenAI API"),
         ),
         Stage(
             SPECS["load"], "loaded", load.split, load.VectorLoader, load.assemble,
