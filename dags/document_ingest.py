@@ -3,8 +3,9 @@
 Wait until the inbox holds work (a new, changed or deleted document: the ledger knows
 the rest), claim it for this run, plan it into batches, then for each batch run the
 five stages, each as one Ray job over the whole batch (a bad document fails alone
-inside its batch, then goes to quarantine). Documents gone from the inbox lose their
-vectors. The summary settles every document in the ledger and writes the run report.
+inside its batch, then goes to quarantine). The summary settles every document in the
+ledger and writes the run report; then one more Ray job removes the vectors of the
+documents gone from the inbox or quarantined (none: no job).
 
 Trigger with ``{"keys": ["a.pdf", ...]}`` (relative to the inbox, or full URIs) to look
 only at those, with ``{"reprocess": true}`` to put them (or the whole inbox) through
@@ -22,7 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from include import ingest, report
 from include.dag_parts import TASK_DEFAULTS, work_sensor
 from include.settings import get_settings
-from include.stage_operator import PipelineStageOperator
+from include.stage_operator import PipelineStageOperator, PruneVectorsOperator
 
 settings = get_settings()
 
@@ -62,10 +63,6 @@ with DAG(
             is_active=ingest.airflow_run_is_active(ti),
         )
 
-    @task
-    def reconcile(dag_run=None) -> dict:
-        return ingest.reconcile(dag_run.dag_id, dag_run.run_id)
-
     @task_group
     def ingest_batch(batch: dict) -> None:
         upstream = batch
@@ -102,5 +99,7 @@ with DAG(
 
     batches = plan_batches()
     summary = summarize()
-    wait_for_documents >> batches >> reconcile() >> summary
+    wait_for_documents >> batches >> summary
     ingest_batch.expand(batch=batches) >> summary
+    # ALL_DONE: a run with failed documents still prunes what it deleted and quarantined.
+    summary >> PruneVectorsOperator(task_id="prune_vectors", trigger_rule=TriggerRule.ALL_DONE)

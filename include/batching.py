@@ -52,15 +52,13 @@ class RunPlan(BaseModel):
     batches: list[BatchRef]
     unreadable: list[Unreadable] = []
     rejected: list[Rejected] = []
-    # Source URI -> why the run processes it (new, changed, stale, retry, reprocess), and the
-    # object's version tag when planned: quarantine moves a file only if it is still that version.
+    # Source URI -> why the run processes it (new, changed, stale, retry, reprocess).
     reasons: dict[str, str] = {}
-    versions: dict[str, str | None] = {}
     unchanged: int = 0
     gave_up: int = 0
     # Source URI -> the run that holds its claim: another run is processing it.
     held: dict[str, str] = {}
-    # Ingested documents no longer in the inbox: the reconcile step removes their vectors.
+    # Ingested documents no longer in the inbox: the prune job removes their vectors.
     deleted: list[str] = []
 
 
@@ -98,13 +96,16 @@ def run_folder(artifacts_uri: str, dag_id: str, run_id: str) -> str:
     return join_uri(artifacts_uri, "runs", _UNSAFE.sub("_", dag_id), f"{_UNSAFE.sub('_', run_id)[:60]}-{digest}")
 
 
-def write_plan(storage: Storage, folder: str, plan: RunPlan, batches: list[list[DocumentRef]]) -> RunPlan:
-    """Write a batch file per batch, then the plan (with its batches) last."""
+def write_plan(storage: Storage, folder: str, plan: RunPlan, batches: list[list[DocumentRef]],
+               ingested_sha256: dict[str, str] | None = None) -> RunPlan:
+    """Write a batch file per batch, then the plan (with its batches) last. ``ingested_sha256``:
+    the hashes the first stage compares with, see ``BatchSpec``."""
     refs = []
     for number, documents in enumerate(batches, 1):
         batch_id = f"batch-{number:04d}"
         uri = join_uri(folder, batch_id, "batch.json")
-        spec = BatchSpec(batch_id=batch_id, run_id=plan.run_id, documents=documents)
+        spec = BatchSpec(batch_id=batch_id, run_id=plan.run_id, documents=documents, ingested_sha256={
+            doc.source_uri: sha for doc in documents if (sha := (ingested_sha256 or {}).get(doc.source_uri))})
         storage.write_json(uri, spec.model_dump(mode="json"))
         refs.append(BatchRef(batch_id=batch_id, batch_uri=uri, documents=len(documents),
                              bytes=sum(d.size_bytes for d in documents)))

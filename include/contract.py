@@ -7,9 +7,11 @@ plane installed, and the jobs write them through it.
 - ``DocumentRef``: a source document as the pipeline knows it.
 - ``BatchSpec``: the batch file an ingest job's first stage reads.
 - ``StageManifest``: one document's outcome in one stage, kept beside its outputs.
+- ``PruneSpec``: the sources a run's prune job removes from the vector store.
 - ``JobResult``: every job's result document (``<result prefix>/<submission id>.json``):
   status, error, whether a retry can help, outputs (URIs) and metrics (numbers).
-  ``BatchResult`` is an ingest stage's, with one ``DocumentOutcome`` per document.
+  ``BatchResult`` is an ingest stage's, with one ``DocumentOutcome`` per document;
+  ``PruneResult`` a prune job's, with the vectors it removed per source.
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ def now() -> datetime:
 
 
 class DocumentRef(BaseModel):
-    """What the pipeline knows of a source document before reading it."""
+    """A version of a source document: planned from the inbox's listing, hashed by the extract job.
+
+    The id comes from the listing (see ``include.documents``), so planning reads no byte;
+    ``content_sha256`` is None until the first stage's job has read the object.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     doc_id: str
     source_uri: str
-    content_sha256: str
     size_bytes: int
+    # S3's ETag (a local file's mtime and size) when listed: the version the run planned.
+    object_version: str | None = None
+    content_sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -52,6 +60,17 @@ class BatchSpec(BaseModel):
     batch_id: str
     run_id: str
     documents: list[DocumentRef]
+    # Source URI -> the hash of the bytes the ledger has ingested under this run's pipeline
+    # fingerprint, for objects whose listing changed: the same bytes again are "unchanged".
+    ingested_sha256: dict[str, str] = {}
+
+
+class PruneSpec(BaseModel):
+    """What a run's prune job reads: the sources whose vectors leave the store (gone from the
+    inbox, or quarantined), so no store credential is needed where the run is planned."""
+
+    run_id: str
+    source_uris: list[str]
 
 
 class StageManifest(BaseModel):
@@ -80,8 +99,13 @@ class StageManifest(BaseModel):
 class DocumentOutcome(BaseModel):
     doc_id: str
     source_uri: str
-    status: Literal["succeeded", "failed"]
-    manifest_uri: str
+    # "unchanged": the first stage found the bytes the ledger has ingested (a file copied over
+    # itself): no later stage sees it.
+    status: Literal["succeeded", "failed", "unchanged"]
+    # None when the document was settled before any stage ran on it (unchanged, or vanished).
+    manifest_uri: str | None = None
+    # The bytes the job read, once the first stage has hashed them.
+    content_sha256: str | None = None
     error: str | None = None
     retryable: bool = True
     # The file itself is bad (``BadFileError``): it goes to quarantine.
@@ -128,3 +152,9 @@ class BatchResult(JobResult):
     @property
     def failed(self) -> list[DocumentOutcome]:
         return [d for d in self.documents if d.status == "failed"]
+
+
+class PruneResult(JobResult):
+    """What a prune job removed: vectors per source URI."""
+
+    removed: dict[str, int] = {}

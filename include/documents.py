@@ -1,10 +1,14 @@
 """Document identity and discovery of the documents waiting in the inbox.
 
 A document's id is ``<readable stem>-<12 hex>`` where the hex digits are the start
-of ``sha256(source URI + NUL + sha256(content))``. So the id is stable (same object,
-same bytes -> same id, on every run and retry), changes when the bytes change (a
-replaced file is a new version, never mixed with the old one's chunks), and differs
-for the same bytes under two keys (each key is its own document).
+of ``sha256(source URI + NUL + version tag)``, the tag being what the listing gives (S3's
+ETag, a local file's mtime and size). So planning names a document without reading it;
+the id is stable (same object, same version -> same id, on every run and retry), changes
+when the bytes change (a replaced file is a new version, never mixed with the old one's
+chunks), and differs for the same bytes under two keys (each key is its own document).
+
+The content hash is taken once, by the first stage's job (``hashed``): it tells a file
+copied over itself (a new tag, the same bytes: unchanged) from a real change.
 
 The source URI is the one ``Storage.list`` returns (see ``include.storage`` for the rule), so
 any key, whatever its characters (``#``, ``?``, ``%``, spaces, non-ASCII), is exactly one document.
@@ -21,7 +25,15 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel
 
 from include.contract import DocumentRef
-from include.storage import ObjectNotFound, Storage, canonical_uri, join_uri, object_name, uri_scheme
+from include.storage import (
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    canonical_uri,
+    join_uri,
+    object_name,
+    uri_scheme,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +53,37 @@ def id_prefix(source_uri: str) -> str:
     return f"{_readable_stem(source_uri) or 'document'}-"
 
 
-def document_id(source_uri: str, content_sha256: str) -> str:
-    digest = hashlib.sha256(f"{source_uri}\0{content_sha256}".encode()).hexdigest()[:12]
+def document_id(source_uri: str, version: str) -> str:
+    digest = hashlib.sha256(f"{source_uri}\0{version}".encode()).hexdigest()[:12]
     return f"{id_prefix(source_uri)}{digest}"
 
 
+def planned(info: ObjectInfo) -> DocumentRef:
+    """The document version a listed object is, from the listing alone."""
+    return DocumentRef(doc_id=document_id(info.uri, info.version), source_uri=info.uri, size_bytes=info.size,
+                       object_version=info.version)
+
+
 def describe(storage: Storage, source_uri: str) -> DocumentRef:
-    """Hash the object; ``ObjectNotFound`` if it vanished since it was listed or named."""
+    """The document an object is, from its metadata; ``ObjectNotFound`` if there is none."""
     # However the caller spelled the URI, the id is made from the spelling ``list`` gives.
-    source_uri = canonical_uri(source_uri)
-    sha, size = storage.sha256(source_uri)
-    return DocumentRef(
-        doc_id=document_id(source_uri, sha),
-        source_uri=source_uri,
-        content_sha256=sha,
-        size_bytes=size,
-    )
+    return planned(storage.stat(canonical_uri(source_uri)))
+
+
+class ReplacedSinceListed(Exception):
+    """The object under the document's key is another version than the one planned."""
+
+
+def hashed(storage: Storage, document: DocumentRef) -> DocumentRef:
+    """The document with its content hash and the size actually read (streamed, never held whole);
+    ``ObjectNotFound`` if it vanished since it was listed, ``ReplacedSinceListed`` if its key now
+    holds another version (the next run plans that one)."""
+    current = storage.stat(document.source_uri).version
+    if document.object_version is not None and current != document.object_version:
+        raise ReplacedSinceListed(f"{document.source_uri}: the file changed after it was listed (version "
+                                  f"{current}, planned {document.object_version}); the next run ingests it")
+    sha, size = storage.sha256(document.source_uri)
+    return document.model_copy(update={"content_sha256": sha, "size_bytes": size})
 
 
 def key_uris(inbox_uri: str, keys: list[str]) -> list[str]:
@@ -68,7 +95,7 @@ def key_uris(inbox_uri: str, keys: list[str]) -> list[str]:
 
 
 class Unreadable(BaseModel):
-    """An object that was listed but could not be read to describe it (it vanished meanwhile)."""
+    """An object that was named but is not there (a key given to the run that does not exist)."""
 
     source_uri: str
     error: str
@@ -81,19 +108,18 @@ def discover(
 
     ``keys`` are full ``s3://``/``file://`` URIs or paths relative to the inbox.
     Every object counts, not only ``*.pdf``: a stray non-PDF is reported as a
-    failed document by the extract stage instead of being silently ignored. An
-    object gone before it could be read is returned apart, with the reason: it
-    fails alone, never the listing.
+    failed document by the extract stage instead of being silently ignored. A
+    named object that is not there is returned apart, with the reason: it fails
+    alone, never the listing. Reads metadata only.
     """
-    if keys:
-        uris = key_uris(inbox_uri, keys)
+    if not keys:
+        documents, unreadable = [planned(info) for info in storage.list_objects(inbox_uri)], []
     else:
-        uris = storage.list(inbox_uri)
-    documents, unreadable = [], []
-    for uri in uris:
-        try:
-            documents.append(describe(storage, uri))
-        except ObjectNotFound as exc:
-            unreadable.append(Unreadable(source_uri=uri, error=f"{uri}: no such object ({exc})"))
+        documents, unreadable = [], []
+        for uri in key_uris(inbox_uri, keys):
+            try:
+                documents.append(describe(storage, uri))
+            except ObjectNotFound as exc:
+                unreadable.append(Unreadable(source_uri=uri, error=f"{uri}: no such object ({exc})"))
     log.info("Discovered %d document(s) under %s", len(documents), inbox_uri)
     return documents, unreadable

@@ -31,7 +31,7 @@ from functools import cache
 
 from include.settings import PROJECT_ROOT, PipelineSettings
 
-PIN_FILES = ("constraints.txt", "requirements.txt")
+PIN_FILES = ("constraints.txt",)
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==\s*([^\s;#]+)")
 
 

@@ -3,11 +3,12 @@
 An object is work when it is new, changed (other bytes), stale (ingested under another
 pipeline fingerprint), or failed in an earlier run with attempts left; or when a person
 asks to reprocess it. An object whose size and version tag (S3's ETag, a file's mtime)
-match the ledger is unchanged without reading it; when only the tag differs, its hash
-decides. A document the ledger holds that is no longer in the inbox is to be deleted.
+match the ledger is unchanged without reading it; when only the tag differs, the extract
+job's hash decides (the same bytes are unchanged). A document the ledger holds that is
+no longer in the inbox is to be deleted.
 
-Both the sensor (which must not download anything: it only compares listings) and the
-planner (which hashes what the listing cannot settle) decide with ``decide``.
+Both the sensor and the planner decide with ``decide``, from listings alone: neither
+reads an object.
 """
 
 from __future__ import annotations
@@ -112,5 +113,6 @@ def pending(listing: Iterable[ObjectInfo], entries: dict[str, Entry], *, fingerp
 
 
 def indexed_or_failed(entry: Entry) -> bool:
-    """A row whose object going away is news: it may have vectors in the store."""
-    return entry.status in (Status.INGESTED, Status.FAILED, Status.PROCESSING)
+    """A row whose object going away is news: it may have vectors in the store (a quarantined
+    source has, until its prune job has run)."""
+    return entry.status in (Status.INGESTED, Status.FAILED, Status.PROCESSING) or entry.indexed_doc_id is not None

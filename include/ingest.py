@@ -4,9 +4,10 @@
 - ``plan_run``: what this run processes (the ledger says what is new, changed, stale or
   failed before), claimed for the run and grouped in batches, written once per run;
 - ``record_stage``: each stage's per-document outcome, into the ledger;
-- ``reconcile``: documents gone from the inbox lose their vectors;
 - ``finish_run``: final status per document into the ledger, bad files to quarantine,
-  the run report (JSON and Markdown) into the artifacts;
+  the run report (JSON and Markdown) into the artifacts, and the prune spec: the sources
+  (gone from the inbox, or quarantined) whose vectors the prune job removes;
+- ``record_prune``: what that job removed, into the ledger;
 - ``runtime_env``: what every stage's Ray job ships with.
 """
 
@@ -17,20 +18,18 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from include import report
-from include.backends.vector_stores import build_vector_store
 from include.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
-from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef
-from include.documents import Unreadable, describe, key_uris
+from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef, PruneResult, PruneSpec
+from include.documents import Unreadable, key_uris, planned
 from include.fingerprints import STAGE_ORDER, pipeline_fingerprint
-from include.incremental import WORK, Reason, decide, pending, tally
-from include.ledger import Candidate, Final, Ledger, Status
+from include.incremental import Reason, decide, pending, same_listing, tally
+from include.ledger import Entry, Final, Ledger, Status
 from include.quarantine import quarantine
 from include.settings import AIRFLOW_ONLY_SETTINGS, PROJECT_ROOT, PipelineSettings, get_settings
-from include.storage import ObjectInfo, ObjectNotFound, Storage, s3_object_info, split_s3_uri
+from include.storage import ObjectInfo, ObjectNotFound, Storage, join_uri, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ def plan_run(
     """The run's batches; planned, claimed and written on the first call, read back on a retry.
 
     With ``keys``, only those objects (relative to the inbox, or full URIs) are looked at,
-    and nothing is reconciled; with ``reprocess``, they go through every stage again even
+    and nothing is deleted; with ``reprocess``, they go through every stage again even
     if the ledger has them ingested and unchanged.
     """
     settings = get_settings()
@@ -132,6 +131,8 @@ def _listing(storage: Storage, inbox_uri: str, keys: list[str] | None) -> tuple[
 
 def _plan(settings: PipelineSettings, storage: Storage, folder: str, dag_id: str, run_id: str,
           keys: list[str] | None, reprocess: bool, is_active: RunIsActive) -> RunPlan:
+    """Decide from the listing and the ledger alone: no object is read here (the extract job
+    hashes what it processes, and tells a file copied over itself from a changed one)."""
     ledger = Ledger.open(settings)
     fingerprint = pipeline_fingerprint(settings)
     listing, unreadable = _listing(storage, settings.inbox_uri, keys)
@@ -141,54 +142,43 @@ def _plan(settings: PipelineSettings, storage: Storage, folder: str, dag_id: str
         entries = ledger.entries(under=settings.inbox_uri)
     first = pending(listing, entries, fingerprint=fingerprint, max_attempts=settings.max_attempts,
                     reprocess=reprocess, whole_inbox=not keys)
-    candidates: list[Candidate] = []
-    reasons: dict[str, str] = {}
-    unchanged_by_hash: dict[str, str | None] = {}
-    gave_up = first.gave_up
-    for info in first.work:
-        try:
-            document = describe(storage, info.uri)  # hashes the object
-        except ObjectNotFound as exc:
-            unreadable.append(Unreadable(source_uri=info.uri, error=f"{info.uri}: no such object ({exc})"))
-            continue
-        entry = entries.get(info.uri)
-        reason = Reason.REPROCESS if reprocess else decide(
-            entry, same_bytes=entry is not None and entry.doc_id == document.doc_id,
-            fingerprint=fingerprint, max_attempts=settings.max_attempts)
-        if reason in WORK:
-            candidates.append(Candidate(document, info.version))
-            reasons[info.uri] = reason
-        elif reason == Reason.GAVE_UP:
-            gave_up += 1
-        else:  # rewritten with the same bytes
-            unchanged_by_hash[info.uri] = info.version
-    ledger.touch(run_id, unchanged_by_hash)
-    claimed, held = ledger.claim(dag_id, run_id, candidates, fingerprint, is_active)
+    reasons = {info.uri: Reason.REPROCESS if reprocess else decide(
+        entries.get(info.uri), same_bytes=same_listing(info, entries.get(info.uri)), fingerprint=fingerprint,
+        max_attempts=settings.max_attempts) for info in first.work}
+    claimed, held = ledger.claim(dag_id, run_id, [planned(info) for info in first.work], fingerprint, is_active)
     rejected = [
-        Rejected(document=c.document, error=f"{c.document.source_uri}: {c.document.size_bytes} bytes is over "
+        Rejected(document=doc, error=f"{doc.source_uri}: {doc.size_bytes} bytes is over "
                  f"the limit of {settings.max_document_bytes} (PIPELINE_MAX_DOCUMENT_BYTES)")
-        for c in claimed if c.document.size_bytes > settings.max_document_bytes
+        for doc in claimed if doc.size_bytes > settings.max_document_bytes
     ]
     too_big = {r.document.source_uri for r in rejected}
     deleted = [uri for uri in first.deleted
                if not (entries[uri].claim_run_id and entries[uri].claim_run_id != run_id
                        and is_active(entries[uri].claim_dag_id or dag_id, entries[uri].claim_run_id))]
     batches = plan_batches(
-        [c.document for c in claimed if c.document.source_uri not in too_big],
+        [doc for doc in claimed if doc.source_uri not in too_big],
         max_documents=settings.batch_max_documents,
         max_bytes=settings.batch_max_bytes,
         max_batches=settings.max_batches_per_run,
     )
-    kept = {c.document.source_uri for c in claimed}
+    kept = {doc.source_uri for doc in claimed}
     plan = RunPlan(
         run_id=run_id, batches=[], unreadable=unreadable, rejected=rejected,
         reasons={uri: reason for uri, reason in reasons.items() if uri in kept},
-        versions={c.document.source_uri: c.object_version for c in claimed},
-        unchanged=first.unchanged + len(unchanged_by_hash), gave_up=gave_up, held=held, deleted=deleted,
+        unchanged=first.unchanged, gave_up=first.gave_up, held=held, deleted=deleted,
     )
-    plan = write_plan(storage, folder, plan, batches)
+    # Only a listing change may turn out to be no change: a reprocess or a stale fingerprint is work anyway.
+    retagged = {uri for uri in kept if plan.reasons.get(uri) == Reason.CHANGED}
+    plan = write_plan(storage, folder, plan, batches, ingested_sha256=_ingested_sha256(entries, retagged, fingerprint))
     ledger.start_run(dag_id, run_id, {**tally(list(plan.reasons.values())), "unchanged": plan.unchanged, "deleted": len(deleted)})
     return plan
+
+
+def _ingested_sha256(entries: dict[str, Entry], uris: set[str], fingerprint: str) -> dict[str, str]:
+    """What the extract job compares its hash with: the bytes ingested under this fingerprint."""
+    return {uri: entry.content_sha256 for uri in uris if (entry := entries.get(uri)) is not None
+            and entry.status == Status.INGESTED and entry.pipeline_fingerprint == fingerprint
+            and entry.content_sha256}
 
 
 def _reason_counts(plan: RunPlan) -> str:
@@ -236,21 +226,19 @@ def record_stage(run_id: str, result: BatchResult) -> None:
     Ledger.open(get_settings()).record_stage(run_id, result.stage, result.documents, result.submission_id)
 
 
-def reconcile(dag_id: str, run_id: str) -> dict[str, Any]:
-    """Remove the vectors of documents gone from the inbox, and mark them deleted in the ledger."""
-    settings = get_settings()
-    plan = read_plan(Storage(settings), run_folder(settings.artifacts_uri, dag_id, run_id))
-    if plan is None or not plan.deleted:
-        return {"deleted": 0, "vectors_removed": 0}
-    ledger = Ledger.open(settings)
-    store = build_vector_store(settings)
-    removed = 0
-    for uri in plan.deleted:
-        count = store.delete_stale(uri, keep_ids=set())
-        ledger.mark_deleted(run_id, uri, count)
-        log.info("DELETED %s: gone from the inbox, %d vector(s) removed", uri, count)
-        removed += count
-    return {"deleted": len(plan.deleted), "vectors_removed": removed}
+PRUNE_SPEC = "prune.json"
+
+
+def prune_spec_uri(dag_id: str, run_id: str) -> str:
+    """Where the summary writes the run's prune spec, when it has sources to prune."""
+    return join_uri(run_folder(get_settings().artifacts_uri, dag_id, run_id), PRUNE_SPEC)
+
+
+def record_prune(run_id: str, result: PruneResult) -> None:
+    """The prune job's result into the ledger: those sources have no vector left in the store."""
+    ledger = Ledger.open(get_settings())
+    for uri, count in result.removed.items():
+        ledger.mark_pruned(run_id, uri, count)
 
 
 class NoPlan(LookupError):
@@ -265,6 +253,8 @@ class _Ending:
     stage: str | None = None
     error: str | None = None
     bad_file: bool = False
+    # The extract job found the bytes the ledger has ingested: nothing was redone.
+    unchanged: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -289,28 +279,33 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
 
     finals: list[Final] = []
     rows: list[dict[str, Any]] = []
-    vector_store = cache(lambda: build_vector_store(settings))
+    quarantined: list[str] = []
     for end in endings:
         document, status, moved = end.document, Status.INGESTED, None
         if end.error is not None:
             status = Status.FAILED
             if end.bad_file:
-                moved = quarantine(settings, storage, document, planned_version=plan.versions.get(document.source_uri),
-                                   stage=end.stage or "plan", error=end.error, dag_id=dag_id, run_id=run_id)
+                moved = quarantine(settings, storage, document, stage=end.stage or "plan", error=end.error,
+                                   dag_id=dag_id, run_id=run_id)
             if moved:
                 status = Status.QUARANTINED
-                # Its key left the inbox: an older version's vectors go too.
-                vector_store().delete_stale(document.source_uri, keep_ids=set())
-        finals.append(Final(document.source_uri, document.doc_id, status,
-                            stage_reached="load" if status == Status.INGESTED else None,
-                            error=end.error, error_stage=end.stage, quarantine_uri=moved))
+                quarantined.append(document.source_uri)  # its key left the inbox: older vectors go too
+        finals.append(Final(document, status, stage_reached=_stage_reached(end), error=end.error,
+                            error_stage=end.stage, quarantine_uri=moved, unchanged=end.unchanged,
+                            counts={k: int(v) for k, v in end.metrics.items() if k in ("pages", "chunks", "vectors")}))
+        if end.unchanged:
+            continue  # counted with the unchanged, not among the documents the run processed
         rows.append({"source_uri": document.source_uri, "doc_id": document.doc_id,
                      "reason": plan.reasons.get(document.source_uri, "reprocess"), "status": str(status),
                      "stage": end.stage, "error": end.error, "quarantine_uri": moved, **end.metrics})
 
+    to_prune = [*plan.deleted, *quarantined]
+    if to_prune:  # the prune task runs the job that removes their vectors, where the store's credentials are
+        storage.write_json(join_uri(folder, PRUNE_SPEC), PruneSpec(run_id=run_id, source_uris=to_prune).model_dump())
     ledger = Ledger.open(settings)
     ledger.finish(run_id, finals)
-    summary = report.summarize(dag_id, run_id, plan, stages, rows)
+    summary = report.summarize(dag_id, run_id, plan, stages, rows,
+                               found_unchanged=sum(final.unchanged for final in finals))
     summary["report_uri"] = report.write(storage, folder, summary)
     ledger.finish_run(run_id, report.run_totals(summary))
     return summary
@@ -337,15 +332,33 @@ def _stage_results(
     return outcomes, stages
 
 
-def _ending(document: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, DocumentOutcome]]) -> _Ending:
-    """The first stage that did not succeed for the document, or none: it is ingested."""
+def _stage_reached(end: _Ending) -> str | None:
+    """The last stage the document's version went through."""
+    if end.stage is None:
+        return STAGE_ORDER[-1]
+    if end.stage not in STAGE_ORDER:
+        return None
+    index = STAGE_ORDER.index(end.stage)
+    return STAGE_ORDER[index - 1] if index else None
+
+
+def _ending(planned: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, DocumentOutcome]]) -> _Ending:
+    """The first stage that did not succeed for the document, or none: it is ingested. The
+    document as the extract job hashed it, when that job got to it."""
     metrics: dict[str, float] = {"cost_usd": 0.0}
+    first = outcomes[STAGE_ORDER[0]].get(planned.doc_id)
+    sha = first.content_sha256 if first is not None else None
+    document = planned.model_copy(update={"content_sha256": sha}) if sha else planned
+    if first is not None and first.status == "unchanged":
+        return _Ending(document, unchanged=True)
     for stage in STAGE_ORDER:
         outcome = outcomes[stage].get(document.doc_id)
         if outcome is None:
-            return _Ending(document, stage, f"the {stage} job of {batch_id} did not finish: see that task's log")
+            return _Ending(document, stage, f"the {stage} job of {batch_id} did not finish: see that task's log",
+                           metrics=metrics)
         if outcome.status == "failed":
-            return _Ending(document, stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file)
+            return _Ending(document, stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file,
+                           metrics=metrics)
         metrics.update({k: int(v) for k, v in outcome.metrics.items() if k in report.DOCUMENT_METRICS})
         metrics["cost_usd"] += outcome.metrics.get("cost_usd", 0.0)  # enrich and embed, on a paid API
     metrics["cost_usd"] = round(metrics["cost_usd"], 6)

@@ -26,7 +26,6 @@ def quarantine(
     storage: Storage,
     document: DocumentRef,
     *,
-    planned_version: str | None,
     stage: str,
     error: str,
     dag_id: str,
@@ -42,7 +41,7 @@ def quarantine(
             return target  # a retried summary: this run moved it already
         log.warning("%s: gone from the inbox already; nothing to quarantine", source)
         return None
-    if planned_version is not None and current.version != planned_version:
+    if document.object_version is not None and current.version != document.object_version:
         log.warning("%s: replaced since this run planned it; the next run ingests the new file", source)
         return None
     note: dict[str, Any] = {

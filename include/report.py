@@ -22,13 +22,14 @@ COUNTS = ("new", "changed", "stale", "retried", "reprocessed", "unchanged", "del
 
 
 def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[str, float]],
-              documents: list[dict[str, Any]]) -> dict[str, Any]:
-    """The report's content. ``documents`` holds one row per document the run processed."""
+              documents: list[dict[str, Any]], found_unchanged: int = 0) -> dict[str, Any]:
+    """The report's content. ``documents`` holds one row per document the run processed;
+    ``found_unchanged`` counts those its extract job found to hold the bytes already ingested."""
     counts = dict.fromkeys(COUNTS, 0)
     counts.update(tally([row["reason"] for row in documents]))
     for row in documents:
         counts[row["status"]] += 1
-    counts.update(unchanged=plan.unchanged, deleted=len(plan.deleted), held=len(plan.held),
+    counts.update(unchanged=plan.unchanged + found_unchanged, deleted=len(plan.deleted), held=len(plan.held),
                   unreadable=len(plan.unreadable), gave_up=plan.gave_up)
     failed = [{"doc_id": None, "source_uri": u.source_uri, "stage": "plan", "error": u.error} for u in plan.unreadable]
     failed += [{key: row[key] for key in ("doc_id", "source_uri", "stage", "error")}

@@ -359,6 +359,13 @@ class PipelineSettings(BaseSettings):
         "the ingest and query jobs, before the job fails naming the step, the model and the signal. Ray "
         "Data's own default is without limit: a model that crashes in native code would loop until timeout."
     )
+    ray_worker_resource: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="A custom Ray resource that the nodes meant for the heavy work offer (ray start "
+        "--resources='{\"<name>\": 1000}'): every actor and task of the ingest and query jobs asks for one "
+        "unit of it, so the work lands on those nodes and never on the head, which keeps only the job "
+        "drivers. Unset: anywhere in the cluster.",
+    )
     split_cpus: float = Field(
         default=0.25,
         gt=0,
@@ -412,6 +419,10 @@ class LocalStackSettings(BaseSettings):
     ray_gcs_port: int = Field(default=6379, description="Ray head (GCS) port.")
     chroma_port: int = Field(default=8000, description="Chroma server (HTTP API)")
     ray_num_cpus: int = Field(default=2, ge=1)
+    ray_worker_nodes: int = Field(
+        default=0, ge=0, le=4, description="Ray worker nodes started beside the head, each with its own "
+        "temp dir, work dir and ports, and STACK_RAY_NUM_CPUS CPUs; they offer PIPELINE_RAY_WORKER_RESOURCE "
+        "when it is set. The integration tests run on one.")
     bucket: str = "documents"
     access_key: str = "local-stack"
     secret_key: str = "local-stack-secret"

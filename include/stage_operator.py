@@ -1,4 +1,4 @@
-"""The operator that runs one ingest stage over one batch of documents as a Ray job."""
+"""The operators of ``document_ingest``'s Ray jobs: a stage over one batch, and the run's prune."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 import shlex
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowSkipException
 from ray_operators.operators.ray_job import RayJobOperator
 
-from include.contract import BatchResult
+from include.contract import BatchResult, PruneResult
 from include.fingerprints import SPECS
-from include.ingest import record_stage, runtime_env, stage_result_prefix
+from include.ingest import prune_spec_uri, record_prune, record_stage, runtime_env, stage_result_prefix
+from include.settings import get_settings
+from include.storage import Storage
 
 
 class PipelineStageOperator(RayJobOperator):
@@ -20,7 +23,8 @@ class PipelineStageOperator(RayJobOperator):
     XCom (its ``result_uri``). The run's ``recompute`` param lists stages that must
     redo every document instead of reusing recorded results (``"all"``: every stage);
     its ``reprocess`` param redoes every stage. Each document's outcome goes into the
-    ledger as soon as the job's result is read.
+    ledger as soon as the job's result is read. A stage whose upstream passed no document
+    on is skipped: no job is submitted for nothing.
     """
 
     template_fields = (*RayJobOperator.template_fields, "upstream")
@@ -38,6 +42,10 @@ class PipelineStageOperator(RayJobOperator):
             upstream = json.loads(upstream)
         if "batch_uri" in upstream:
             source = f"--batch {shlex.quote(upstream['batch_uri'])}"
+        elif not upstream["succeeded"]:
+            # Skipped like every later stage of the batch; the summary reads why from the results.
+            raise AirflowSkipException(f"no document of {upstream['batch_id']} went through {upstream['stage']}: "
+                                       "no job to run")
         else:
             source = f"--upstream {shlex.quote(upstream['result_uri'])}"
         params = context.get("params") or {}
@@ -66,3 +74,30 @@ class PipelineStageOperator(RayJobOperator):
             "failed": len(batch.failed),
             "metrics": batch.metrics,
         }
+
+
+class PruneVectorsOperator(RayJobOperator):
+    """Runs ``python -m include.prune`` over the run's prune spec as a Ray job: the vectors of
+    sources the run deleted or quarantined leave the store. No spec (nothing to prune, or the
+    summary never got to write it) skips the task: no job is submitted. The sources are
+    marked in the ledger only once the job has removed their vectors, so a failed prune is
+    found again by the next run."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(entrypoint="", **kwargs)
+
+    def execute(self, context: Any) -> Any:
+        ti = context["ti"]
+        spec = prune_spec_uri(ti.dag_id, ti.run_id)
+        if not Storage(get_settings()).exists(spec):
+            raise AirflowSkipException("no source of this run lost its place in the inbox: nothing to prune")
+        self._run_id = ti.run_id
+        self.entrypoint = f"python -m include.prune --spec {shlex.quote(spec)}"
+        self.result_prefix = spec.rsplit("/", 1)[0] + "/prune"
+        self.runtime_env = self.runtime_env or runtime_env()
+        return super().execute(context)
+
+    def result_to_xcom(self, result: dict[str, Any]) -> dict[str, Any]:
+        pruned = PruneResult.model_validate(result)
+        record_prune(self._run_id, pruned)
+        return {"result_uri": self.result_uri(pruned.submission_id), "metrics": pruned.metrics}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project's pinned dependencies, once. Re-running is a
-# no-op until requirements.txt or constraints.txt change.
+# Creates .venv and installs the project (both tiers, editable) with its pinned dependencies, once.
+# Re-running is a no-op until pyproject.toml, requirements.txt or constraints.txt change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 
 stamp=.venv/.installed
-want=$(cat requirements.txt constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml requirements.txt constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

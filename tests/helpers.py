@@ -52,11 +52,21 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
     results: dict[str, list[dict]] = {stage: [] for stage in ingest.STAGE_ORDER}
     for batch in batches:
         spec = BatchSpec.model_validate(storage.read_json(batch["batch_uri"]))
-        by_stage = run_stages(settings, spec.documents, "load", batch_id=spec.batch_id, recompute=reprocess)
+        by_stage = run_stages(settings, spec.documents, "load", batch_id=spec.batch_id, recompute=reprocess,
+                              ingested_sha256=spec.ingested_sha256)
         for stage, result in by_stage.items():
             uri = join_uri(ingest.stage_result_prefix(DAG_ID, run_id, spec.batch_id, stage), "inline.json")
             storage.write_json(uri, result.model_dump(mode="json"))
             ingest.record_stage(run_id, result)
             results[stage].append({"result_uri": uri})
-    ingest.reconcile(DAG_ID, run_id)
-    return ingest.finish_run(DAG_ID, run_id, results)
+    summary = ingest.finish_run(DAG_ID, run_id, results)
+    spec = ingest.prune_spec_uri(DAG_ID, run_id)
+    if storage.exists(spec):
+        from include.contract import PruneResult, PruneSpec, now
+        from include.prune import prune
+
+        started = now()
+        removed = prune(PruneSpec.model_validate(storage.read_json(spec)))
+        ingest.record_prune(run_id, PruneResult(status="succeeded", removed=removed, started_at=started,
+                                                finished_at=now()))
+    return summary

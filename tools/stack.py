@@ -71,23 +71,37 @@ def ray_ports(stack: LocalStackSettings) -> dict[str, int]:
             "metrics-export": base + 3, "dashboard-agent-grpc": base + 4, "runtime-env-agent": base + 5}
 
 
+def ray_node_ports(stack: LocalStackSettings, number: int) -> dict[str, int]:
+    """The fixed ports of worker node ``number`` (from 1): four after the head's, then four more per node."""
+    base = stack.ray_dashboard_port + 6 + 4 * (number - 1)
+    return {"dashboard-agent-listen": base, "metrics-export": base + 1, "dashboard-agent-grpc": base + 2,
+            "runtime-env-agent": base + 3}
+
+
+def ray_node_names(stack: LocalStackSettings) -> list[str]:
+    return [f"ray-node-{number}" for number in range(1, stack.ray_worker_nodes + 1)]
+
+
 def services(stack: LocalStackSettings) -> list[Service]:
     s3 = {port: "STACK_S3_PORT" for port in s3_ports(stack).values()}
     s3.update({port + 10000: "STACK_S3_PORT" for port in list(s3) if port != stack.s3_port})
+    nodes = [Service(name, {port: "STACK_RAY_DASHBOARD_PORT" for port in ray_node_ports(stack, number).values()})
+             for number, name in enumerate(ray_node_names(stack), 1)]
     return [
         Service("s3", s3),
         Service("chroma", {stack.chroma_port: "STACK_CHROMA_PORT"}),
         Service("ray", {**{port: "STACK_RAY_DASHBOARD_PORT" for port in ray_ports(stack).values()},
                         stack.ray_gcs_port: "STACK_RAY_GCS_PORT"}),
+        *nodes,  # after the head, which they join
     ]
 
 
-def ray_temp_dir(work: Path) -> Path:
-    candidate = work / "ray"
+def ray_temp_dir(work: Path, name: str = "ray") -> Path:
+    candidate = work / name
     if len(str(candidate)) <= _MAX_RAY_TEMP_LEN:
         return candidate
     digest = hashlib.sha256(str(work).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / f"ray-{digest}"
+    return Path(tempfile.gettempdir()) / f"{name}-{digest}"
 
 
 def stack_env() -> dict[str, str]:
@@ -186,11 +200,26 @@ def healthy(name: str, stack: LocalStackSettings) -> bool:
         return True
     if name == "chroma":
         return _http_ok(f"http://127.0.0.1:{stack.chroma_port}/api/v2/heartbeat")
-    return _http_ok(f"http://127.0.0.1:{stack.ray_dashboard_port}/api/version")
+    if name == "ray":
+        return _http_ok(f"http://127.0.0.1:{stack.ray_dashboard_port}/api/version")
+    return name in alive_ray_nodes(stack)
+
+
+def alive_ray_nodes(stack: LocalStackSettings) -> set[str]:
+    """Names of the nodes the head counts alive (its state API)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.ray_dashboard_port}/api/v0/nodes?limit=100",
+                                    timeout=5) as answer:
+            nodes = json.load(answer)["data"]["result"]["result"]
+    except Exception:
+        return set()
+    return {node.get("node_name") for node in nodes if node.get("state") == "ALIVE"}
 
 
 def _command(name: str, pipeline: PipelineSettings, stack: LocalStackSettings) -> list[str]:
     work = pipeline.work_dir.resolve()
+    if name in ray_node_names(stack):
+        return _ray_node_command(name, pipeline, stack)
     if name == "s3":
         ports = s3_ports(stack)
         return [
@@ -215,6 +244,21 @@ def _command(name: str, pipeline: PipelineSettings, stack: LocalStackSettings) -
     ]
 
 
+def _ray_node_command(name: str, pipeline: PipelineSettings, stack: LocalStackSettings) -> list[str]:
+    """A worker node joining the head: its own temp dir and ports, and the resource the heavy work asks for."""
+    work, number = pipeline.work_dir.resolve(), ray_node_names(stack).index(name) + 1
+    resources = {pipeline.ray_worker_resource: 1000} if pipeline.ray_worker_resource else {}
+    first_worker_port = 23000 + 500 * (number - 1)
+    return [
+        str(BIN / "ray"), "start", f"--address=127.0.0.1:{stack.ray_gcs_port}", "--block",
+        "--node-ip-address=127.0.0.1", f"--node-name={name}",
+        *(f"--{port_name}-port={port}" for port_name, port in ray_node_ports(stack, number).items()),
+        f"--min-worker-port={first_worker_port}", f"--max-worker-port={first_worker_port + 499}",
+        f"--num-cpus={stack.ray_num_cpus}", f"--temp-dir={ray_temp_dir(work, name)}",
+        f"--resources={json.dumps(resources)}", "--disable-usage-stats",
+    ]
+
+
 def _start(service: Service, pipeline: PipelineSettings, stack: LocalStackSettings, timeout: float) -> None:
     work = pipeline.work_dir.resolve()
     for port, setting in sorted(service.ports.items()):
@@ -225,11 +269,15 @@ def _start(service: Service, pipeline: PipelineSettings, stack: LocalStackSettin
             )
     for folder in ("pids", "logs", "s3", "chroma", "cache/tldextract"):
         (work / folder).mkdir(parents=True, exist_ok=True)
-    ray_temp_dir(work).mkdir(parents=True, exist_ok=True)
+    is_node = service.name in ray_node_names(stack)
+    ray_temp_dir(work, service.name if is_node else "ray").mkdir(parents=True, exist_ok=True)
+    # A worker node works in a folder of its own, as it would on its own machine.
+    cwd = work / service.name if is_node else work
+    cwd.mkdir(exist_ok=True)
     log = service.log_file(work).open("ab")
     process = subprocess.Popen(
         _command(service.name, pipeline, stack),
-        cwd=work,
+        cwd=cwd,
         env={**os.environ, **stack_env()},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -291,6 +339,8 @@ def down(names: list[str] | None = None) -> None:
     """Stop every service, or only those named (``down s3`` takes the S3 server away)."""
     pipeline, stack = _settings()
     work = pipeline.work_dir.resolve()
+    if names and "ray" in names:
+        names = [*names, *ray_node_names(stack)]  # nodes without their head are of no use
     for service in reversed(services(stack)):
         if not names or service.name in names:
             _stop(service, work)
@@ -315,10 +365,12 @@ def status() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack")
     parser.add_argument("command", choices=["up", "down", "status", "env"])
-    parser.add_argument("services", nargs="*", help="down: only these of s3, chroma, ray (default: all)")
+    parser.add_argument("services", nargs="*",
+                        help="down: only these of s3, chroma, ray, ray-node-<n> (default: all)")
     args = parser.parse_args(argv)
-    if unknown := set(args.services) - {"s3", "chroma", "ray"}:
-        parser.error(f"unknown services {sorted(unknown)}: choose from s3, chroma, ray")
+    names = [service.name for service in services(LocalStackSettings())]
+    if unknown := set(args.services) - set(names):
+        parser.error(f"unknown services {sorted(unknown)}: choose from {', '.join(names)}")
     try:
         if args.command == "up":
             up()

@@ -9,6 +9,6 @@ migrated by Alembic on open. ``python -m include.ledger --help`` shows and queri
 """
 
 from include.ledger.schema import Status
-from include.ledger.store import Candidate, Entry, Final, Ledger
+from include.ledger.store import Entry, Final, Ledger
 
-__all__ = ["Candidate", "Entry", "Final", "Ledger", "Status"]
+__all__ = ["Entry", "Final", "Ledger", "Status"]

@@ -36,7 +36,8 @@ class Document(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     source_uri: Mapped[str] = mapped_column(String(2048), unique=True)
     doc_id: Mapped[str] = mapped_column(String(128))
-    content_sha256: Mapped[str] = mapped_column(String(64))
+    # None until the extract job of its first run has read it.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     # S3's ETag (or a file's mtime and size) when last seen: unchanged means no need to hash.
     object_version: Mapped[str | None] = mapped_column(String(128))
@@ -78,7 +79,7 @@ class Event(Base):
     source_uri: Mapped[str] = mapped_column(String(2048))
     doc_id: Mapped[str] = mapped_column(String(128))
     run_id: Mapped[str] = mapped_column(String(250))
-    stage: Mapped[str] = mapped_column(String(16))  # a stage, or plan / reconcile / finish
+    stage: Mapped[str] = mapped_column(String(16))  # a stage, or plan / finish / prune
     event: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict | None] = mapped_column(JSON)
 

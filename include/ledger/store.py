@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ class Entry(BaseModel):
 
     source_uri: str
     doc_id: str
-    content_sha256: str
+    content_sha256: str | None
     size_bytes: int
     object_version: str | None
     status: Status
@@ -78,24 +78,23 @@ class EventEntry(BaseModel):
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A document version a run wants to process, with the tag of the object it was read from."""
+class Final:
+    """How a run left one document: the version it processed (hashed by the extract job, when that
+    ran) and what became of it. ``unchanged``: that version holds the bytes already ingested."""
 
     document: DocumentRef
-    object_version: str | None
-
-
-@dataclass(frozen=True)
-class Final:
-    """How a run left one document."""
-
-    source_uri: str
-    doc_id: str
     status: Status
     stage_reached: str | None = None
     error: str | None = None
     error_stage: str | None = None
     quarantine_uri: str | None = None
+    unchanged: bool = False
+    # Pages, chunks, vectors of this version, as far as its stages got.
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def source_uri(self) -> str:
+        return self.document.source_uri
 
 
 def default_url(settings: PipelineSettings) -> str:
@@ -250,25 +249,26 @@ class Ledger:
         self,
         dag_id: str,
         run_id: str,
-        candidates: list[Candidate],
+        documents: list[DocumentRef],
         fingerprint: str,
         is_active: Callable[[str, str], bool],
-    ) -> tuple[list[Candidate], dict[str, str]]:
+    ) -> tuple[list[DocumentRef], dict[str, str]]:
         """Claim documents for this run: the claimed ones, and the others with the run that holds them.
 
         A claim is a conditional update (set only if the holder is still the one read), so of
         two runs racing for a document exactly one wins. A claim held by a run that is no
         longer running (``is_active`` says so) is taken over. A retried planning task finds
-        its own claims and keeps them.
+        its own claims and keeps them. A row keeps the version it records until the run
+        finishes (``finish``): the new listing may turn out to hold the same bytes.
         """
-        existing = self.entries(source_uris=[c.document.source_uri for c in candidates])
+        existing = self.entries(source_uris=[doc.source_uri for doc in documents])
         alive: dict[tuple[str, str], bool] = {}
         held: dict[str, str] = {}
-        claimed: list[Candidate] = []
+        claimed: list[DocumentRef] = []
         stamp = now()
         with self._session() as session:
-            for candidate in candidates:
-                doc, uri = candidate.document, candidate.document.source_uri
+            for doc in documents:
+                uri = doc.source_uri
                 row = existing.get(uri)
                 holder = row.claim_run_id if row else None
                 if holder and holder != run_id:
@@ -280,21 +280,20 @@ class Ledger:
                         continue
                     log.warning("%s: taking over the claim of run %s, which is no longer running", uri, holder)
                 values = dict(
-                    doc_id=doc.doc_id, content_sha256=doc.content_sha256, size_bytes=doc.size_bytes,
-                    object_version=candidate.object_version, status=Status.PROCESSING,
-                    pipeline_fingerprint=fingerprint, claim_dag_id=dag_id, claim_run_id=run_id,
-                    claimed_at=stamp, last_seen=stamp, last_run_id=run_id, updated_at=stamp,
+                    status=Status.PROCESSING, pipeline_fingerprint=fingerprint, claim_dag_id=dag_id,
+                    claim_run_id=run_id, claimed_at=stamp, last_seen=stamp, last_run_id=run_id, updated_at=stamp,
                 )
                 if row is None:
-                    if self._insert(session, Document(source_uri=uri, first_seen=stamp, attempts=0, **values)):
-                        claimed.append(candidate)
+                    version = dict(doc_id=doc.doc_id, content_sha256=None, size_bytes=doc.size_bytes,
+                                   object_version=doc.object_version)
+                    if self._insert(session, Document(source_uri=uri, first_seen=stamp, attempts=0, **version,
+                                                      **values)):
+                        claimed.append(doc)
                     else:
                         held[uri] = "another run (claimed just now)"
                     continue
-                if row.doc_id != doc.doc_id:
-                    values.update(error=None, error_stage=None, stage_reached=None, pages=None, chunks=None,
-                                  vectors=None)
-                if row.doc_id != doc.doc_id or row.status not in (Status.FAILED, Status.PROCESSING):
+                new_version = (row.size_bytes, row.object_version) != (doc.size_bytes, doc.object_version)
+                if new_version or row.status not in (Status.FAILED, Status.PROCESSING):
                     values["attempts"] = 0  # attempts count the tries of one version at one piece of work
                 won = session.execute(
                     update(Document)
@@ -302,12 +301,12 @@ class Ledger:
                     .values(**values)
                 ).rowcount
                 if won:
-                    claimed.append(candidate)
+                    claimed.append(doc)
                 else:
                     held[uri] = "another run (claimed just now)"
-            for candidate in claimed:
-                self._event(session, candidate.document.source_uri, candidate.document.doc_id, run_id,
-                            "plan", "claimed", {"fingerprint": fingerprint})
+            for doc in claimed:
+                self._event(session, doc.source_uri, doc.doc_id, run_id, "plan", "claimed",
+                            {"fingerprint": fingerprint, "object_version": doc.object_version})
         return claimed, held
 
     @staticmethod
@@ -351,41 +350,52 @@ class Ledger:
                 )
 
     def finish(self, run_id: str, finals: Iterable[Final]) -> None:
-        """Final status of each document the run claimed; releases its claims."""
+        """Final status of each document the run claimed, and the version it now records; releases
+        its claims. An unchanged document keeps the version it had, with the object's new tag."""
         stamp = now()
         with self._session() as session:
             for final in finals:
+                document = final.document
                 values: dict[str, Any] = dict(
                     status=final.status, claim_run_id=None, claim_dag_id=None, claimed_at=None,
-                    attempts=Document.attempts + 1, last_run_id=run_id, updated_at=stamp,
-                    error=final.error, error_stage=final.error_stage, quarantine_uri=final.quarantine_uri,
+                    last_run_id=run_id, updated_at=stamp, error=final.error, error_stage=final.error_stage,
+                    quarantine_uri=final.quarantine_uri, object_version=document.object_version,
                 )
-                if final.stage_reached:
-                    values["stage_reached"] = final.stage_reached
-                if final.status == Status.INGESTED:
-                    values["indexed_doc_id"] = final.doc_id
-                if final.status == Status.QUARANTINED:
-                    values["indexed_doc_id"] = None  # load never ran for it; older vectors were removed too
+                if not final.unchanged:
+                    values.update(doc_id=document.doc_id, size_bytes=document.size_bytes,
+                                  attempts=Document.attempts + 1, stage_reached=final.stage_reached,
+                                  **{name: final.counts.get(name) for name in ("pages", "chunks", "vectors")})
+                    if document.content_sha256:  # unknown when the extract job did not get to read it
+                        values["content_sha256"] = document.content_sha256
+                if final.status == Status.INGESTED and not final.unchanged:
+                    values["indexed_doc_id"] = document.doc_id
+                # A quarantined source keeps its older version's indexed_doc_id until the prune job
+                # has removed those vectors (``mark_pruned``).
                 done = session.execute(
                     update(Document)
                     .where(Document.source_uri == final.source_uri, Document.claim_run_id == run_id)
                     .values(**values)
                 ).rowcount
                 if done:
-                    self._event(session, final.source_uri, final.doc_id, run_id, "finish", str(final.status),
+                    self._event(session, final.source_uri, document.doc_id, run_id, "finish",
+                                "unchanged" if final.unchanged else str(final.status),
                                 {"error": final.error, "quarantine_uri": final.quarantine_uri})
                 else:
                     log.warning("%s: not claimed by run %s any more: its outcome is not recorded",
                                 final.source_uri, run_id)
 
-    def mark_deleted(self, run_id: str, source_uri: str, vectors_removed: int) -> None:
+    def mark_pruned(self, run_id: str, source_uri: str, vectors_removed: int) -> None:
+        """The source has no vector left in the store: deleted, unless it is quarantined (which says more)."""
         with self._session() as session:
             row = session.scalar(select(Document).where(Document.source_uri == source_uri))
             if row is None:
                 return
-            row.status, row.indexed_doc_id, row.vectors = Status.DELETED, None, 0
+            quarantined = row.status == Status.QUARANTINED
+            if not quarantined:
+                row.status = Status.DELETED
+            row.indexed_doc_id, row.vectors = None, 0
             row.last_run_id, row.updated_at = run_id, now()
-            self._event(session, source_uri, row.doc_id, run_id, "reconcile", "deleted",
+            self._event(session, source_uri, row.doc_id, run_id, "prune", "pruned" if quarantined else "deleted",
                         {"vectors_removed": vectors_removed})
 
     def start_run(self, dag_id: str, run_id: str, counts: dict[str, int]) -> None:

@@ -29,7 +29,8 @@ from include.query.answers import MARKER, answers_uri_for
 from include.query.steps import STEPS, BuildPrompts, EmbedQuestions, GenerateAnswers, RetrievePassages
 from include.settings import PipelineSettings
 from include.storage import Storage, join_uri, object_name
-from include.worker_crashes import actor_crash_limits, crashes_named, task_crash_limits
+from include.worker_crashes import crashes_named
+from include.worker_options import actor_options, task_options
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
     storage = Storage(settings)
     filesystem, path = storage.arrow_filesystem(questions_uri)
     questions = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=settings.query_io_cpus,
-                                      ray_remote_args=task_crash_limits(settings))
+                                      ray_remote_args=task_options(settings))
     names = list(questions.schema().names)
     check_columns(names, questions_uri)
 
@@ -104,7 +105,7 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
             worker, fn_constructor_kwargs={"settings": settings, **kwargs}, batch_format="pyarrow",
             batch_size=settings.query_batch_size, num_cpus=sizes.actor_cpus,
             compute=ActorPoolStrategy(min_size=sizes.min_actors, max_size=sizes.max_actors),
-            **actor_crash_limits(settings),
+            **actor_options(settings),
             **({"num_gpus": settings.generator_gpus} if worker is GenerateAnswers and settings.generator_gpus else {}),
         )
 
@@ -114,11 +115,11 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
     answers = step(answers, GenerateAnswers, "generate_pool")
     if evaluation.has_expectations(names):
         answers = answers.map_batches(evaluation.score_batch, batch_format="pyarrow", num_cpus=settings.query_io_cpus,
-                                      **task_crash_limits(settings))
+                                      **task_options(settings))
     out_filesystem, out_path = storage.arrow_filesystem(output_uri)
     with crashes_named(settings, step_models(settings), default_step="reading or writing Parquet"):
         answers.write_parquet(out_path, filesystem=out_filesystem,
-                              ray_remote_args={"num_cpus": settings.query_io_cpus, **task_crash_limits(settings)})
+                              ray_remote_args={"num_cpus": settings.query_io_cpus, **task_options(settings)})
 
 
 def step_models(settings: PipelineSettings) -> dict[str, tuple[str, str]]:

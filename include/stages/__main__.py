@@ -18,24 +18,24 @@ import logging
 import os
 import sys
 
-from include.contract import BatchResult, BatchSpec, JobResult, StageManifest, now
+from include.contract import BatchResult, BatchSpec, DocumentOutcome, JobResult, StageManifest, now
 from include.fingerprints import STAGE_ORDER
 from include.settings import PipelineSettings, get_settings
 from include.stages import STAGES
-from include.stages.base import StageInput, run_stage
+from include.stages.base import StageInput, first_stage_inputs, run_stage
 from include.stages.execution import run_inline, run_on_ray
 from include.storage import Storage
 
 log = logging.getLogger("include.stages")
 
 
-
-def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None, upstream: str | None) -> tuple[str, list[StageInput]]:
-    """The batch id and the documents this stage runs over."""
+def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None,
+                upstream: str | None) -> tuple[str, list[StageInput], list[DocumentOutcome]]:
+    """The batch id, the documents this stage runs over, and those the first stage settles unrun."""
     storage = Storage(settings)
     if batch:
         spec = BatchSpec.model_validate(storage.read_json(batch))
-        return spec.batch_id, [StageInput(document) for document in spec.documents]
+        return spec.batch_id, *first_stage_inputs(storage, spec.documents, spec.ingested_sha256)
     previous = BatchResult.model_validate(storage.read_json(upstream))
     expected = STAGE_ORDER[STAGE_ORDER.index(stage) - 1] if STAGE_ORDER.index(stage) else None
     if previous.stage != expected or previous.status != "succeeded":
@@ -47,7 +47,7 @@ def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None, up
         if manifest.status != "succeeded":
             raise RuntimeError(f"{outcome.manifest_uri} no longer records success (overwritten by another run?)")
         items.append(StageInput(manifest.document, manifest, outcome.manifest_uri))
-    return previous.batch_id, items
+    return previous.batch_id, items, []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     started = now()
     batch_id = "unknown"
     try:
-        batch_id, items = load_inputs(args.stage, settings, batch=args.batch, upstream=args.upstream)
+        batch_id, items, settled = load_inputs(args.stage, settings, batch=args.batch, upstream=args.upstream)
         log.info("%s of %s: %d document(s)%s", args.stage, batch_id, len(items),
                  f", job {submission_id}" if submission_id else "")
         if not args.inline:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.init(logging_level=logging.WARNING, log_to_driver=True)
         result = run_stage(
             STAGES[args.stage], settings, items, batch_id=batch_id, recompute=args.recompute,
-            submission_id=submission_id, executor=run_inline if args.inline else run_on_ray,
+            submission_id=submission_id, executor=run_inline if args.inline else run_on_ray, settled=settled,
         )
     except Exception as exc:
         log.error("%s of %s failed: %s", args.stage, batch_id, exc)

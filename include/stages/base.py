@@ -40,9 +40,10 @@ from pydantic import BaseModel
 
 from include.backends.openai_api import SPEND_METRICS
 from include.contract import BatchResult, DocumentOutcome, DocumentRef, Metrics, Outputs, StageManifest, now
+from include.documents import ReplacedSinceListed, hashed
 from include.fingerprints import StageSpec, check_installed, stage_fingerprint
 from include.settings import PipelineSettings
-from include.storage import Storage, join_uri
+from include.storage import ObjectNotFound, Storage, join_uri
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,32 @@ class StageInput:
 
     def doc_input(self) -> DocInput:
         return DocInput(document=self.document, upstream_outputs=self.upstream.outputs if self.upstream else {})
+
+
+def first_stage_inputs(
+    storage: Storage, documents: list[DocumentRef], ingested_sha256: dict[str, str]
+) -> tuple[list[StageInput], list[DocumentOutcome]]:
+    """Hash each planned document (the only read of it outside its stage): the ones to run, and the
+    ones settled already: the bytes the ledger has ingested (``unchanged``), or gone since listed."""
+    items: list[StageInput] = []
+    settled: list[DocumentOutcome] = []
+    for planned in documents:
+        try:
+            document = hashed(storage, planned)
+        except (ObjectNotFound, ReplacedSinceListed) as exc:
+            error = str(exc) if isinstance(exc, ReplacedSinceListed) else (
+                f"{planned.source_uri}: the file was removed from the inbox after it was listed ({exc})")
+            settled.append(DocumentOutcome(doc_id=planned.doc_id, source_uri=planned.source_uri, status="failed",
+                                           retryable=False, error=error))
+            continue
+        if ingested_sha256.get(document.source_uri) == document.content_sha256:
+            log.info("%s: the same bytes as the version ingested before (only its tag changed): unchanged",
+                     document.source_uri)
+            settled.append(DocumentOutcome(doc_id=document.doc_id, source_uri=document.source_uri,
+                                           status="unchanged", content_sha256=document.content_sha256))
+            continue
+        items.append(StageInput(document))
+    return items, settled
 
 
 @dataclass
@@ -272,10 +299,12 @@ def run_stage(
     executor: Executor,
     recompute: bool = False,
     submission_id: str | None = None,
+    settled: list[DocumentOutcome] | None = None,
 ) -> BatchResult:
     """Run one stage over a batch; write each document's manifest as it finishes.
 
-    Returns the batch result. Lets unexpected exceptions through (the caller records
+    Returns the batch result, with the ``settled`` outcomes (documents of the batch that
+    needed no run, see ``first_stage_inputs``) first. Lets unexpected exceptions through (the caller records
     them): documents finished before are already recorded and reused by a retry.
     """
     storage = Storage(settings)
@@ -297,7 +326,7 @@ def run_stage(
                 continue
             outcomes.append(DocumentOutcome(
                 doc_id=item.document.doc_id, source_uri=item.document.source_uri, status="succeeded",
-                manifest_uri=target, reused=True,
+                manifest_uri=target, reused=True, content_sha256=item.document.content_sha256,
                 # Reused work took no time and cost nothing this time.
                 metrics={**previous.metrics, **{k: 0.0 for k in SPEND_METRICS if k in previous.metrics},
                          "seconds": 0.0, "reused": 1.0},
@@ -316,7 +345,7 @@ def run_stage(
     outcomes.sort(key=lambda o: order[o.doc_id])
     return BatchResult(
         stage=stage.name, batch_id=batch_id, submission_id=submission_id, status="succeeded",
-        documents=outcomes, metrics=total_metrics(o.metrics for o in outcomes if o.status == "succeeded"),
+        documents=[*(settled or []), *outcomes], metrics=total_metrics(o.metrics for o in outcomes if o.status == "succeeded"),
         libraries=libraries, started_at=started, finished_at=now(),
     )
 
@@ -345,14 +374,15 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
                                  finished_at=now(), **base)
         storage.write_json(target, manifest.model_dump(mode="json"))
         return DocumentOutcome(doc_id=document.doc_id, source_uri=document.source_uri, status="failed",
-                               manifest_uri=target, error=str(error), retryable=False, bad_file=error.bad_file)
+                               manifest_uri=target, error=str(error), retryable=False, bad_file=error.bad_file,
+                               content_sha256=document.content_sha256)
     metrics = {**metrics, "seconds": round(done.seconds, 3)}
     manifest = StageManifest(status="succeeded", outputs=outputs, metrics=metrics, output_digest=ctx.digest(),
                              finished_at=now(), **base)
     storage.write_json(target, manifest.model_dump(mode="json"))
     log.info("%s of %s: done %s", stage.name, document.name, _format_metrics(metrics))
     return DocumentOutcome(doc_id=document.doc_id, source_uri=document.source_uri, status="succeeded",
-                           manifest_uri=target, metrics=metrics)
+                           manifest_uri=target, metrics=metrics, content_sha256=document.content_sha256)
 
 
 # Metrics that describe a setting or a peak: totals keep their maximum, not a sum.

@@ -33,7 +33,8 @@ from include.stages.base import (
     Stage,
     StageInput,
 )
-from include.worker_crashes import actor_crash_limits, crashes_named, task_crash_limits
+from include.worker_crashes import crashes_named
+from include.worker_options import actor_options, task_options
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def run_on_ray(
             # As many splitters as actors they feed: each is a worker process to start,
             # and starting processes is most of a small job's time.
             concurrency=pool.max_actors,
-            **task_crash_limits(settings),
+            **task_options(settings),
         )
         .map_batches(
             _PartWorker,
@@ -144,7 +145,7 @@ def run_on_ray(
             batch_size=1,  # a part is already a bounded unit of work
             compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
             num_cpus=pool.actor_cpus,
-            **actor_crash_limits(settings),
+            **actor_options(settings),
         )
     )
     by_id = {item.document.doc_id: item for item in items}

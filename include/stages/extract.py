@@ -180,7 +180,7 @@ def render(pages: list[str]) -> str:
 
 
 def read_pdf(doc: DocInput, storage: Storage) -> bytes:
-    """The document's bytes, exactly those that were listed (its id is made from their hash)."""
+    """The document's bytes, exactly those the job hashed when it started (``first_stage_inputs``)."""
     ref = doc.document
     try:
         data = storage.read_bytes(ref.source_uri)
@@ -188,7 +188,7 @@ def read_pdf(doc: DocInput, storage: Storage) -> bytes:
         raise DocumentError(f"{ref.source_uri}: the file was removed from the inbox after it was listed") from exc
     if hashlib.sha256(data).hexdigest() != ref.content_sha256:
         raise DocumentError(
-            f"{ref.source_uri}: the file changed after it was listed; the next run ingests the new version"
+            f"{ref.source_uri}: the file changed while the job read it; the next run ingests the new version"
         )
     return data
 

@@ -1,5 +1,5 @@
-"""One real stack for every integration test: SeaweedFS S3, Chroma and a Ray head started by the
-launcher, Airflow's database migrated; the ``document_ingest`` DAG run by Airflow itself
+"""One real stack for every integration test: SeaweedFS S3, Chroma, a Ray head and a Ray worker
+node started by the launcher, Airflow's database migrated; the ``document_ingest`` DAG run by Airflow itself
 (``airflow dags test``).
 
 The stack runs on its own ports and work dir, so a demo stack left running does not
@@ -29,6 +29,10 @@ TEST_PORTS = {"STACK_S3_PORT": "21333", "STACK_RAY_DASHBOARD_PORT": "28265", "ST
 # A run finds out quickly that there is no work; a file over 64 KiB is too big.
 TEST_SETTINGS = {"PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_SENSOR_TIMEOUT_SECONDS": "12",
                  "PIPELINE_SENSOR_POKE_SECONDS": "4", "PIPELINE_MAX_DOCUMENT_BYTES": str(64 * 1024)}
+# Two Ray nodes, as on a real cluster: the head keeps the job drivers, and every actor and task of
+# the jobs asks for the resource only the worker node offers.
+TEST_CLUSTER = {"STACK_RAY_WORKER_NODES": "1", "PIPELINE_RAY_WORKER_RESOURCE": "pipeline_worker"}
+WORKER_NODE = "ray-node-1"
 # The keys the cloud backends read on the workers, from their own environment: the Ray head is
 # started with them, as a cluster's nodes would be. Fake values, for the local fakes of the APIs;
 # the tests check that no job ever carries them.
@@ -50,7 +54,8 @@ def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
 
     patch = pytest.MonkeyPatch()
     work = tmp_path_factory.mktemp("stack") / "work"
-    for name, value in {**TEST_PORTS, **TEST_SETTINGS, **WORKER_SECRETS, "PIPELINE_WORK_DIR": str(work)}.items():
+    for name, value in {**TEST_PORTS, **TEST_SETTINGS, **TEST_CLUSTER, **WORKER_SECRETS,
+                        "PIPELINE_WORK_DIR": str(work)}.items():
         patch.setenv(name, value)
     for name, value in stack_env().items():  # this process reads the stack like the DAG does
         patch.setenv(name, value)
@@ -61,6 +66,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
         run(env, python, "-m", "tools.stack", "up")
         again = run(env, python, "-m", "tools.stack", "up")  # idempotent: nothing restarted
         assert "s3: already running" in again.stdout and "ray: already running" in again.stdout
+        assert f"{WORKER_NODE}: already running" in again.stdout
         run(env, AIRFLOW, "db", "migrate")
         yield env
     finally:

@@ -17,7 +17,16 @@ import pytest
 
 from include.ingest import STAGE_ORDER as STAGES
 from tests.bad_inputs import OVERSIZED_KEY, bad_inputs, tricky_valid_keys
-from tests.integration.conftest import DAG_ID, TEST_SETTINGS, chroma, dag_test, isolated_env, ray_jobs_of, run
+from tests.integration.conftest import (
+    DAG_ID,
+    TEST_SETTINGS,
+    WORKER_NODE,
+    chroma,
+    dag_test,
+    isolated_env,
+    ray_jobs_of,
+    run,
+)
 from tests.pii_corpus import KEEP, generate_corpus
 from tools import airflow_db
 from tools.sample_pdfs import SAMPLES
@@ -162,9 +171,27 @@ def test_the_leak_audit_finds_no_pii_downstream_of_enrichment_nor_in_the_vector_
 
 def test_each_stage_ran_as_one_ray_job_per_batch_with_a_deterministic_id(env, first_run):
     ours = ray_jobs_of(env, first_run)
-    assert len(ours) == len(STAGES) * 1  # five stages x one batch, whatever the number of documents
+    stage_jobs = [j for j in ours if j.entrypoint.startswith("python -m include.stages ")]
+    assert len(stage_jobs) == len(STAGES) * 1  # five stages x one batch, whatever the number of documents
+    assert sorted(j.entrypoint.split()[3] for j in stage_jobs) == sorted(STAGES)
+    # One more job removed the vectors of the quarantined files, where the store's credentials are.
+    assert [j.entrypoint.split()[2] for j in ours if j not in stage_jobs] == ["include.prune"]
     assert all(j.submission_id.endswith("-try1") and str(j.status) == "SUCCEEDED" for j in ours)
-    assert sorted(j.entrypoint.split()[3] for j in ours) == sorted(STAGES)
+
+
+def test_the_stage_actors_ran_on_the_worker_node_and_none_on_the_head(env, first_run):
+    """Two nodes, as a cluster has: every actor pool of every stage was placed on the worker node,
+    by the resource it asks for; the head kept the drivers."""
+    from ray.util.state import list_actors, list_nodes
+
+    address = env["RAY_ADDRESS"]
+    nodes = {node.node_name: node for node in list_nodes(address=address) if node.state == "ALIVE"}
+    assert len(nodes) == 2 and WORKER_NODE in nodes
+    job_ids = {job.job_id for job in ray_jobs_of(env, first_run) if job.job_id}
+    pools = [actor for actor in list_actors(address=address, detail=True, limit=10_000)
+             if actor.job_id in job_ids and actor.class_name.startswith("MapWorker(")]
+    assert {actor.class_name for actor in pools} >= {"MapWorker(MapBatches(_PartWorker))"}
+    assert {actor.node_id for actor in pools} == {nodes[WORKER_NODE].node_id}
 
 
 def test_an_inbox_of_ingested_documents_starts_no_ray_job(env, inbox, first_run):

@@ -34,8 +34,10 @@ def test_ingest_dag_maps_the_five_stages_over_batches_in_order(dagbag):
     stages = [f"ingest_batch.{s}" for s in ("extract", "chunk", "enrich", "embed", "load")]
     for upstream, downstream in zip(stages, stages[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    assert set(dag.get_task("summarize").upstream_task_ids) == {"reconcile", stages[-1]}
-    assert dag.get_task("reconcile").upstream_task_ids == {"plan_batches"}
+    assert set(dag.get_task("summarize").upstream_task_ids) == {"plan_batches", stages[-1]}
+    # The vectors of deleted and quarantined documents go in a Ray job, whatever became of the run.
+    assert dag.get_task("prune_vectors").upstream_task_ids == {"summarize"}
+    assert dag.get_task("prune_vectors").trigger_rule == "all_done"
     assert "plan_batches" in dag.get_task("wait_for_documents").downstream_task_ids
     # A run has at most this many Ray jobs of one stage on the cluster at once.
     assert all(dag.get_task(s).max_active_tis_per_dagrun == 2 for s in stages)

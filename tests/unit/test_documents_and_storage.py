@@ -6,7 +6,7 @@ from include.documents import describe, discover, document_id
 from include.storage import ObjectNotFound, Storage, StorageError, join_uri, split_s3_uri
 
 
-def test_document_id_is_stable_readable_and_changes_with_key_or_content():
+def test_document_id_is_stable_readable_and_changes_with_key_or_version():
     first = document_id("s3://b/inbox/Trial Protocol.pdf", "a" * 64)
     assert first == document_id("s3://b/inbox/Trial Protocol.pdf", "a" * 64)
     assert first.startswith("trial-protocol-")
@@ -15,7 +15,7 @@ def test_document_id_is_stable_readable_and_changes_with_key_or_content():
 
 
 def test_document_ids_of_plain_names_never_change():
-    # Pinned: ids already recorded in manifests and vector stores must stay valid.
+    # Pinned: the same key and version tag must name the same document on every run.
     assert document_id("s3://b/inbox/Trial Protocol.pdf", "a" * 64) == "trial-protocol-48f8b408bce8"
     assert document_id("file:///tmp/inbox/report_v2.PDF", "b" * 64) == "report-v2-4386721dac7e"
     assert document_id("s3://documents/inbox/sub/a#1.pdf", "c" * 64) == "a-1-02d8a740086c"

@@ -67,13 +67,22 @@ def test_runs_ingest_what_is_new_or_changed_only_and_keep_the_ledger_and_store_i
     second = _plan("run-2")
     assert second["batches"] == [] and second["unchanged"] == 1 and second["reasons"] == {}
 
-    # Written again with the same bytes: its tag changed, so it is hashed once, found unchanged,
-    # and the ledger keeps the new tag so the sensor no longer sees work.
+    # Written again with the same bytes: its tag changed, so the extract job hashes it, finds the
+    # bytes it ingested, and no later stage runs; the ledger keeps its version and vectors with
+    # the new tag, so the sensor no longer sees work.
+    before = ledger.entries()[good]
     inbox("reports/Quartal Ü1.pdf", sample_pdfs[GOOD].read_bytes())
     listing = storage.list_objects(settings.inbox_uri)
     assert ingest.pending(listing, ledger.entries(), fingerprint=ingest.pipeline_fingerprint(settings),
                           max_attempts=3).work
-    assert _plan("run-3")["batches"] == []
+    touched = ingest_like_the_dag("run-3")
+    assert touched["touched"] == [] and touched["counts"]["unchanged"] == 1 and touched["failed"] == []
+    assert touched["stages"]["extract"]["documents"] == 0 and touched["stages"]["chunk"]["batches"] == 0
+    after = ledger.entries()[good]
+    assert (after.doc_id, after.indexed_doc_id, after.content_sha256, after.vectors) == (
+        before.doc_id, before.indexed_doc_id, before.content_sha256, before.vectors)
+    assert after.object_version != before.object_version and after.status == Status.INGESTED
+    assert _doc_ids_in_store(settings)[good] == {before.doc_id}
     assert not ingest.pending(listing, ledger.entries(), fingerprint=ingest.pipeline_fingerprint(settings),
                               max_attempts=3)
 
@@ -122,9 +131,8 @@ def test_a_file_replaced_after_planning_is_not_quarantined_by_mistake(pipeline_e
 
     uri = inbox("late.pdf", b"not a pdf")
     storage = inbox.storage
-    planned = storage.stat(uri)
-    document = describe(storage, uri)
+    document = describe(storage, uri)  # as planned: the listed version
     inbox("late.pdf", sample_pdfs[GOOD].read_bytes())  # the fixed file lands before the summary runs
-    moved = quarantine(pipeline_env, storage, document, planned_version=planned.version, stage="extract",
-                       error="not a PDF", dag_id=DAG_ID, run_id="r")
+    moved = quarantine(pipeline_env, storage, document, stage="extract", error="not a PDF", dag_id=DAG_ID,
+                       run_id="r")
     assert moved is None and storage.exists(uri)

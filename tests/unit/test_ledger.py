@@ -12,16 +12,15 @@ from sqlalchemy import inspect
 from include.contract import DocumentOutcome, DocumentRef
 from include.documents import document_id
 from include.incremental import Reason, decide, pending
-from include.ledger import Candidate, Entry, Final, Ledger, Status
+from include.ledger import Entry, Final, Ledger, Status
 from include.storage import ObjectInfo
 
 INBOX = "s3://documents/inbox/"
 
 
-def _candidate(name: str, content: str = "v1", version: str = "e1") -> Candidate:
+def _candidate(name: str, version: str = "e1") -> DocumentRef:
     uri = f"{INBOX}{name}"
-    return Candidate(DocumentRef(doc_id=document_id(uri, content), source_uri=uri, content_sha256=content,
-                                 size_bytes=10), version)
+    return DocumentRef(doc_id=document_id(uri, version), source_uri=uri, size_bytes=10, object_version=version)
 
 
 def _ledger(tmp_path) -> Ledger:
@@ -32,18 +31,18 @@ def _ledger(tmp_path) -> Ledger:
 
 def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_path):
     ledger = _ledger(tmp_path)
-    assert ledger.revision() == "0001"
+    assert ledger.revision() == "0002"
     tables = set(inspect(ledger._engine).get_table_names())
     assert {"documents", "document_events", "runs", "alembic_version"} <= tables
     assert "daily_metrics" in inspect(ledger._engine).get_view_names()
-    assert _ledger(tmp_path).revision() == "0001" and ledger.counts() == {}
+    assert _ledger(tmp_path).revision() == "0002" and ledger.counts() == {}
 
 
 def _claim_all(url: str, run_id: str, names: list[str], queue) -> None:
     ledger = Ledger(url)
     claimed, _ = ledger.claim("document_ingest", run_id, [_candidate(n) for n in names], "fp",
                               is_active=lambda *_: True)
-    queue.put((run_id, sorted(c.document.source_uri for c in claimed)))
+    queue.put((run_id, sorted(c.source_uri for c in claimed)))
 
 
 def test_two_processes_racing_for_the_same_documents_never_both_get_one(tmp_path):
@@ -71,7 +70,7 @@ def test_a_live_runs_claim_is_held_a_dead_runs_is_taken_over_and_a_retry_keeps_i
     assert len(claimed) == 2 and held == {}
 
     claimed, held = ledger.claim("dag", "run-2", docs, "fp", is_active=lambda dag, run: run == "run-1")
-    assert claimed == [] and held == {d.document.source_uri: "run-1" for d in docs}
+    assert claimed == [] and held == {d.source_uri: "run-1" for d in docs}
     # run-1's planning task is retried: it finds its own claims.
     claimed, _ = ledger.claim("dag", "run-1", docs, "fp", is_active=lambda *_: True)
     assert len(claimed) == 2
@@ -80,7 +79,7 @@ def test_a_live_runs_claim_is_held_a_dead_runs_is_taken_over_and_a_retry_keeps_i
     assert len(claimed) == 2 and held == {}
     assert {e.claim_run_id for e in ledger.entries().values()} == {"run-2"}
     # The dead run's late outcome does not overwrite the new holder's row.
-    ledger.finish("run-1", [Final(d.document.source_uri, d.document.doc_id, Status.INGESTED) for d in docs])
+    ledger.finish("run-1", [Final(d, Status.INGESTED) for d in docs])
     assert {e.status for e in ledger.entries().values()} == {Status.PROCESSING}
 
 
@@ -91,16 +90,17 @@ def test_a_stage_recorded_twice_by_a_retried_task_is_one_event(tmp_path):
 def assert_one_history_for_a_retried_stage(ledger: Ledger) -> None:
     """Claim, a stage recorded twice (a retried task), finish: each event once. Shared with PostgreSQL's tests."""
     [doc] = ledger.claim("dag", "run-1", [_candidate("a.pdf")], "fp", is_active=lambda *_: True)[0]
-    outcome = DocumentOutcome(doc_id=doc.document.doc_id, source_uri=doc.document.source_uri, status="succeeded",
+    outcome = DocumentOutcome(doc_id=doc.doc_id, source_uri=doc.source_uri, status="succeeded",
                               manifest_uri="s3://x/_manifest.json", metrics={"pages": 3.0})
     for _ in range(2):
         ledger.record_stage("run-1", "extract", [outcome], "job-1")
-    ledger.finish("run-1", [Final(doc.document.source_uri, doc.document.doc_id, Status.INGESTED, "load")])
-    events = [(e.stage, e.event) for e in ledger.history(doc.document.source_uri)]
+    hashed = doc.model_copy(update={"content_sha256": "f" * 64})
+    ledger.finish("run-1", [Final(hashed, Status.INGESTED, "load", counts={"pages": 3})])
+    events = [(e.stage, e.event) for e in ledger.history(doc.source_uri)]
     assert events == [("plan", "claimed"), ("extract", "succeeded"), ("finish", "ingested")]
-    entry = ledger.entries()[doc.document.source_uri]
+    entry = ledger.entries()[doc.source_uri]
     assert (entry.status, entry.pages, entry.attempts, entry.claim_run_id) == (Status.INGESTED, 3, 1, None)
-    assert entry.indexed_doc_id == doc.document.doc_id
+    assert entry.indexed_doc_id == doc.doc_id and entry.content_sha256 == "f" * 64
 
 
 def _entry(**changes) -> Entry:
@@ -138,13 +138,17 @@ def test_pending_settles_what_the_listing_can_and_flags_the_rest_as_work():
         f"{INBOX}same.pdf": _entry(source_uri=f"{INBOX}same.pdf"),
         f"{INBOX}touched.pdf": _entry(source_uri=f"{INBOX}touched.pdf"),
         f"{INBOX}gone.pdf": _entry(source_uri=f"{INBOX}gone.pdf"),
-        f"{INBOX}quarantined.pdf": _entry(source_uri=f"{INBOX}quarantined.pdf", status=Status.QUARANTINED),
+        f"{INBOX}quarantined.pdf": _entry(source_uri=f"{INBOX}quarantined.pdf", status=Status.QUARANTINED,
+                                          indexed_doc_id=None),
+        # Quarantined, but the prune job has not removed its older version's vectors yet.
+        f"{INBOX}unpruned.pdf": _entry(source_uri=f"{INBOX}unpruned.pdf", status=Status.QUARANTINED),
     }
     listing = [ObjectInfo(f"{INBOX}same.pdf", 10, "e1"), ObjectInfo(f"{INBOX}touched.pdf", 10, "e2"),
                ObjectInfo(f"{INBOX}new.pdf", 5, "e9")]
     found = pending(listing, entries, fingerprint="fp", max_attempts=3)
     assert [i.uri for i in found.work] == [f"{INBOX}touched.pdf", f"{INBOX}new.pdf"]
-    assert found.unchanged == 1 and found.deleted == [f"{INBOX}gone.pdf"]  # a quarantined file left on purpose
+    # A quarantined file left on purpose; one whose vectors are still in the store is pruned again.
+    assert found.unchanged == 1 and found.deleted == [f"{INBOX}gone.pdf", f"{INBOX}unpruned.pdf"]
     assert not pending(listing[:1], entries, fingerprint="fp", max_attempts=3, whole_inbox=False)
     assert [i.uri for i in pending(listing[:1], entries, fingerprint="fp", max_attempts=3, reprocess=True).work] == [
         f"{INBOX}same.pdf"]

@@ -129,11 +129,11 @@ def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_pa
     url = sqlalchemy_url(database_uri)
     assert url.startswith("postgresql+pg8000://")
     ledger = Ledger.open(_settings(tmp_path), url)
-    assert ledger.revision() == "0001"
+    assert ledger.revision() == "0002"
     inspector = inspect(ledger._engine)
     assert {"documents", "document_events", "runs", "alembic_version"} <= set(inspector.get_table_names())
     assert "daily_metrics" in inspector.get_view_names()
-    assert Ledger.open(_settings(tmp_path), url).revision() == "0001" and ledger.counts() == {}
+    assert Ledger.open(_settings(tmp_path), url).revision() == "0002" and ledger.counts() == {}
 
 
 def _migrate_together(work_dir: Path, url: str, barrier, queue) -> None:
@@ -159,8 +159,8 @@ def _race(target, args_per_racer: list[tuple]) -> list:
 
 def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(tmp_path, database_uri):
     url = sqlalchemy_url(database_uri)
-    assert _race(_migrate_together, [(tmp_path, url), (tmp_path, url)]) == ["0001", "0001"]
-    assert Ledger(url).revision() == "0001"
+    assert _race(_migrate_together, [(tmp_path, url), (tmp_path, url)]) == ["0002", "0002"]
+    assert Ledger(url).revision() == "0002"
 
 
 def _claim_together(url: str, run_id: str, names: list[str], barrier, queue) -> None:
@@ -168,7 +168,7 @@ def _claim_together(url: str, run_id: str, names: list[str], barrier, queue) -> 
     candidates = [_candidate(name) for name in names]
     barrier.wait(timeout=RACE_TIMEOUT)
     claimed, _ = ledger.claim("document_ingest", run_id, candidates, "fp", is_active=lambda *_: True)
-    queue.put((run_id, sorted(c.document.source_uri for c in claimed)))
+    queue.put((run_id, sorted(c.source_uri for c in claimed)))
 
 
 def test_two_processes_racing_for_the_same_documents_never_both_get_one(tmp_path, database_uri):
@@ -201,4 +201,4 @@ def test_the_airflow_connection_pipeline_ledger_is_the_default_ledger(tmp_path, 
     assert default_url(settings) == sqlalchemy_url(database_uri)
     ledger = Ledger.open(settings)
     assert ledger.location == sqlalchemy_url(database_uri)
-    assert ledger.revision() == "0001" and ledger.counts() == {}
+    assert ledger.revision() == "0002" and ledger.counts() == {}

@@ -1,0 +1,32 @@
+"""The Ray options every actor and task of the ingest and query jobs gets: how often a dead worker
+is started again (``include.worker_crashes``), and where it may run.
+
+Placement: with ``PIPELINE_RAY_WORKER_RESOURCE`` set, each one asks for a unit of that custom
+resource, which only the nodes meant for the heavy work offer, so none lands on the head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from include.settings import PipelineSettings
+from include.worker_crashes import actor_crash_limits, task_crash_limits
+
+# What one actor or task asks for. The nodes offer many (1000): this places work without
+# bounding it; their CPUs and the pool sizes bound it.
+UNITS_PER_WORKER = 1
+
+
+def on_worker_nodes(settings: PipelineSettings) -> dict[str, Any]:
+    name = settings.ray_worker_resource
+    return {"resources": {name: UNITS_PER_WORKER}} if name else {}
+
+
+def actor_options(settings: PipelineSettings) -> dict[str, Any]:
+    """``map_batches`` arguments of an actor pool."""
+    return {**actor_crash_limits(settings), **on_worker_nodes(settings)}
+
+
+def task_options(settings: PipelineSettings) -> dict[str, Any]:
+    """Ray remote arguments of a task (``flat_map``, reading and writing Parquet)."""
+    return {**task_crash_limits(settings), **on_worker_nodes(settings)}
