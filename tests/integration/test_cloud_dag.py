@@ -1,7 +1,8 @@
 """The cloud path end to end, as a user would run it, against local fakes of OpenAI and Pinecone:
 ``enricher=openai``, ``embedder=openai``, ``vector_store=pinecone`` (and ``generator=openai`` for
-the questions), both DAGs run by Airflow, every stage a Ray job on the stack's head. The API keys
-live only in the workers' environment; the Job API's view of every job must hold none of them.
+the questions), both DAGs run by Airflow, every stage a Ray job on the stack's worker node. The
+API keys live only in the Ray nodes' environment, never in the Airflow process's (``dag_test``);
+the Job API's view of every job, and Airflow's task logs, must hold none of them.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def _no_secret_in(jobs: list) -> None:
             assert secret not in shown, job.submission_id
 
 
+def _no_secret_in_airflow_logs(env) -> None:
+    """Every task log Airflow kept, the jobs' driver logs streamed into them included."""
+    logs = [path for path in (Path(env["AIRFLOW_HOME"]) / "logs").rglob("*") if path.is_file()]
+    assert logs
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert not any(secret in text for secret in WORKER_SECRETS.values()), path
+
+
 def test_the_ingest_dag_runs_on_the_cloud_backends_and_reports_what_it_cost(env, fakes, ingested):
     summary = ingested.summary
     assert summary["succeeded"] == 3 and summary["failed"] == []
@@ -104,3 +114,24 @@ def test_questions_are_answered_from_pinecone_by_the_openai_generator(env, fakes
     jobs = ray_jobs_of(env, run_id, QUERY_DAG)
     assert len(jobs) == 1 and str(jobs[0].status) == "SUCCEEDED"
     _no_secret_in(jobs)
+    _no_secret_in_airflow_logs(env)
+
+
+def test_a_deleted_document_leaves_pinecone_through_the_prune_job_the_airflow_side_holding_no_key(
+        env, fakes, ingested):
+    """Removing vectors takes the store's key: the prune job has it on the Ray node; Airflow does not."""
+    from include.ledger import Ledger, Status
+    from include.storage import join_uri
+
+    gone = join_uri(ingested.settings.inbox_uri, "site_operations_handbook.pdf")
+    assert any(meta["source_uri"] == gone for _values, meta in fakes.pinecone.vectors(INDEX).values())
+    ingested.storage.delete(gone)
+    run_id = dag_test(env)
+    assert not any(meta["source_uri"] == gone for _values, meta in fakes.pinecone.vectors(INDEX).values())
+    jobs = ray_jobs_of(env, run_id)
+    assert [job.entrypoint.split()[2] for job in jobs] == ["include.prune"]
+    assert str(jobs[0].status) == "SUCCEEDED"
+    entry = Ledger.open(ingested.settings).entries()[gone]
+    assert (entry.status, entry.indexed_doc_id, entry.vectors) == (Status.DELETED, None, 0)
+    _no_secret_in(jobs)
+    _no_secret_in_airflow_logs(env)
