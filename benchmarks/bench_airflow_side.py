@@ -11,7 +11,7 @@ Three things the Airflow side does, each in a fresh interpreter, for each checko
   KiB each (a ``file://`` inbox, so the disk, not a server, is what reading costs).
 
 It prints, per step and checkout, the median wall seconds (the step alone, imports excluded), the
-peak RSS of the process, how many modules it loaded, and which of the data plane's libraries
+megabytes the step read (``rchar``: files, sockets, page cache hits included), the peak RSS of the process, how many modules it loaded, and which of the data plane's libraries
 among them; then the ratios this / baseline.
 
     .venv/bin/python -m benchmarks.bench_airflow_side                  # against 58acb1b
@@ -40,7 +40,12 @@ STEP = f"""
 import importlib.util, json, resource, sys, time
 sys.path[:0] = ['.', 'plugins']
 step, objects, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def read_bytes():  # every byte the process read through a system call, page cache hits included
+    return int(next(l for l in open('/proc/self/io') if l.startswith('rchar')).split()[1])
+
 if step == 'parse':
+    before = read_bytes()
     clock = time.perf_counter()
     for name in ('document_ingest', 'rag_batch_query'):
         spec = importlib.util.spec_from_file_location(name, f'dags/{{name}}.py')
@@ -50,13 +55,14 @@ else:
     from include.ledger import Ledger
     from include.settings import get_settings
     Ledger.open(get_settings())  # the schema's migration is not what is measured
+    before = read_bytes()
     clock = time.perf_counter()
     if step == 'poke':
         files = [{{"Key": f"inbox/doc-{{n:05d}}.pdf", "Size": size, "ETag": f'"{{n:032x}}"'}} for n in range(objects)]
         assert ingest.inbox_has_work(files)
     else:
         assert ingest.plan_run('document_ingest', 'bench-run')
-print(json.dumps({{"seconds": time.perf_counter() - clock,
+print(json.dumps({{"seconds": time.perf_counter() - clock, "read_mb": (read_bytes() - before) / 2**20,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "modules": len(sys.modules),
                   "data_plane": [m for m in {DATA_PLANE!r} if m in sys.modules]}}))
@@ -120,16 +126,17 @@ def main(argv: list[str] | None = None) -> int:
                            capture_output=True)
 
     summary = {key: {"seconds": statistics.median(r["seconds"] for r in results),
+                     "read_mb": statistics.median(r["read_mb"] for r in results),
                      "rss_mb": max(r["rss_mb"] for r in results),
                      "modules": results[-1]["modules"], "data_plane": results[-1]["data_plane"]}
                for key, results in runs.items()}
     print(f"The Airflow side, median of {args.runs} (baseline {args.baseline}; poke and plan over "
           f"{args.objects} objects, plan over files of {args.object_kb} KiB):\n")
-    print(f"{'step':<6} {'checkout':<10} {'seconds':>8} {'peak RSS MB':>12} {'modules':>8}  "
+    print(f"{'step':<6} {'checkout':<10} {'seconds':>8} {'MB read':>8} {'peak RSS MB':>12} {'modules':>8}  "
           "data-plane libraries loaded")
     for (step, name), row in summary.items():
-        print(f"{step:<6} {name:<10} {row['seconds']:>8.2f} {row['rss_mb']:>12.0f} {row['modules']:>8}  "
-              f"{', '.join(row['data_plane']) or '(none)'}")
+        print(f"{step:<6} {name:<10} {row['seconds']:>8.2f} {row['read_mb']:>8.1f} {row['rss_mb']:>12.0f} "
+              f"{row['modules']:>8}  {', '.join(row['data_plane']) or '(none)'}")
     print()
     for step in STEPS:
         this, base = summary[step, "this"], summary[step, "baseline"]
