@@ -20,7 +20,7 @@ status:
 
 # What the ledger holds: documents per status and the last runs (`make ledger ARGS="documents --status failed"`).
 ledger:
-	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.ledger $(ARGS)
+	eval "$$(.venv/bin/python -m tools.stack env)" && .venv/bin/python -m include.control.ledger $(ARGS)
 
 # One question answered from the ingested documents, with its sources: make ask Q="What is the dose?"
 # (narrowed with ARGS="--document libtasn1.pdf --pages 9-11").

@@ -51,8 +51,8 @@ if step == 'parse':
         spec = importlib.util.spec_from_file_location(name, f'dags/{{name}}.py')
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 else:
-    from include import ingest
-    from include.ledger import Ledger
+    from include.control import ingest
+    from include.control.ledger import Ledger
     from include.settings import get_settings
     Ledger.open(get_settings())  # the schema's migration is not what is measured
     before = read_bytes()

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import ray
 
-    from include.ingest import RUNTIME_EXCLUDES
+    from include.control.ingest import RUNTIME_EXCLUDES
     from include.query.pipeline import InlineAnswerer, answer_metrics, run_job
     from include.settings import PROJECT_ROOT
     from include.storage import Storage, join_uri

@@ -20,10 +20,10 @@ from datetime import datetime
 from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include import ingest, report
-from include.dag_parts import TASK_DEFAULTS, work_sensor
+from include.control import ingest, report
+from include.control.dag_parts import TASK_DEFAULTS, work_sensor
+from include.control.operators import PipelineStageOperator, PruneVectorsOperator
 from include.settings import get_settings
-from include.stage_operator import PipelineStageOperator, PruneVectorsOperator
 
 settings = get_settings()
 

@@ -18,9 +18,8 @@ from datetime import datetime
 from airflow.sdk import DAG, Param, task
 from ray_operators.operators.ray_job import RayJobOperator
 
-from include import ingest
-from include.dag_parts import TASK_DEFAULTS, work_sensor
-from include.query import planning
+from include.control import ingest, query_planning
+from include.control.dag_parts import TASK_DEFAULTS, work_sensor
 from include.settings import get_settings
 
 settings = get_settings()
@@ -49,13 +48,13 @@ with DAG(
 ):
     wait_for_questions = work_sensor(
         "wait_for_questions", bucket=ingest.sensor_bucket(settings.queries_uri),
-        bucket_key="{{ question_keys(params['keys']) }}", has_work=planning.has_unanswered,
+        bucket_key="{{ question_keys(params['keys']) }}", has_work=query_planning.has_unanswered,
     )
 
     @task
     def plan_questions(params: dict | None = None, dag_run=None) -> list[dict]:
         params = params or {}
-        return planning.plan(dag_run.dag_id, dag_run.run_id, params.get("keys"), bool(params.get("reanswer")),
+        return query_planning.plan(dag_run.dag_id, dag_run.run_id, params.get("keys"), bool(params.get("reanswer")),
                              params.get("where") or None)
 
     jobs = plan_questions()
@@ -68,7 +67,7 @@ with DAG(
 
     @task
     def summarize(results: list[dict]) -> dict:
-        summary = planning.summarize(list(results))
+        summary = query_planning.summarize(list(results))
         print(summary["text"])
         return {"files": summary["files"], "totals": summary["totals"]}
 

@@ -26,6 +26,9 @@ from include.storage import object_name
 
 Metrics = dict[str, float]
 Outputs = dict[str, str]
+# The metrics of what calls to a paid API used (``include.backends.openai_api.Usage``): spent once,
+# not again when a stage's result is reused; the run report sums them into its cost.
+SPEND_METRICS = ("requests", "prompt_tokens", "completion_tokens", "retries", "cost_usd")
 
 
 def now() -> datetime:

@@ -3,7 +3,7 @@
     python -m include.prune --spec s3://.../runs/<dag>/<run>/prune.json
 
 It runs on the Ray cluster, where the store's credentials are; the Airflow side only
-writes the spec (``include.ingest.finish_run``) and records the result in the ledger.
+writes the spec (``include.control.ingest.finish_run``) and records the result in the ledger.
 Removing a source's vectors twice removes nothing the second time, so a retried job
 is harmless. Exit code 0 when every source was pruned; 1 otherwise (a retry may help).
 """

@@ -78,7 +78,7 @@ def ray_local():
     """A throwaway local Ray (not the stack's head), shipping the project like a job does."""
     import ray
 
-    from include.ingest import RUNTIME_EXCLUDES
+    from include.control.ingest import RUNTIME_EXCLUDES
     from include.settings import PROJECT_ROOT
 
     temp_dir = tempfile.mkdtemp(prefix="ray-ut-", dir="/tmp")

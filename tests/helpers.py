@@ -42,8 +42,8 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
                         is_active=lambda dag_id, run_id: True) -> dict:
     """One ``document_ingest`` run in this process, task by task, with the stages run inline;
     the settings come from the environment, as in the DAG. Returns the run's summary."""
-    from include import ingest
     from include.contract import BatchSpec
+    from include.control import ingest
     from include.settings import get_settings
 
     settings = get_settings()

@@ -44,12 +44,8 @@ class Usage:
         return total
 
     def metrics(self) -> dict[str, float]:
-        """As a stage's metrics (``SPEND_METRICS``), the cost rounded to a millionth of a dollar."""
+        """As a stage's metrics (the contract's ``SPEND_METRICS``), the cost rounded to a millionth of a dollar."""
         return {**asdict(self), "cost_usd": round(self.cost_usd, 6)}
-
-
-# What calls to a paid API used: spent once, not again when a stage's result is reused.
-SPEND_METRICS = tuple(Usage().metrics())
 
 
 def call_usage(settings: PipelineSettings, model: str, raw: Any, reply: Any) -> Usage:

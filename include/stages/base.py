@@ -38,8 +38,16 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from include.backends.openai_api import SPEND_METRICS
-from include.contract import BatchResult, DocumentOutcome, DocumentRef, Metrics, Outputs, StageManifest, now
+from include.contract import (
+    SPEND_METRICS,
+    BatchResult,
+    DocumentOutcome,
+    DocumentRef,
+    Metrics,
+    Outputs,
+    StageManifest,
+    now,
+)
 from include.documents import ReplacedSinceListed, hashed
 from include.fingerprints import StageSpec, check_installed, stage_fingerprint
 from include.settings import PipelineSettings

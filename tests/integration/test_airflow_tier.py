@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA_PLANE = ("docling", "torch", "transformers", "presidio_analyzer", "spacy", "chromadb", "pinecone",
               "llama_cpp", "sentence_transformers", "pyarrow")
 # What runs in Airflow besides the DAG files: operators, sensors' checks, planning, ledger, report.
-AIRFLOW_SIDE = ("include.ingest", "include.stage_operator", "include.dag_parts", "include.query.planning",
-                "include.query.report", "include.ledger", "include.report", "include.quarantine",
-                "ray_operators.operators.ray_job", "ray_operators.hooks.ray_job")
+AIRFLOW_SIDE = ("include.control.ingest", "include.control.operators", "include.control.dag_parts",
+                "include.control.query_planning", "include.control.ledger", "include.control.report",
+                "include.control.quarantine", "include.query.report", "ray_operators.operators.ray_job",
+                "ray_operators.hooks.ray_job")
 
 
 @pytest.fixture(scope="module")

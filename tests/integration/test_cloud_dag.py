@@ -120,7 +120,7 @@ def test_questions_are_answered_from_pinecone_by_the_openai_generator(env, fakes
 def test_a_deleted_document_leaves_pinecone_through_the_prune_job_the_airflow_side_holding_no_key(
         env, fakes, ingested):
     """Removing vectors takes the store's key: the prune job has it on the Ray node; Airflow does not."""
-    from include.ledger import Ledger, Status
+    from include.control.ledger import Ledger, Status
     from include.storage import join_uri
 
     gone = join_uri(ingested.settings.inbox_uri, "site_operations_handbook.pdf")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from include.ingest import STAGE_ORDER as STAGES
+from include.control.ingest import STAGE_ORDER as STAGES
 from tests.integration.conftest import AIRFLOW, DAG_ID, chroma, isolated_env, ray_jobs_of
 from tests.integration.conftest import run as run_command
 from tools import airflow_db
@@ -64,7 +64,7 @@ def _all_known_jobs(env) -> set[str]:
 
 
 def _assert_each_document_ingested_once(settings, uris: list[str]) -> None:
-    from include.ledger import Ledger, Status
+    from include.control.ledger import Ledger, Status
 
     entries = Ledger.open(settings).entries(source_uris=uris)
     assert {uri: entries[uri].status for uri in uris} == {uri: Status.INGESTED for uri in uris}
@@ -116,7 +116,7 @@ def test_with_s3_down_mid_run_tasks_fail_clearly_and_the_retry_completes(env, sa
 
 
 def test_two_runs_started_at_once_process_each_document_once(env, sample_pdfs, tmp_path):
-    from include.ledger import Ledger
+    from include.control.ledger import Ledger
     from include.settings import get_settings
 
     uris = _drop(sample_pdfs, "twice")

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.ingest import STAGE_ORDER as STAGES
+from include.control.ingest import STAGE_ORDER as STAGES
 from tests.bad_inputs import OVERSIZED_KEY, bad_inputs, tricky_valid_keys
 from tests.integration.conftest import (
     DAG_ID,
@@ -108,8 +108,8 @@ def test_good_documents_finish_all_stages_in_one_batch_and_every_bad_one_fails_a
 
 
 def test_bad_files_move_to_quarantine_with_a_note_and_the_ledger_says_why(env, inbox, first_run):
-    from include.ledger import Ledger, Status
-    from include.quarantine import NOTE_SUFFIX
+    from include.control.ledger import Ledger, Status
+    from include.control.quarantine import NOTE_SUFFIX
     from include.storage import join_uri
 
     settings, storage = inbox.settings, inbox.storage
@@ -216,9 +216,9 @@ def test_a_run_naming_unchanged_documents_short_circuits_without_a_ray_job(env, 
 
 def test_rerunning_a_finished_run_gives_the_same_vectors_and_changes_nothing_in_the_ledger(env, inbox, first_run):
     """What clearing the run in the UI does: the same plan, every stage again (try 2), the summary again."""
-    from include import ingest
-    from include.ledger import Ledger
-    from include.stage_operator import PipelineStageOperator
+    from include.control import ingest
+    from include.control.ledger import Ledger
+    from include.control.operators import PipelineStageOperator
 
     ledger = Ledger.open(inbox.settings)
     rows_before = {uri: e.model_dump(exclude={"last_seen"}) for uri, e in ledger.entries().items()}
@@ -243,8 +243,8 @@ def test_a_retry_reattaches_to_the_running_batch_job_of_the_previous_try(env, in
     """The worker of try 1 lost its task while its Ray job ran on: try 2 waits for that job, submits none."""
     from ray.job_submission import JobSubmissionClient
 
-    from include.ingest import plan_run
-    from include.stage_operator import PipelineStageOperator
+    from include.control.ingest import plan_run
+    from include.control.operators import PipelineStageOperator
 
     run_id = "manual__retry-test"
     [batch] = plan_run(DAG_ID, run_id, list(GOOD), reprocess=True)

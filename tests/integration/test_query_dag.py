@@ -15,7 +15,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from ray_operators.operators.ray_job import RayJobOperator
 
-from include.ingest import runtime_env
+from include.control.ingest import runtime_env
 from include.query import evaluation
 from include.query.answers import MARKER
 from include.query.pipeline import read_answers

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from include.batching import plan_batches, read_plan, run_folder
 from include.contract import BatchSpec, DocumentRef
+from include.control.batching import plan_batches, read_plan, run_folder
 from include.stages.execution import run_inline, run_on_ray
 from include.stages.local import run_stages
 from include.storage import Storage, join_uri
@@ -41,7 +41,7 @@ def test_a_drop_bigger_than_airflow_can_map_gets_bigger_batches_never_a_failed_r
 
 
 def test_a_retried_plan_returns_the_same_batches_even_if_the_inbox_changed(settings, sample_pdfs, monkeypatch):
-    from include import ingest
+    from include.control import ingest
 
     monkeypatch.setattr(ingest, "get_settings", lambda: settings.model_copy(update={"batch_max_documents": 2}))
     for name in ("metformin_trial_protocol.pdf", "site_operations_handbook.pdf", "adverse_event_guide.pdf"):
@@ -57,7 +57,7 @@ def test_a_retried_plan_returns_the_same_batches_even_if_the_inbox_changed(setti
 
 
 def test_sensor_keys_are_relative_to_the_bucket_and_escape_wildcards(monkeypatch):
-    from include import ingest
+    from include.control import ingest
     from include.settings import PipelineSettings
 
     monkeypatch.setattr(ingest, "get_settings", lambda: PipelineSettings(inbox_uri="s3://docs/in box/"))

@@ -3,8 +3,8 @@ own (the ledger's URL and its password, the sensors, the schedules)."""
 
 from __future__ import annotations
 
-from include.ingest import runtime_env
-from include.ledger.store import default_url
+from include.control.ingest import runtime_env
+from include.control.ledger.store import default_url
 from include.settings import AIRFLOW_ONLY_SETTINGS, PipelineSettings
 
 LEDGER_URL = "postgresql+pg8000://pipeline:s3cret-ledger-pw@db:5432/ledger"

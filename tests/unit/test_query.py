@@ -13,7 +13,8 @@ import pytest
 
 from include.backends.generators import SmolLM2Generator, build_token_counter, messages_tokens
 from include.backends.vector_stores import ChromaStore, EmbedderInfo, EmbedderMismatch
-from include.query import evaluation, planning
+from include.control import query_planning
+from include.query import evaluation
 from include.query.answers import MARKER, answers_uri_for
 from include.query.pipeline import InlineAnswerer, QuestionsError, read_answers, run_job
 from include.query.prompts import NO_PASSAGES, build_prompt, cited, render
@@ -191,19 +192,19 @@ def test_a_file_needs_answers_until_its_current_version_has_them(ingested, monke
     storage = Storage(settings)
     uri = _write_questions(settings, "a.parquet", pa.table({"prompt": ["Dose?"]}))
     storage.write_text(join_uri(settings.queries_uri, "notes.txt"), "not questions")
-    assert [info.uri for info in planning.pending(settings)] == [uri]
+    assert [info.uri for info in query_planning.pending(settings)] == [uri]
 
     marker = join_uri(answers_uri_for(settings, uri), MARKER)
     storage.write_json(marker, {"questions_version": storage.stat(uri).version})
-    assert planning.pending(settings) == []
-    assert [info.uri for info in planning.pending(settings, reanswer=True)] == [uri]
-    assert planning.pending(settings, keys=["a.parquet"]) == []  # named, but answered already
-    assert [info.uri for info in planning.pending(settings, keys=["a.parquet"], reanswer=True)] == [uri]
+    assert query_planning.pending(settings) == []
+    assert [info.uri for info in query_planning.pending(settings, reanswer=True)] == [uri]
+    assert query_planning.pending(settings, keys=["a.parquet"]) == []  # named, but answered already
+    assert [info.uri for info in query_planning.pending(settings, keys=["a.parquet"], reanswer=True)] == [uri]
 
     _write_questions(settings, "a.parquet", pa.table({"prompt": ["Dose?", "Shipping days?"]}))  # changed
-    assert [info.uri for info in planning.pending(settings)] == [uri]
+    assert [info.uri for info in query_planning.pending(settings)] == [uri]
     with pytest.raises(ValueError, match="not a questions file"):
-        planning.pending(settings, keys=["notes.txt"])
+        query_planning.pending(settings, keys=["notes.txt"])
 
 
 def test_the_huggingface_generator_runs_the_packaged_model_on_a_cpu():
@@ -229,7 +230,7 @@ def test_the_plan_gives_one_job_per_file_needing_answers_with_the_filter(ingeste
     get_settings.cache_clear()
     try:
         uri = _write_questions(settings, "q one.parquet", pa.table({"prompt": ["Dose?"]}))
-        jobs = planning.plan("rag_batch_query", "manual__1", where={"doc_id": "protocol-0123"})
+        jobs = query_planning.plan("rag_batch_query", "manual__1", where={"doc_id": "protocol-0123"})
     finally:
         get_settings.cache_clear()
     assert len(jobs) == 1 and jobs[0]["result_prefix"].endswith("/questions-0001")

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from include.contract import DocumentRef
-from include.ledger.schema import Document, Event, Run, Status
+from include.control.ledger.schema import Document, Event, Run, Status
 from include.settings import PipelineSettings
 
 log = logging.getLogger(__name__)

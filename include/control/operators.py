@@ -10,8 +10,14 @@ from airflow.sdk.exceptions import AirflowSkipException
 from ray_operators.operators.ray_job import RayJobOperator
 
 from include.contract import BatchResult, PruneResult
+from include.control.ingest import (
+    prune_spec_uri,
+    record_prune,
+    record_stage,
+    runtime_env,
+    stage_result_prefix,
+)
 from include.fingerprints import SPECS
-from include.ingest import prune_spec_uri, record_prune, record_stage, runtime_env, stage_result_prefix
 from include.settings import get_settings
 from include.storage import Storage
 

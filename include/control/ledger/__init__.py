@@ -5,10 +5,10 @@ costs nothing), lets two runs share an inbox without doing the same work twice
 
 SQLite under the work dir by default; PostgreSQL (or any SQLAlchemy database) through
 the Airflow connection ``pipeline_ledger`` or ``PIPELINE_LEDGER_URL``. The schema is
-migrated by Alembic on open. ``python -m include.ledger --help`` shows and queries it.
+migrated by Alembic on open. ``python -m include.control.ledger --help`` shows and queries it.
 """
 
-from include.ledger.schema import Status
-from include.ledger.store import Entry, Final, Ledger
+from include.control.ledger.schema import Status
+from include.control.ledger.store import Entry, Final, Ledger
 
 __all__ = ["Entry", "Final", "Ledger", "Status"]

@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from include import report
-from include.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
 from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef, PruneResult, PruneSpec
+from include.control import report
+from include.control.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
+from include.control.incremental import Reason, decide, pending, same_listing, tally
+from include.control.ledger import Entry, Final, Ledger, Status
+from include.control.quarantine import quarantine
 from include.documents import Unreadable, key_uris, planned
 from include.fingerprints import STAGE_ORDER, pipeline_fingerprint
-from include.incremental import Reason, decide, pending, same_listing, tally
-from include.ledger import Entry, Final, Ledger, Status
-from include.quarantine import quarantine
 from include.settings import AIRFLOW_ONLY_SETTINGS, PROJECT_ROOT, PipelineSettings, get_settings
 from include.storage import ObjectInfo, ObjectNotFound, Storage, join_uri, s3_object_info, split_s3_uri
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from include import ingest
 from include.backends.vector_stores import ChromaStore
-from include.ledger import Ledger, Status
-from include.quarantine import NOTE_SUFFIX
+from include.control import ingest
+from include.control.ledger import Ledger, Status
+from include.control.quarantine import NOTE_SUFFIX
 from include.storage import Storage, join_uri
 from tests.helpers import DAG_ID, ingest_like_the_dag
 
@@ -24,7 +24,7 @@ def _doc_ids_in_store(settings) -> dict[str, set[str]]:
 
 
 def _plan(run_id: str, **options) -> dict:
-    from include.batching import read_plan, run_folder
+    from include.control.batching import read_plan, run_folder
     from include.settings import get_settings
 
     settings = get_settings()
@@ -126,8 +126,8 @@ def test_a_new_pipeline_fingerprint_makes_ingested_documents_stale_and_reuses_wh
 
 
 def test_a_file_replaced_after_planning_is_not_quarantined_by_mistake(pipeline_env, inbox, sample_pdfs):
+    from include.control.quarantine import quarantine
     from include.documents import describe
-    from include.quarantine import quarantine
 
     uri = inbox("late.pdf", b"not a pdf")
     storage = inbox.storage

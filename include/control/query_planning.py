@@ -15,7 +15,7 @@ import logging
 import shlex
 from typing import Any
 
-from include.batching import run_folder
+from include.control.batching import run_folder
 from include.documents import key_uris
 from include.query.answers import MARKER, answers_uri_for
 from include.query.report import format_metrics

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from include.ledger import Ledger
-from include.ledger.store import default_url, sqlalchemy_url
+from include.control.ledger import Ledger
+from include.control.ledger.store import default_url, sqlalchemy_url
 from include.settings import PipelineSettings
-from tests.unit.test_ledger import INBOX, _candidate, assert_one_history_for_a_retried_stage
+from tests.unit.control.test_ledger import INBOX, _candidate, assert_one_history_for_a_retried_stage
 
 if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
     pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not on PATH", allow_module_level=True)

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import inspect
 
 from include.contract import DocumentOutcome, DocumentRef
+from include.control.incremental import Reason, decide, pending
+from include.control.ledger import Entry, Final, Ledger, Status
 from include.documents import document_id
-from include.incremental import Reason, decide, pending
-from include.ledger import Entry, Final, Ledger, Status
 from include.storage import ObjectInfo
 
 INBOX = "s3://documents/inbox/"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from include.backends.openai_api import SPEND_METRICS
-from include.batching import RunPlan
-from include.incremental import tally
+from include.contract import SPEND_METRICS
+from include.control.batching import RunPlan
+from include.control.incremental import tally
 from include.storage import Storage, join_uri
 
 # Per-document numbers the report keeps from the stage outcomes.

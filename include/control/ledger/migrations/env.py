@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from include.ledger.schema import Base
+from include.control.ledger.schema import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

@@ -1,14 +1,14 @@
 """The ledger from the shell: what is ingested, what failed and why, what each run did.
 
-    python -m include.ledger                      # documents per status, the last runs
-    python -m include.ledger documents --status failed
-    python -m include.ledger show "reports/q3.pdf"  # one document: its row and its history
-    python -m include.ledger runs | daily
-    python -m include.ledger conf --status failed   # a DAG conf that reprocesses those documents
-    python -m include.ledger migrate
+    python -m include.control.ledger                      # documents per status, the last runs
+    python -m include.control.ledger documents --status failed
+    python -m include.control.ledger show "reports/q3.pdf"  # one document: its row and its history
+    python -m include.control.ledger runs | daily
+    python -m include.control.ledger conf --status failed   # a DAG conf that reprocesses those documents
+    python -m include.control.ledger migrate
 
 Keys are relative to the inbox (or full URIs). Reprocess with the DAG's conf, e.g.
-``airflow dags trigger document_ingest -c "$(python -m include.ledger conf --status failed)"``.
+``airflow dags trigger document_ingest -c "$(python -m include.control.ledger conf --status failed)"``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import json
 import sys
 from typing import Any
 
+from include.control.ledger.schema import Status
+from include.control.ledger.store import Entry, Ledger
 from include.documents import key_uris
-from include.ledger.schema import Status
-from include.ledger.store import Entry, Ledger
 from include.settings import get_settings
 from include.storage import StorageError, relative_key
 
@@ -52,7 +52,7 @@ def _key(inbox: str, uri: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.ledger", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m include.control.ledger", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command")
     listing = commands.add_parser("documents", help="one line per document")
     listing.add_argument("--status", choices=[s.value for s in Status])

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from include.ledger import Entry, Status
+from include.control.ledger import Entry, Status
 from include.storage import ObjectInfo
 
 
