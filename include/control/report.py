@@ -81,9 +81,11 @@ def write(storage: Storage, folder: str, summary: dict[str, Any]) -> str:
 
 
 def run_totals(summary: dict[str, Any]) -> dict[str, Any]:
-    """The ledger's row of the run."""
+    """The ledger's row of the run: what it found, as its jobs settled it (a document the extract job
+    found unchanged counts there, not as changed), and what it did."""
     counts = summary["counts"]
-    totals = {name: counts[name] for name in ("ingested", "failed", "quarantined")}
+    totals = {name: counts[name] for name in ("new", "changed", "stale", "retried", "reprocessed", "unchanged",
+                                              "ingested", "failed", "quarantined")}
     for name in ("pages", "chunks", "vectors"):
         totals[name] = sum(int(row.get(name, 0)) for row in summary["touched"])
     totals["seconds"] = {stage: round(t.get("seconds", 0.0), 1) for stage, t in summary["stages"].items()}

@@ -110,6 +110,7 @@ def test_runs_ingest_what_is_new_or_changed_only_and_keep_the_ledger_and_store_i
     assert all(t.get("reused", 0) == 0 for t in fifth["stages"].values())
     runs = {run["run_id"]: run for run in ledger.runs()}
     assert (runs["run-1"]["new"], runs["run-1"]["quarantined"], runs["run-5"]["deleted"]) == (2, 1, 1)
+    assert (runs["run-3"]["changed"], runs["run-3"]["unchanged"]) == (0, 1)  # settled by the extract job
 
 
 def test_a_new_pipeline_fingerprint_makes_ingested_documents_stale_and_reuses_what_still_holds(
