@@ -48,3 +48,24 @@ def xcoms(airflow_home: Path, dag_id: str, run_id: str, key: str = "return_value
         ).fetchall()
     return {(task_id, map_index): json.loads(value) if isinstance(value, (str, bytes)) else value
             for task_id, map_index, value in rows}
+
+
+def rendered_fields(airflow_home: Path, dag_id: str, run_id: str) -> dict[tuple[str, int], Any]:
+    """Each task's rendered template fields, as the UI's "Rendered Template" view shows them."""
+    with _connect(airflow_home) as db:
+        rows = db.execute(
+            "SELECT task_id, map_index, rendered_fields FROM rendered_task_instance_fields "
+            "WHERE dag_id = ? AND run_id = ?", (dag_id, run_id),
+        ).fetchall()
+    return {(task_id, map_index): json.loads(value) if isinstance(value, (str, bytes)) else value
+            for task_id, map_index, value in rows}
+
+
+def all_xcoms(airflow_home: Path, dag_id: str, run_id: str) -> dict[tuple[str, int, str], Any]:
+    """Every XCom of the run, whatever its key."""
+    with _connect(airflow_home) as db:
+        rows = db.execute(
+            "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (dag_id, run_id),
+        ).fetchall()
+    return {(task_id, map_index, key): json.loads(value) if isinstance(value, (str, bytes)) else value
+            for task_id, map_index, key, value in rows}

@@ -10,6 +10,7 @@ interfere. Each test module gets its own inbox prefix and vector collection
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -103,9 +104,20 @@ def airflow_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def dag_test(env: dict[str, str], conf: str | None = None, dag_id: str = DAG_ID) -> str:
-    """One run of the DAG through Airflow (which holds no API key); its run id."""
-    run(airflow_env(env), AIRFLOW, "dags", "test", dag_id, *(["-c", conf] if conf else []), check=False)
-    return airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), dag_id)
+    """One run of the DAG through Airflow (which holds no API key); its run id. ``airflow dags test``
+    prints its task logs (the jobs' driver logs streamed into them) instead of writing them: they
+    are kept under ``dag_test_logs()``."""
+    done = run(airflow_env(env), AIRFLOW, "dags", "test", dag_id, *(["-c", conf] if conf else []), check=False)
+    run_id = airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), dag_id)
+    folder = Path(env["AIRFLOW_HOME"]) / "dag_test_logs"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{dag_id}--{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(run_id))}.log").write_text(done.stdout + done.stderr)
+    return run_id
+
+
+def dag_test_logs(env: dict[str, str]) -> list[Path]:
+    """The task logs of every ``dag_test`` run so far."""
+    return sorted((Path(env["AIRFLOW_HOME"]) / "dag_test_logs").glob("*.log"))
 
 
 def ray_jobs_of(env: dict[str, str], run_id: str, dag_id: str = DAG_ID) -> list:

@@ -19,7 +19,7 @@ from include.pii_shapes import find_pii
 from include.query.pipeline import read_answers
 from tests.fakes.openai_server import FakeOpenAI, NotRedacting
 from tests.fakes.pinecone_server import FakePinecone
-from tests.integration.conftest import WORKER_SECRETS, dag_test, isolated_env, ray_jobs_of
+from tests.integration.conftest import WORKER_SECRETS, dag_test, dag_test_logs, isolated_env, ray_jobs_of
 from tools import airflow_db
 
 pytestmark = pytest.mark.integration
@@ -70,8 +70,8 @@ def _no_secret_in(jobs: list) -> None:
 
 
 def _no_secret_in_airflow_logs(env) -> None:
-    """Every task log Airflow kept, the jobs' driver logs streamed into them included."""
-    logs = [path for path in (Path(env["AIRFLOW_HOME"]) / "logs").rglob("*") if path.is_file()]
+    """Every task log of the module's runs, the jobs' driver logs streamed into them included."""
+    logs = dag_test_logs(env)
     assert logs
     for path in logs:
         text = path.read_text(errors="replace")

@@ -21,8 +21,10 @@ from tests.integration.conftest import (
     DAG_ID,
     TEST_SETTINGS,
     WORKER_NODE,
+    WORKER_SECRETS,
     chroma,
     dag_test,
+    dag_test_logs,
     isolated_env,
     ray_jobs_of,
     run,
@@ -177,6 +179,26 @@ def test_each_stage_ran_as_one_ray_job_per_batch_with_a_deterministic_id(env, fi
     # One more job removed the vectors of the quarantined files, where the store's credentials are.
     assert [j.entrypoint.split()[2] for j in ours if j not in stage_jobs] == ["include.prune"]
     assert all(j.submission_id.endswith("-try1") and str(j.status) == "SUCCEEDED" for j in ours)
+
+
+def test_no_secret_reaches_the_job_api_rendered_fields_xcom_task_logs_or_the_report(env, inbox, first_run):
+    """The S3 secret the Airflow side holds, and the API keys only the Ray nodes hold, are nowhere a
+    person looks: the Job API's view of each job, the rendered template fields, XCom, the task logs
+    (the jobs' driver logs are streamed into them) and the run report."""
+    secrets = [env["AWS_SECRET_ACCESS_KEY"], *WORKER_SECRETS.values()]
+    home = _home(env)
+    rendered = airflow_db.rendered_fields(home, DAG_ID, first_run)
+    assert any("runtime_env" in fields for fields in rendered.values())  # the stage tasks' were recorded
+    summary = _summary(env, first_run)
+    report = inbox.storage.read_text(summary["report_uri"]) + inbox.storage.read_text(
+        summary["report_uri"].replace("report.json", "report.md"))
+    logs = dag_test_logs(env)
+    assert logs
+    seen = {"job api": repr(ray_jobs_of(env, first_run)), "rendered fields": json.dumps(rendered),
+            "xcom": json.dumps(airflow_db.all_xcoms(home, DAG_ID, first_run), default=str), "report": report,
+            **{str(path): path.read_text(errors="replace") for path in logs}}
+    for where, text in seen.items():
+        assert not [secret for secret in secrets if secret in text], where
 
 
 def test_the_stage_actors_ran_on_the_worker_node_and_none_on_the_head(env, first_run):
