@@ -194,8 +194,8 @@ def test_no_secret_reaches_the_job_api_rendered_fields_xcom_task_logs_or_the_rep
         summary["report_uri"].replace("report.json", "report.md"))
     logs = dag_test_logs(env)
     assert logs
-    seen = {"job api": repr(ray_jobs_of(env, first_run)), "rendered fields": json.dumps(rendered),
-            "xcom": json.dumps(airflow_db.all_xcoms(home, DAG_ID, first_run), default=str), "report": report,
+    seen = {"job api": repr(ray_jobs_of(env, first_run)), "rendered fields": repr(rendered),
+            "xcom": repr(airflow_db.all_xcoms(home, DAG_ID, first_run)), "report": report,
             **{str(path): path.read_text(errors="replace") for path in logs}}
     for where, text in seen.items():
         assert not [secret for secret in secrets if secret in text], where
