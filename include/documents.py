@@ -101,25 +101,29 @@ class Unreadable(BaseModel):
     error: str
 
 
+def listed(storage: Storage, inbox_uri: str, keys: list[str] | None = None) -> tuple[list[ObjectInfo], list[Unreadable]]:
+    """Every object under the inbox, or just ``keys`` (full ``s3://``/``file://`` URIs or paths
+    relative to the inbox); a named object that is not there is set apart with the reason."""
+    if not keys:
+        return storage.list_objects(inbox_uri), []
+    found, missing = [], []
+    for uri in key_uris(inbox_uri, keys):
+        try:
+            found.append(storage.stat(uri))
+        except ObjectNotFound as exc:
+            missing.append(Unreadable(source_uri=uri, error=f"{uri}: no such object ({exc})"))
+    return found, missing
+
+
 def discover(
     storage: Storage, inbox_uri: str, keys: list[str] | None = None
 ) -> tuple[list[DocumentRef], list[Unreadable]]:
-    """The documents to ingest: every object under the inbox, or just ``keys``.
+    """The documents to ingest: every object under the inbox, or just ``keys`` (see ``listed``).
 
-    ``keys`` are full ``s3://``/``file://`` URIs or paths relative to the inbox.
-    Every object counts, not only ``*.pdf``: a stray non-PDF is reported as a
-    failed document by the extract stage instead of being silently ignored. A
-    named object that is not there is returned apart, with the reason: it fails
-    alone, never the listing. Reads metadata only.
+    Every object counts, not only ``*.pdf``: a stray non-PDF is reported as a failed
+    document by the extract stage instead of being silently ignored. Reads metadata only.
     """
-    if not keys:
-        documents, unreadable = [planned(info) for info in storage.list_objects(inbox_uri)], []
-    else:
-        documents, unreadable = [], []
-        for uri in key_uris(inbox_uri, keys):
-            try:
-                documents.append(describe(storage, uri))
-            except ObjectNotFound as exc:
-                unreadable.append(Unreadable(source_uri=uri, error=f"{uri}: no such object ({exc})"))
+    infos, unreadable = listed(storage, inbox_uri, keys)
+    documents = [planned(info) for info in infos]
     log.info("Discovered %d document(s) under %s", len(documents), inbox_uri)
     return documents, unreadable

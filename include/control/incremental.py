@@ -73,6 +73,8 @@ class Pending:
     """What the listing alone tells: objects that are (or may be) work, and documents gone."""
 
     work: list[ObjectInfo] = field(default_factory=list)
+    # Why each of the work is work (URI -> reason).
+    reasons: dict[str, Reason] = field(default_factory=dict)
     unchanged: int = 0
     gave_up: int = 0
     deleted: list[str] = field(default_factory=list)
@@ -103,6 +105,7 @@ def pending(listing: Iterable[ObjectInfo], entries: dict[str, Entry], *, fingerp
             entry, same_bytes=same, fingerprint=fingerprint, max_attempts=max_attempts)
         if reason in WORK:
             result.work.append(info)
+            result.reasons[info.uri] = reason
         elif reason == Reason.GAVE_UP:
             result.gave_up += 1
         else:

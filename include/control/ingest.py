@@ -23,13 +23,13 @@ from typing import Any
 from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef, PruneResult, PruneSpec
 from include.control import report
 from include.control.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
-from include.control.incremental import Reason, decide, pending, same_listing, tally
+from include.control.incremental import Reason, pending, tally
 from include.control.ledger import Entry, Final, Ledger, Status
 from include.control.quarantine import quarantine
-from include.documents import Unreadable, key_uris, planned
+from include.documents import key_uris, listed, planned
 from include.fingerprints import STAGE_ORDER, pipeline_fingerprint
 from include.settings import AIRFLOW_ONLY_SETTINGS, PROJECT_ROOT, PipelineSettings, get_settings
-from include.storage import ObjectInfo, ObjectNotFound, Storage, join_uri, s3_object_info, split_s3_uri
+from include.storage import Storage, join_uri, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -117,34 +117,19 @@ def plan_run(
     return [batch.model_dump() for batch in plan.batches]
 
 
-def _listing(storage: Storage, inbox_uri: str, keys: list[str] | None) -> tuple[list[ObjectInfo], list[Unreadable]]:
-    if not keys:
-        return storage.list_objects(inbox_uri), []
-    found, missing = [], []
-    for uri in key_uris(inbox_uri, keys):
-        try:
-            found.append(storage.stat(uri))
-        except ObjectNotFound as exc:
-            missing.append(Unreadable(source_uri=uri, error=f"{uri}: no such object ({exc})"))
-    return found, missing
-
-
 def _plan(settings: PipelineSettings, storage: Storage, folder: str, dag_id: str, run_id: str,
           keys: list[str] | None, reprocess: bool, is_active: RunIsActive) -> RunPlan:
     """Decide from the listing and the ledger alone: no object is read here (the extract job
     hashes what it processes, and tells a file copied over itself from a changed one)."""
     ledger = Ledger.open(settings)
     fingerprint = pipeline_fingerprint(settings)
-    listing, unreadable = _listing(storage, settings.inbox_uri, keys)
+    listing, unreadable = listed(storage, settings.inbox_uri, keys)
     if keys:
         entries = ledger.entries(source_uris=[info.uri for info in listing])
     else:
         entries = ledger.entries(under=settings.inbox_uri)
     first = pending(listing, entries, fingerprint=fingerprint, max_attempts=settings.max_attempts,
                     reprocess=reprocess, whole_inbox=not keys)
-    reasons = {info.uri: Reason.REPROCESS if reprocess else decide(
-        entries.get(info.uri), same_bytes=same_listing(info, entries.get(info.uri)), fingerprint=fingerprint,
-        max_attempts=settings.max_attempts) for info in first.work}
     claimed, held = ledger.claim(dag_id, run_id, [planned(info) for info in first.work], fingerprint, is_active)
     rejected = [
         Rejected(document=doc, error=f"{doc.source_uri}: {doc.size_bytes} bytes is over "
@@ -164,7 +149,7 @@ def _plan(settings: PipelineSettings, storage: Storage, folder: str, dag_id: str
     kept = {doc.source_uri for doc in claimed}
     plan = RunPlan(
         run_id=run_id, batches=[], unreadable=unreadable, rejected=rejected,
-        reasons={uri: reason for uri, reason in reasons.items() if uri in kept},
+        reasons={uri: reason for uri, reason in first.reasons.items() if uri in kept},
         unchanged=first.unchanged, gave_up=first.gave_up, held=held, deleted=deleted,
     )
     # Only a listing change may turn out to be no change: a reprocess or a stale fingerprint is work anyway.
