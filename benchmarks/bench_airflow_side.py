@@ -53,8 +53,8 @@ if step == 'parse':
 else:
     from include.control import ingest
     from include.control.ledger import Ledger
-    from include.settings import get_settings
-    Ledger.open(get_settings())  # the schema's migration is not what is measured
+    from include.control.settings import get_control_settings
+    Ledger.open(get_control_settings())  # the schema's migration is not what is measured
     before = read_bytes()
     clock = time.perf_counter()
     if step == 'poke':

@@ -191,11 +191,11 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
     saved = dict(os.environ)
     try:
         os.environ.update({k: v for k, v in env.items() if k.startswith(("PIPELINE_", "AWS_"))})
-        from include.settings import get_settings
+        from include.control.settings import get_control_settings, reload_settings
         from include.storage import Storage, join_uri
 
-        get_settings.cache_clear()
-        settings = get_settings()
+        reload_settings()
+        settings = get_control_settings()
         storage = Storage(settings)
         for path in corpus:
             storage.write_bytes(join_uri(settings.inbox_uri, path.name), path.read_bytes())

@@ -23,9 +23,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from include.control import ingest, report
 from include.control.dag_parts import TASK_DEFAULTS, work_sensor
 from include.control.operators import PipelineStageOperator, PruneVectorsOperator
-from include.settings import get_settings
+from include.control.settings import get_control_settings
 
-settings = get_settings()
+settings = get_control_settings()
 
 with DAG(
     dag_id="document_ingest",

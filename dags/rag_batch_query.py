@@ -20,9 +20,9 @@ from ray_operators.operators.ray_job import RayJobOperator
 
 from include.control import ingest, query_planning
 from include.control.dag_parts import TASK_DEFAULTS, work_sensor
-from include.settings import get_settings
+from include.control.settings import get_control_settings
 
-settings = get_settings()
+settings = get_control_settings()
 
 with DAG(
     dag_id="rag_batch_query",

@@ -1,10 +1,11 @@
-"""Every setting of the pipeline, in one typed place.
+"""The settings of the Ray jobs, in one typed place; the Airflow side reads them too.
 
 Values come from environment variables named ``PIPELINE_<FIELD>`` (for example
-``PIPELINE_CHUNK_MAX_TOKENS=200``). The Airflow side and the Ray jobs read the
-same variables: the Ray operator forwards every ``PIPELINE_*`` variable of the
-Airflow worker into the job's runtime environment, so both sides always agree on
-where artifacts live and which backends run.
+``PIPELINE_CHUNK_MAX_TOKENS=200``). Both tiers read the same variables: each Ray job is
+submitted with the Airflow worker's ``PIPELINE_*`` variables that name a field of
+``PipelineSettings`` (``include.control.ingest.runtime_env``), so both sides agree on where
+artifacts live and which backends run. The Airflow side's own settings (the ledger, schedules,
+batching, the sensors) extend these in ``include.control.settings`` and never reach a job.
 
 Secrets (AWS keys, API keys) are *not* settings: they come from the standard
 variables of each SDK (``AWS_ACCESS_KEY_ID``, ``OPENAI_API_KEY``...) on the machine
@@ -19,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -48,16 +49,9 @@ class ModelPrice(BaseModel):
     output_usd_per_million: float = Field(default=0.0, ge=0)
 
 
-# Read only on the Airflow side (the ledger, planning, the sensors, the schedules): never sent to a
-# Ray job, which has no use for them, and the ledger's URL carries a password.
-AIRFLOW_ONLY_SETTINGS = frozenset({
-    "ledger_url", "ingest_schedule", "query_schedule", "batch_max_documents", "batch_max_bytes",
-    "max_batches_per_run", "max_parallel_batches", "sensor_timeout_seconds", "sensor_poke_seconds",
-    "max_attempts", "max_document_bytes",
-})
-
-
 class PipelineSettings(BaseSettings):
+    """What a Ray job reads: where things live, the stages' backends and bounds, the query side."""
+
     model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True)
 
     # --- where things live -------------------------------------------------
@@ -84,50 +78,6 @@ class PipelineSettings(BaseSettings):
         description="Bad files are moved here from the inbox, each with a JSON note of why "
         "(outside the inbox, so the next run does not pick them up again).",
     )
-    ledger_url: SecretStr | None = Field(
-        default=None,
-        description="SQLAlchemy URL of the ledger database (its password included: kept secret). Unset: "
-        "the Airflow connection 'pipeline_ledger' if there is one, else a SQLite file <work_dir>/ledger.sqlite.",
-    )
-
-    # --- orchestration -------------------------------------------------------
-    ingest_schedule: str | None = Field(
-        default="@hourly", description="Cron or preset for document_ingest; empty = manual only."
-    )
-    batch_max_documents: int = Field(
-        default=64, ge=1, description="At most this many documents in one batch (one Ray job per stage)."
-    )
-    batch_max_bytes: int = Field(
-        default=256 * 1024 * 1024,
-        ge=1,
-        description="At most this many bytes of PDF in one batch; a bigger file is a batch on its own.",
-    )
-    max_batches_per_run: int = Field(
-        default=512,
-        ge=1,
-        description="A run maps its stages over at most this many batches (Airflow maps at most "
-        "max_map_length, 1,024 by default): a bigger drop gets bigger batches, never a failed run.",
-    )
-    max_parallel_batches: int = Field(
-        default=2,
-        ge=1,
-        description="Batches in flight per stage and run: bounds the Ray jobs a run has on the "
-        "cluster at once.",
-    )
-    sensor_timeout_seconds: int = Field(
-        default=50 * 60, description="How long a run waits for new or changed documents before it is skipped."
-    )
-    sensor_poke_seconds: int = Field(default=30, ge=1, description="How often the sensor lists the inbox.")
-    max_document_bytes: int = Field(
-        default=512 * 1024 * 1024, ge=1, description="A bigger file is not ingested: it goes to quarantine."
-    )
-    max_attempts: int = Field(
-        default=3,
-        ge=1,
-        description="Runs that may try one version of a document whose job kept failing; after "
-        "that it waits for a changed file or a reprocess.",
-    )
-
     # --- extract -------------------------------------------------------------
     docling_artifacts_path: Path | None = Field(
         default=None,
@@ -249,9 +199,6 @@ class PipelineSettings(BaseSettings):
     answers_uri: str = Field(
         default="s3://documents/answers/",
         description="Answers land in <answers_uri>/<questions key without .parquet>/ as Parquet.",
-    )
-    query_schedule: str | None = Field(
-        default="@hourly", description="Cron or preset for rag_batch_query; empty = manual only."
     )
     retrieval_top_k: int = Field(default=5, ge=1, le=100, description="Passages retrieved per question.")
     retrieval_mode: Literal["dense", "hybrid"] = Field(
@@ -404,6 +351,15 @@ class PipelineSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> PipelineSettings:
     return PipelineSettings()
+
+
+def is_job_setting(variable: str) -> bool:
+    """Does this environment variable set a job's setting? ``PIPELINE_EMBED_POOL__MAX_ACTORS`` sets
+    ``embed_pool``: yes; ``PIPELINE_LEDGER_URL`` is the Airflow side's: no."""
+    prefix, nested = PipelineSettings.model_config["env_prefix"], PipelineSettings.model_config["env_nested_delimiter"]
+    if not variable.upper().startswith(prefix):
+        return False
+    return variable[len(prefix):].split(nested)[0].lower() in PipelineSettings.model_fields
 
 
 class LocalStackSettings(BaseSettings):

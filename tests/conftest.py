@@ -27,6 +27,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 for _name in [n for n in os.environ if n.startswith(("PIPELINE_", "STACK_"))] + ["RAY_ADDRESS"]:
     os.environ.pop(_name, None)
 
+from include.control.settings import ControlSettings  # noqa: E402
 from include.settings import PipelineSettings  # noqa: E402
 from tools.sample_pdfs import SAMPLES, write_samples  # noqa: E402
 
@@ -55,16 +56,16 @@ def settings(tmp_path) -> PipelineSettings:
 
 
 @pytest.fixture
-def pipeline_env(settings, monkeypatch) -> PipelineSettings:
+def pipeline_env(settings, monkeypatch) -> ControlSettings:
     """The ``settings`` fixture's places as ``PIPELINE_*`` variables, for code that reads
-    ``get_settings()`` as the DAG's tasks do."""
-    from include.settings import get_settings
+    ``get_control_settings()`` as the DAG's tasks do."""
+    from include.control.settings import get_control_settings, reload_settings
 
     for name in ("work_dir", "inbox_uri", "artifacts_uri", "quarantine_uri"):
         monkeypatch.setenv(f"PIPELINE_{name.upper()}", str(getattr(settings, name)))
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    reload_settings()
+    yield get_control_settings()
+    reload_settings()
 
 
 def _free_port() -> int:

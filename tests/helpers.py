@@ -44,9 +44,9 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
     the settings come from the environment, as in the DAG. Returns the run's summary."""
     from include.contract import BatchSpec
     from include.control import ingest
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
 
-    settings = get_settings()
+    settings = get_control_settings()
     storage = Storage(settings)
     batches = ingest.plan_run(DAG_ID, run_id, keys, reprocess=reprocess, is_active=is_active)
     results: dict[str, list[dict]] = {stage: [] for stage in ingest.STAGE_ORDER}

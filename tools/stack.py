@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from include.settings import PROJECT_ROOT, LocalStackSettings, PipelineSettings
+from include.settings import PROJECT_ROOT, LocalStackSettings, PipelineSettings, is_job_setting
 
 BIN = Path(sys.executable).parent
 # Ray puts Unix sockets under its temp dir; their paths must stay under ~107 bytes.
@@ -150,6 +150,14 @@ def stack_env() -> dict[str, str]:
     }
     # Anything the user set explicitly wins over the defaults above.
     return {**env, **{k: v for k, v in os.environ.items() if k.startswith("PIPELINE_")}}
+
+
+def server_env() -> dict[str, str]:
+    """What the stack's servers start with: the Ray nodes (and so every job's workers) get the jobs'
+    settings, never the Airflow side's own (the ledger's URL and its password), as on a cluster of
+    its own."""
+    every = {**os.environ, **stack_env()}
+    return {k: v for k, v in every.items() if not k.startswith("PIPELINE_") or is_job_setting(k)}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -278,7 +286,7 @@ def _start(service: Service, pipeline: PipelineSettings, stack: LocalStackSettin
     process = subprocess.Popen(
         _command(service.name, pipeline, stack),
         cwd=cwd,
-        env={**os.environ, **stack_env()},
+        env=server_env(),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stopped as one

@@ -21,9 +21,9 @@ def work_sensor(task_id: str, *, bucket: str, bucket_key: str,
     listing (Key, Size, ETag) and the run's params. No work before the timeout skips the run."""
     from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
 
-    settings = get_settings()
+    settings = get_control_settings()
     return S3KeySensor(
         task_id=task_id,
         bucket_name=bucket,

@@ -26,9 +26,10 @@ from include.control.batching import Rejected, RunPlan, plan_batches, read_plan,
 from include.control.incremental import Reason, pending, tally
 from include.control.ledger import Entry, Final, Ledger, Status
 from include.control.quarantine import quarantine
+from include.control.settings import ControlSettings, get_control_settings
 from include.documents import key_uris, listed, planned
 from include.fingerprints import STAGE_ORDER, pipeline_fingerprint
-from include.settings import AIRFLOW_ONLY_SETTINGS, PROJECT_ROOT, PipelineSettings, get_settings
+from include.settings import PROJECT_ROOT, is_job_setting
 from include.storage import Storage, join_uri, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def inbox_has_work(files: list[dict[str, Any]], params: dict[str, Any] | None = 
     params = params or {}
     if params.get("keys") or params.get("reprocess"):
         return True
-    settings = get_settings()
+    settings = get_control_settings()
     bucket = split_s3_uri(settings.inbox_uri)[0]
     listing = [s3_object_info(bucket, entry) for entry in files]
     entries = Ledger.open(settings).entries(under=settings.inbox_uri)
@@ -95,7 +96,7 @@ def plan_run(
     and nothing is deleted; with ``reprocess``, they go through every stage again even
     if the ledger has them ingested and unchanged.
     """
-    settings = get_settings()
+    settings = get_control_settings()
     storage = Storage(settings)
     folder = run_folder(settings.artifacts_uri, dag_id, run_id)
     plan = read_plan(storage, folder)
@@ -117,7 +118,7 @@ def plan_run(
     return [batch.model_dump() for batch in plan.batches]
 
 
-def _plan(settings: PipelineSettings, storage: Storage, folder: str, dag_id: str, run_id: str,
+def _plan(settings: ControlSettings, storage: Storage, folder: str, dag_id: str, run_id: str,
           keys: list[str] | None, reprocess: bool, is_active: RunIsActive) -> RunPlan:
     """Decide from the listing and the ledger alone: no object is read here (the extract job
     hashes what it processes, and tells a file copied over itself from a changed one)."""
@@ -171,7 +172,7 @@ def _reason_counts(plan: RunPlan) -> str:
 
 
 def sensor_bucket(prefix_uri: str | None = None) -> str:
-    return split_s3_uri(prefix_uri or get_settings().inbox_uri)[0]
+    return split_s3_uri(prefix_uri or get_control_settings().inbox_uri)[0]
 
 
 def sensor_keys(keys: list[str] | None, prefix_uri: str | None = None) -> list[str]:
@@ -181,7 +182,7 @@ def sensor_keys(keys: list[str] | None, prefix_uri: str | None = None) -> list[s
     Relative to the bucket, so no URL parsing can cut a key at '#' or '?'; the sensor
     matches them as wildcards, so a key's own '*', '?' and '[' are escaped.
     """
-    under = prefix_uri or get_settings().inbox_uri
+    under = prefix_uri or get_control_settings().inbox_uri
     bucket, prefix = split_s3_uri(under)
     if not keys:
         return [_GLOB_CHARS.sub(r"[\1]", prefix) + "*"]
@@ -194,21 +195,20 @@ def sensor_keys(keys: list[str] | None, prefix_uri: str | None = None) -> list[s
 
 
 def runtime_env() -> dict[str, Any]:
-    """Project code as the job's working dir, plus this worker's PIPELINE_* settings that jobs read
-    (not the Airflow side's own, such as the ledger's URL and its password)."""
-    kept_back = {f"PIPELINE_{name.upper()}" for name in AIRFLOW_ONLY_SETTINGS}
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("PIPELINE_") and k.upper() not in kept_back}
+    """Project code as the job's working dir, plus this worker's variables of the settings jobs read:
+    the Airflow side's own, the ledger's URL and its password among them, stay here."""
+    env_vars = {name: value for name, value in os.environ.items() if is_job_setting(name)}
     return {"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES, "env_vars": env_vars}
 
 
 def stage_result_prefix(dag_id: str, run_id: str, batch_id: str, stage: str) -> str:
     """Where the jobs of one stage and batch write their results (one file per job)."""
-    return f"{run_folder(get_settings().artifacts_uri, dag_id, run_id)}/{batch_id}/{stage}"
+    return f"{run_folder(get_control_settings().artifacts_uri, dag_id, run_id)}/{batch_id}/{stage}"
 
 
 def record_stage(run_id: str, result: BatchResult) -> None:
     """One stage's outcome for each document of a batch, into the ledger (history and progress)."""
-    Ledger.open(get_settings()).record_stage(run_id, result.stage, result.documents, result.submission_id)
+    Ledger.open(get_control_settings()).record_stage(run_id, result.stage, result.documents, result.submission_id)
 
 
 PRUNE_SPEC = "prune.json"
@@ -216,12 +216,12 @@ PRUNE_SPEC = "prune.json"
 
 def prune_spec_uri(dag_id: str, run_id: str) -> str:
     """Where the summary writes the run's prune spec, when it has sources to prune."""
-    return join_uri(run_folder(get_settings().artifacts_uri, dag_id, run_id), PRUNE_SPEC)
+    return join_uri(run_folder(get_control_settings().artifacts_uri, dag_id, run_id), PRUNE_SPEC)
 
 
 def record_prune(run_id: str, result: PruneResult) -> None:
     """The prune job's result into the ledger: those sources have no vector left in the store."""
-    ledger = Ledger.open(get_settings())
+    ledger = Ledger.open(get_control_settings())
     for uri, count in result.removed.items():
         ledger.mark_pruned(run_id, uri, count)
 
@@ -250,7 +250,7 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
     where a task pushed nothing); each names the batch result it read. Returns the
     summary, which names the report's URI. ``NoPlan`` if the run planned nothing.
     """
-    settings = get_settings()
+    settings = get_control_settings()
     storage = Storage(settings)
     folder = run_folder(settings.artifacts_uri, dag_id, run_id)
     plan = read_plan(storage, folder)

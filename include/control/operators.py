@@ -17,8 +17,8 @@ from include.control.ingest import (
     runtime_env,
     stage_result_prefix,
 )
+from include.control.settings import get_control_settings
 from include.fingerprints import SPECS
-from include.settings import get_settings
 from include.storage import Storage
 
 
@@ -95,7 +95,7 @@ class PruneVectorsOperator(RayJobOperator):
     def execute(self, context: Any) -> Any:
         ti = context["ti"]
         spec = prune_spec_uri(ti.dag_id, ti.run_id)
-        if not Storage(get_settings()).exists(spec):
+        if not Storage(get_control_settings()).exists(spec):
             raise AirflowSkipException("no source of this run lost its place in the inbox: nothing to prune")
         self._run_id = ti.run_id
         self.entrypoint = f"python -m include.prune --spec {shlex.quote(spec)}"

@@ -16,10 +16,11 @@ import shlex
 from typing import Any
 
 from include.control.batching import run_folder
+from include.control.settings import get_control_settings
 from include.documents import key_uris
 from include.query.answers import MARKER, answers_uri_for
 from include.query.report import format_metrics
-from include.settings import PipelineSettings, get_settings
+from include.settings import PipelineSettings
 from include.storage import ObjectInfo, ObjectNotFound, Storage, join_uri, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def has_unanswered(files: list[dict[str, Any]], params: dict[str, Any] | None = 
     A run that names its files, or asks to answer again, goes on as soon as they exist: its plan
     says what, if anything, needs answers."""
     params = params or {}
-    settings = get_settings()
+    settings = get_control_settings()
     bucket = split_s3_uri(settings.queries_uri)[0]
     listing = [s3_object_info(bucket, entry) for entry in files]
     listing = [info for info in listing if is_questions_file(info.uri)]
@@ -79,7 +80,7 @@ def plan(dag_id: str, run_id: str, keys: list[str] | None = None, reanswer: bool
          where: dict[str, Any] | None = None) -> list[dict[str, str]]:
     """One Ray job per questions file: its entrypoint and where it writes its result. ``where``
     (a metadata filter, e.g. ``{"doc_id": ...}``) narrows every question's retrieval."""
-    settings = get_settings()
+    settings = get_control_settings()
     jobs = []
     folder = run_folder(settings.artifacts_uri, dag_id, run_id)
     narrow = f" --where {shlex.quote(json.dumps(where))}" if where else ""

@@ -13,7 +13,9 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,9 @@ WORKER_NODE = "ray-node-1"
 # started with them, as a cluster's nodes would be. Fake values, for the local fakes of the APIs;
 # the tests check that no job ever carries them.
 WORKER_SECRETS = {"OPENAI_API_KEY": "sk-test-worker-only-5b1e0c", "PINECONE_API_KEY": "pc-test-worker-only-9d2c4a"}
+# The ledger runs on PostgreSQL with a password, as in production: the Airflow side holds its URL,
+# no job may see it.
+LEDGER_PASSWORD = "pg-test-ledger-only-7c3e91"
 
 
 def run(env: dict[str, str], *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -50,36 +55,54 @@ def run(env: dict[str, str], *args: str, check: bool = True, timeout: int = 1200
 # Package scope: the stack and the variables pointing at it are gone before the unit tests run.
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory) -> Iterator[dict[str, str]]:
-    from include.settings import get_settings
+    from include.control.settings import reload_settings
     from tools.stack import stack_env
 
     patch = pytest.MonkeyPatch()
     work = tmp_path_factory.mktemp("stack") / "work"
-    for name, value in {**TEST_PORTS, **TEST_SETTINGS, **TEST_CLUSTER, **WORKER_SECRETS,
-                        "PIPELINE_WORK_DIR": str(work)}.items():
-        patch.setenv(name, value)
-    for name, value in stack_env().items():  # this process reads the stack like the DAG does
-        patch.setenv(name, value)
-    env = dict(os.environ)
-    get_settings.cache_clear()
-    python = sys.executable
+    with ExitStack() as stopped_at_exit:
+        ledger_url = _ledger_url(stopped_at_exit, tmp_path_factory.mktemp("ledger"))
+        ledger = {"PIPELINE_LEDGER_URL": ledger_url} if ledger_url else {}
+        for name, value in {**TEST_PORTS, **TEST_SETTINGS, **TEST_CLUSTER, **WORKER_SECRETS, **ledger,
+                            "PIPELINE_WORK_DIR": str(work)}.items():
+            patch.setenv(name, value)
+        for name, value in stack_env().items():  # this process reads the stack like the DAG does
+            patch.setenv(name, value)
+        env = dict(os.environ)
+        reload_settings()
+        python = sys.executable
+        try:
+            run(env, python, "-m", "tools.stack", "up")
+            again = run(env, python, "-m", "tools.stack", "up")  # idempotent: nothing restarted
+            assert "s3: already running" in again.stdout and "ray: already running" in again.stdout
+            assert f"{WORKER_NODE}: already running" in again.stdout
+            run(env, AIRFLOW, "db", "migrate")
+            yield env
+        finally:
+            run(env, python, "-m", "tools.stack", "down", check=False)
+            patch.undo()
+            reload_settings()
+
+
+def _ledger_url(stopped_at_exit: ExitStack, root: Path) -> str:
+    """The ledger's URL on a PostgreSQL server of the stack's own, with a password; where this machine
+    cannot run PostgreSQL, the default SQLite file (and the secrets test has no ledger password to
+    look for)."""
+    from include.control.ledger.store import sqlalchemy_url
+    from tests.postgres import PostgresUnavailable, postgres_server
+
     try:
-        run(env, python, "-m", "tools.stack", "up")
-        again = run(env, python, "-m", "tools.stack", "up")  # idempotent: nothing restarted
-        assert "s3: already running" in again.stdout and "ray: already running" in again.stdout
-        assert f"{WORKER_NODE}: already running" in again.stdout
-        run(env, AIRFLOW, "db", "migrate")
-        yield env
-    finally:
-        run(env, python, "-m", "tools.stack", "down", check=False)
-        patch.undo()
-        get_settings.cache_clear()
+        server = stopped_at_exit.enter_context(postgres_server(root, password=LEDGER_PASSWORD))
+    except PostgresUnavailable as reason:
+        warnings.warn(f"the ledger runs on SQLite: {reason}", stacklevel=2)
+        return ""
+    return sqlalchemy_url(server.uri(server.create_database("ledger")))
 
 
 def isolated_env(stack: dict[str, str], name: str, **settings: str) -> Iterator[dict[str, str]]:
     """The stack's environment with an inbox, a quarantine, queries and answers prefixes and a vector
     collection of its own, and any other ``PIPELINE_*`` settings given."""
-    from include.settings import get_settings
+    from include.control.settings import reload_settings
 
     overrides = {"PIPELINE_INBOX_URI": f"s3://documents/{name}/inbox/",
                  "PIPELINE_QUARANTINE_URI": f"s3://documents/{name}/quarantine/",
@@ -89,12 +112,19 @@ def isolated_env(stack: dict[str, str], name: str, **settings: str) -> Iterator[
     patch = pytest.MonkeyPatch()
     for key, value in overrides.items():
         patch.setenv(key, value)
-    get_settings.cache_clear()
+    reload_settings()
     try:
         yield {**stack, **overrides}
     finally:
         patch.undo()
-        get_settings.cache_clear()
+        reload_settings()
+
+
+def planted_secrets(env: dict[str, str]) -> list[str]:
+    """Every secret this stack holds: the S3 secret (the Airflow side and the workers), the API keys
+    (the Ray nodes only) and the ledger's password (the Airflow side only)."""
+    ledger = [LEDGER_PASSWORD] if LEDGER_PASSWORD in env.get("PIPELINE_LEDGER_URL", "") else []
+    return [env["AWS_SECRET_ACCESS_KEY"], *WORKER_SECRETS.values(), *ledger]
 
 
 def airflow_env(env: dict[str, str]) -> dict[str, str]:

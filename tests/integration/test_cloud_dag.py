@@ -48,10 +48,10 @@ def env(stack, fakes):
 
 @pytest.fixture(scope="module")
 def ingested(env, fakes, sample_pdfs):
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
     from include.storage import Storage, join_uri
 
-    settings = get_settings()
+    settings = get_control_settings()
     storage = Storage(settings)
     for name, path in sample_pdfs.items():
         storage.write_bytes(join_uri(settings.inbox_uri, name), path.read_bytes())

@@ -29,10 +29,10 @@ def env(stack):
 
 
 def _drop(sample_pdfs, folder: str) -> list[str]:
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
     from include.storage import Storage, join_uri
 
-    settings = get_settings()
+    settings = get_control_settings()
     uris = []
     for name in SAMPLES:
         uris.append(join_uri(settings.inbox_uri, folder, name))
@@ -75,7 +75,7 @@ def _assert_each_document_ingested_once(settings, uris: list[str]) -> None:
 
 
 def test_a_killed_stage_job_is_retried_by_airflow_and_every_document_finishes_once(env, sample_pdfs, tmp_path):
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
 
     uris = _drop(sample_pdfs, "killed")
     known = _all_known_jobs(env)
@@ -91,11 +91,11 @@ def test_a_killed_stage_job_is_retried_by_airflow_and_every_document_finishes_on
     enrich = sorted((j for j in ray_jobs_of(env, run_id) if " enrich " in j.entrypoint), key=lambda j: j.submission_id)
     assert [(j.submission_id[-5:], str(j.status)) for j in enrich] == [("-try1", "STOPPED"), ("-try2", "SUCCEEDED")]
     assert enrich[0].end_time <= enrich[1].start_time  # never two jobs of one task at once
-    _assert_each_document_ingested_once(get_settings(), uris)
+    _assert_each_document_ingested_once(get_control_settings(), uris)
 
 
 def test_with_s3_down_mid_run_tasks_fail_clearly_and_the_retry_completes(env, sample_pdfs, tmp_path):
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
 
     uris = _drop(sample_pdfs, "s3-outage")
     known = _all_known_jobs(env)
@@ -112,12 +112,12 @@ def test_with_s3_down_mid_run_tasks_fail_clearly_and_the_retry_completes(env, sa
     run_id = job.metadata["run_id"]
     tries = [j for j in ray_jobs_of(env, run_id) if " enrich " in j.entrypoint]
     assert len(tries) >= 2 and str(max(tries, key=lambda j: j.submission_id).status) == "SUCCEEDED"
-    _assert_each_document_ingested_once(get_settings(), uris)
+    _assert_each_document_ingested_once(get_control_settings(), uris)
 
 
 def test_two_runs_started_at_once_process_each_document_once(env, sample_pdfs, tmp_path):
     from include.control.ledger import Ledger
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
 
     uris = _drop(sample_pdfs, "twice")
     home = Path(env["AIRFLOW_HOME"])
@@ -127,7 +127,7 @@ def test_two_runs_started_at_once_process_each_document_once(env, sample_pdfs, t
     both = set(airflow_db.run_ids(home, DAG_ID)) - before
     assert len(both) == 2
 
-    ledger = Ledger.open(get_settings())
+    ledger = Ledger.open(get_control_settings())
     claims = [e.run_id for uri in uris for e in ledger.history(uri) if e.event == "claimed"]
     assert len(claims) == len(uris) and len(set(claims)) == 1  # one run claimed them all, each once
     [winner] = set(claims)
@@ -135,4 +135,4 @@ def test_two_runs_started_at_once_process_each_document_once(env, sample_pdfs, t
     # The other run found them held by the winner (or, started late, found no work at all).
     assert ray_jobs_of(env, loser) == []
     assert [j.entrypoint.split()[3] for j in ray_jobs_of(env, winner)].count("extract") == 1
-    _assert_each_document_ingested_once(get_settings(), uris)
+    _assert_each_document_ingested_once(get_control_settings(), uris)

@@ -21,11 +21,11 @@ from tests.integration.conftest import (
     DAG_ID,
     TEST_SETTINGS,
     WORKER_NODE,
-    WORKER_SECRETS,
     chroma,
     dag_test,
     dag_test_logs,
     isolated_env,
+    planted_secrets,
     ray_jobs_of,
     run,
 )
@@ -50,10 +50,10 @@ def env(stack):
 def inbox(env, sample_pdfs, tmp_path_factory):
     """Good PDFs under plain and tricky keys, the labelled PII corpus, and one bad file of every kind;
     truth files of every PII value in them, for the leak audit."""
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
     from include.storage import Storage, join_uri
 
-    settings = get_settings()
+    settings = get_control_settings()
     storage = Storage(settings)
     good = {name: sample_pdfs[name].read_bytes() for name in GOOD}
     good[TRICKY] = sample_pdfs["adverse_event_guide.pdf"].read_bytes()
@@ -182,10 +182,10 @@ def test_each_stage_ran_as_one_ray_job_per_batch_with_a_deterministic_id(env, fi
 
 
 def test_no_secret_reaches_the_job_api_rendered_fields_xcom_task_logs_or_the_report(env, inbox, first_run):
-    """The S3 secret the Airflow side holds, and the API keys only the Ray nodes hold, are nowhere a
-    person looks: the Job API's view of each job, the rendered template fields, XCom, the task logs
-    (the jobs' driver logs are streamed into them) and the run report."""
-    secrets = [env["AWS_SECRET_ACCESS_KEY"], *WORKER_SECRETS.values()]
+    """The S3 secret, the API keys only the Ray nodes hold and the ledger's password only the Airflow
+    side holds are nowhere a person looks: the Job API's view of each job, the rendered template
+    fields, XCom, the task logs (the jobs' driver logs are streamed into them) and the run report."""
+    secrets = planted_secrets(env)
     home = _home(env)
     rendered = airflow_db.rendered_fields(home, DAG_ID, first_run)
     assert any("runtime_env" in fields for fields in rendered.values())  # the stage tasks' were recorded

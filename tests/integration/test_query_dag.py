@@ -21,7 +21,7 @@ from include.query.answers import MARKER
 from include.query.pipeline import read_answers
 from include.query.prompts import NO_PASSAGES
 from include.query.steps import ANSWER_SCHEMA, PASSAGE
-from tests.integration.conftest import AIRFLOW, WORKER_SECRETS, dag_test, isolated_env, ray_jobs_of, run
+from tests.integration.conftest import AIRFLOW, dag_test, isolated_env, planted_secrets, ray_jobs_of, run
 from tools import airflow_db
 
 pytestmark = pytest.mark.integration
@@ -48,10 +48,10 @@ def env(stack):
 
 @pytest.fixture(scope="module")
 def ingested(env, sample_pdfs):
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
     from include.storage import Storage, join_uri
 
-    settings = get_settings()
+    settings = get_control_settings()
     storage = Storage(settings)
     for name, path in sample_pdfs.items():
         storage.write_bytes(join_uri(settings.inbox_uri, name), path.read_bytes())
@@ -90,7 +90,7 @@ def test_a_dropped_questions_file_is_answered_by_one_ray_job_that_carries_no_sec
     assert len(jobs) == 1 and str(jobs[0].status) == "SUCCEEDED"
     assert jobs[0].entrypoint.startswith("python -m include.query run --questions")
     shown = repr(jobs[0])  # what the Job API (and so the dashboard) shows of it
-    for secret in ("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"], *WORKER_SECRETS.values()):
+    for secret in ("AWS_SECRET_ACCESS_KEY", "PIPELINE_LEDGER_URL", *planted_secrets(env)):
         assert secret not in shown
 
 
@@ -159,10 +159,10 @@ def test_a_model_that_dies_by_signal_fails_its_job_once_naming_step_model_and_si
     A restart loop would instead run into the job timeout, a retryable error this test rejects."""
     from ray.job_submission import JobSubmissionClient
 
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
     from include.storage import join_uri
 
-    settings = get_settings()
+    settings = get_control_settings()
     question = join_uri(settings.queries_uri, "crash/dose.parquet")
     prompts = pa.table({"prompt": ["What is the maximum daily dose of metformin?"]})
     answered.storage.write_bytes(question, _parquet(prompts))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from include.control.settings import get_control_settings, reload_settings
 from include.pii_shapes import find_pii
-from include.settings import get_settings
 from include.storage import Storage, join_uri
 from tests.fakes.openai_server import FakeOpenAI, NotRedacting
 from tests.fakes.pinecone_server import FakePinecone
@@ -22,13 +22,13 @@ def cloud(pipeline_env, monkeypatch, sample_pdfs):
                             "PIPELINE_PINECONE_HOST": pinecone_fake.control_host,
                             "OPENAI_API_KEY": "test-key", "PINECONE_API_KEY": "test-key"}.items():
             monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-        settings = get_settings()
+        reload_settings()
+        settings = get_control_settings()
         storage = Storage(settings)
         for name, path in sample_pdfs.items():
             storage.write_bytes(join_uri(settings.inbox_uri, name), path.read_bytes())
         yield settings, openai_fake, pinecone_fake
-    get_settings.cache_clear()
+    reload_settings()
 
 
 def test_a_run_on_the_cloud_backends_reports_what_it_cost_and_stores_no_pii(cloud):
@@ -61,7 +61,7 @@ def test_a_run_that_reuses_enriched_and_embedded_chunks_spends_nothing(cloud, mo
     requests = openai_fake.count("chat") + openai_fake.count("embeddings")
     # Another namespace: every document is stale for the load stage only; the paid stages reuse.
     monkeypatch.setenv("PIPELINE_PINECONE_NAMESPACE", "v2")
-    get_settings.cache_clear()
+    reload_settings()
     again = ingest_like_the_dag("cloud-run-3")
     assert again["counts"]["stale"] == 3 and again["succeeded"] == 3
     assert again["cost"]["cost_usd"] == 0.0 and again["cost"]["requests"] == 0

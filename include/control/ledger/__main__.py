@@ -20,8 +20,8 @@ from typing import Any
 
 from include.control.ledger.schema import Status
 from include.control.ledger.store import Entry, Ledger
+from include.control.settings import get_control_settings
 from include.documents import key_uris
-from include.settings import get_settings
 from include.storage import StorageError, relative_key
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="bring the schema to the latest revision")
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    settings = get_control_settings()
     ledger = Ledger.open(settings)
     inbox = settings.inbox_uri
     if args.command == "migrate":

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, event, func, make_url, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from include.contract import DocumentRef
 from include.control.ledger.schema import Document, Event, Run, Status
-from include.settings import PipelineSettings
+from include.control.settings import ControlSettings
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,12 @@ class Final:
         return self.document.source_uri
 
 
-def default_url(settings: PipelineSettings) -> str:
+def default_url(settings: ControlSettings) -> str:
     """The ledger's URL: the setting, else the Airflow connection, else SQLite in the work dir."""
     if settings.ledger_url:
-        return settings.ledger_url.get_secret_value()
+        url = settings.ledger_url.get_secret_value()
+        _mask_in_airflow(url)
+        return url
     try:
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException
@@ -112,6 +114,17 @@ def default_url(settings: PipelineSettings) -> str:
         except AirflowNotFoundException:
             pass
     return f"sqlite:///{settings.work_dir / 'ledger.sqlite'}"
+
+
+def _mask_in_airflow(url: str) -> None:
+    """Inside Airflow, the URL and its password are masked in every log line and rendered field, as
+    the password of the connection ``pipeline_ledger`` would be."""
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # plain Python: nothing logs the URL but ``location``, without its password
+        return
+    mask_secret(url)
+    mask_secret(make_url(url).password)
 
 
 def sqlalchemy_url(connection_uri: str) -> str:
@@ -156,7 +169,7 @@ class Ledger:
         return self._engine.url.render_as_string(hide_password=True)
 
     @classmethod
-    def open(cls, settings: PipelineSettings, url: str | None = None) -> Ledger:
+    def open(cls, settings: ControlSettings, url: str | None = None) -> Ledger:
         """The ledger at ``url`` (default: ``default_url``), its schema migrated to the latest revision."""
         ledger = cls(url or default_url(settings))
         ledger.migrate()

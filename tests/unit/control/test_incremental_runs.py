@@ -25,9 +25,9 @@ def _doc_ids_in_store(settings) -> dict[str, set[str]]:
 
 def _plan(run_id: str, **options) -> dict:
     from include.control.batching import read_plan, run_folder
-    from include.settings import get_settings
+    from include.control.settings import get_control_settings
 
-    settings = get_settings()
+    settings = get_control_settings()
     ingest.plan_run(DAG_ID, run_id, **options)
     return read_plan(Storage(settings), run_folder(settings.artifacts_uri, DAG_ID, run_id)).model_dump()
 
@@ -115,12 +115,12 @@ def test_runs_ingest_what_is_new_or_changed_only_and_keep_the_ledger_and_store_i
 
 def test_a_new_pipeline_fingerprint_makes_ingested_documents_stale_and_reuses_what_still_holds(
         pipeline_env, inbox, sample_pdfs, monkeypatch):
-    from include.settings import get_settings
+    from include.control.settings import reload_settings
 
     inbox(GOOD, sample_pdfs[GOOD].read_bytes())
     ingest_like_the_dag("run-1")
     monkeypatch.setenv("PIPELINE_CHUNK_MAX_TOKENS", "96")
-    get_settings.cache_clear()
+    reload_settings()
     again = ingest_like_the_dag("run-2")
     assert [row["reason"] for row in again["touched"]] == ["stale"]
     assert again["stages"]["extract"]["reused"] == 1 and "reused" not in again["stages"]["chunk"]

@@ -24,9 +24,9 @@ def _candidate(name: str, version: str = "e1") -> DocumentRef:
 
 
 def _ledger(tmp_path) -> Ledger:
-    from include.settings import PipelineSettings
+    from include.control.settings import ControlSettings
 
-    return Ledger.open(PipelineSettings(work_dir=tmp_path))
+    return Ledger.open(ControlSettings(work_dir=tmp_path))
 
 
 def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_path):

@@ -8,111 +8,31 @@ programs are not installed.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, date
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect
 
 from include.control.ledger import Ledger
 from include.control.ledger.store import default_url, sqlalchemy_url
-from include.settings import PipelineSettings
+from include.control.settings import ControlSettings
+from tests.postgres import PostgresServer, PostgresUnavailable, postgres_server
 from tests.unit.control.test_ledger import INBOX, _candidate, assert_one_history_for_a_retried_stage
 
-if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-    pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not on PATH", allow_module_level=True)
-
-SUPERUSER = "postgres"
 RACE_TIMEOUT = 60
-
-
-@dataclass(frozen=True)
-class PostgresServer:
-    port: int
-
-    def uri(self, database: str) -> str:
-        """A database on this server as an Airflow connection URI (what ``pipeline_ledger`` holds)."""
-        return f"postgres://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self) -> str:
-        """A new empty database: its name."""
-        name = f"ledger_{uuid.uuid4().hex[:12]}"
-        # CREATE DATABASE cannot run inside a transaction.
-        engine = create_engine(sqlalchemy_url(self.uri("postgres")), isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-        finally:
-            engine.dispose()
-        return name
-
-
-def _unprivileged_prefix() -> list[str]:
-    """What to put before initdb and pg_ctl so that they agree to run: nothing, unless we are root.
-
-    Found here: the tests run as root (uid 0, in a container), and initdb, pg_ctl and postgres
-    all refuse to ("initdb: error: cannot be run as root"). ``runuser -u postgres`` would need the
-    data directory owned by that user and every folder above it open to them, but pytest keeps
-    its tmp root (/tmp/pytest-of-root) at mode 0700 and resets it if widened. A new user
-    namespace that maps root to an ordinary uid works without touching any permission: the
-    programs see a non-root uid, and the root-owned tmp dir appears to be theirs. That uid must
-    have a passwd entry (initdb looks its name up).
-    """
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("unshare") is None:
-        pytest.skip("running as root, which PostgreSQL refuses, and unshare(1) is not available")
-    try:
-        account = pwd.getpwnam("postgres")
-    except KeyError:
-        account = pwd.getpwnam("nobody")
-    prefix = ["unshare", "--user", f"--map-user={account.pw_uid}", f"--map-group={account.pw_gid}"]
-    if subprocess.run([*prefix, "true"], check=False, capture_output=True).returncode != 0:
-        pytest.skip("running as root, which PostgreSQL refuses, and user namespaces are not allowed here")
-    return prefix
-
-
-def _free_port() -> int:
-    # The kernel's ephemeral range (32768-60999 on Linux) holds no port of the project's own stacks.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory) -> Iterator[PostgresServer]:
     """A PostgreSQL server of this module's own, stopped at the end even when tests fail."""
-    root: Path = tmp_path_factory.mktemp("postgres")
-    data, log = root / "data", root / "pg.log"
-    prefix = _unprivileged_prefix()
-    initialised = subprocess.run(
-        [*prefix, "initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "--no-sync",
-         "--encoding=UTF8", "--no-locale"],
-        check=False, capture_output=True, text=True,
-    )
-    if initialised.returncode != 0:
-        pytest.fail(f"initdb failed: {initialised.stderr}")
-    port = _free_port()
-    # A zone 14 hours from UTC: the daily_metrics view must still give a run's UTC day.
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c TimeZone=Pacific/Kiritimati"
-    started = subprocess.run([*prefix, "pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "start"],
-                             check=False, capture_output=True, text=True)
     try:
-        if started.returncode != 0:
-            server_log = log.read_text() if log.exists() else ""
-            pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{server_log}")
-        yield PostgresServer(port)
-    finally:
-        subprocess.run([*prefix, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], check=False,
-                       capture_output=True)
+        # A zone 14 hours from UTC: the daily_metrics view must still give a run's UTC day.
+        with postgres_server(tmp_path_factory.mktemp("postgres"), settings=("TimeZone=Pacific/Kiritimati",)) as server:
+            yield server
+    except PostgresUnavailable as reason:
+        pytest.skip(str(reason))
 
 
 @pytest.fixture
@@ -121,8 +41,8 @@ def database_uri(postgres) -> str:
     return postgres.uri(postgres.create_database())
 
 
-def _settings(tmp_path) -> PipelineSettings:
-    return PipelineSettings(work_dir=tmp_path)
+def _settings(tmp_path) -> ControlSettings:
+    return ControlSettings(work_dir=tmp_path)
 
 
 def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_path, database_uri):
@@ -138,7 +58,7 @@ def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_pa
 
 def _migrate_together(work_dir: Path, url: str, barrier, queue) -> None:
     barrier.wait(timeout=RACE_TIMEOUT)  # both processes are up: start at the same moment
-    queue.put(Ledger.open(PipelineSettings(work_dir=work_dir), url).revision())
+    queue.put(Ledger.open(ControlSettings(work_dir=work_dir), url).revision())
 
 
 def _race(target, args_per_racer: list[tuple]) -> list:

@@ -42,8 +42,10 @@ def test_a_drop_bigger_than_airflow_can_map_gets_bigger_batches_never_a_failed_r
 
 def test_a_retried_plan_returns_the_same_batches_even_if_the_inbox_changed(settings, sample_pdfs, monkeypatch):
     from include.control import ingest
+    from include.control.settings import ControlSettings
 
-    monkeypatch.setattr(ingest, "get_settings", lambda: settings.model_copy(update={"batch_max_documents": 2}))
+    control = ControlSettings(**settings.model_dump(), batch_max_documents=2)
+    monkeypatch.setattr(ingest, "get_control_settings", lambda: control)
     for name in ("metformin_trial_protocol.pdf", "site_operations_handbook.pdf", "adverse_event_guide.pdf"):
         drop(settings, sample_pdfs[name])
     first = ingest.plan_run("document_ingest", "manual__2026-11-22T05:00:00+00:00", None)
@@ -58,9 +60,9 @@ def test_a_retried_plan_returns_the_same_batches_even_if_the_inbox_changed(setti
 
 def test_sensor_keys_are_relative_to_the_bucket_and_escape_wildcards(monkeypatch):
     from include.control import ingest
-    from include.settings import PipelineSettings
+    from include.control.settings import ControlSettings
 
-    monkeypatch.setattr(ingest, "get_settings", lambda: PipelineSettings(inbox_uri="s3://docs/in box/"))
+    monkeypatch.setattr(ingest, "get_control_settings", lambda: ControlSettings(inbox_uri="s3://docs/in box/"))
     assert ingest.sensor_keys(None) == ["in box/*"]
     assert ingest.sensor_keys(["a#1?.pdf", "s3://docs/in box/[draft].pdf"]) == ["in box/a#1[?].pdf", "in box/[[]draft].pdf"]
     with pytest.raises(ValueError, match="not in the bucket s3://docs/"):

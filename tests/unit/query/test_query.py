@@ -222,17 +222,17 @@ def test_the_huggingface_generator_runs_the_packaged_model_on_a_cpu():
 
 
 def test_the_plan_gives_one_job_per_file_needing_answers_with_the_filter(ingested, monkeypatch):
-    from include.settings import get_settings
+    from include.control.settings import reload_settings
 
     settings = ingested.model_copy(update={"queries_uri": ingested.queries_uri + "plan/"})
     for name in ("queries_uri", "answers_uri", "artifacts_uri", "work_dir"):
         monkeypatch.setenv(f"PIPELINE_{name.upper()}", str(getattr(settings, name)))
-    get_settings.cache_clear()
+    reload_settings()
     try:
         uri = _write_questions(settings, "q one.parquet", pa.table({"prompt": ["Dose?"]}))
         jobs = query_planning.plan("rag_batch_query", "manual__1", where={"doc_id": "protocol-0123"})
     finally:
-        get_settings.cache_clear()
+        reload_settings()
     assert len(jobs) == 1 and jobs[0]["result_prefix"].endswith("/questions-0001")
     assert shlex.split(jobs[0]["entrypoint"]) == ["python", "-m", "include.query", "run", "--questions", uri,
                                                   "--where", '{"doc_id": "protocol-0123"}']

@@ -1,0 +1,76 @@
+"""The Airflow side's settings: the jobs' settings plus what only the control plane reads.
+
+The ledger (its URL carries a password), the schedules, how a run is cut into batches and the
+sensors are read here and nowhere else: ``runtime_env`` sends a job only the variables that name a
+field of ``PipelineSettings``, so none of these leaves the Airflow side. Same ``PIPELINE_`` prefix,
+same environment: ``PIPELINE_LEDGER_URL``, ``PIPELINE_BATCH_MAX_DOCUMENTS``...
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+
+from include.settings import PipelineSettings, get_settings
+
+
+class ControlSettings(PipelineSettings):
+    """What the DAGs, the sensors, the planner and the ledger read, on top of the jobs' settings."""
+
+    ledger_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the ledger database (its password included: kept secret). Unset: "
+        "the Airflow connection 'pipeline_ledger' if there is one, else a SQLite file <work_dir>/ledger.sqlite.",
+    )
+    ingest_schedule: str | None = Field(
+        default="@hourly", description="Cron or preset for document_ingest; empty = manual only."
+    )
+    query_schedule: str | None = Field(
+        default="@hourly", description="Cron or preset for rag_batch_query; empty = manual only."
+    )
+    batch_max_documents: int = Field(
+        default=64, ge=1, description="At most this many documents in one batch (one Ray job per stage)."
+    )
+    batch_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="At most this many bytes of PDF in one batch; a bigger file is a batch on its own.",
+    )
+    max_batches_per_run: int = Field(
+        default=512,
+        ge=1,
+        description="A run maps its stages over at most this many batches (Airflow maps at most "
+        "max_map_length, 1,024 by default): a bigger drop gets bigger batches, never a failed run.",
+    )
+    max_parallel_batches: int = Field(
+        default=2,
+        ge=1,
+        description="Batches in flight per stage and run: bounds the Ray jobs a run has on the "
+        "cluster at once.",
+    )
+    sensor_timeout_seconds: int = Field(
+        default=50 * 60, description="How long a run waits for new or changed documents before it is skipped."
+    )
+    sensor_poke_seconds: int = Field(default=30, ge=1, description="How often the sensor lists the inbox.")
+    max_document_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1,
+        description="A bigger file is not ingested: it goes to quarantine, decided from its listed size.",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs that may try one version of a document whose job kept failing; after "
+        "that it waits for a changed file or a reprocess.",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_control_settings() -> ControlSettings:
+    return ControlSettings()
+
+
+def reload_settings() -> None:
+    """Read the environment again on both tiers' next ``get_*settings()`` (after it changed)."""
+    get_settings.cache_clear()
+    get_control_settings.cache_clear()
