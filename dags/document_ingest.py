@@ -21,7 +21,7 @@ from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.control import ingest, report
-from include.control.dag_parts import TASK_DEFAULTS, work_sensor
+from include.control.dag_parts import TASK_DEFAULTS, ray_job_options, work_sensor
 from include.control.operators import PipelineStageOperator, PruneVectorsOperator
 from include.control.settings import get_control_settings
 
@@ -72,6 +72,7 @@ with DAG(
                 stage=stage,
                 upstream=upstream,
                 max_active_tis_per_dagrun=settings.max_parallel_batches,
+                **ray_job_options(),
             )
             upstream = job.output
 
@@ -102,4 +103,4 @@ with DAG(
     wait_for_documents >> batches >> summary
     ingest_batch.expand(batch=batches) >> summary
     # ALL_DONE: a run with failed documents still prunes what it deleted and quarantined.
-    summary >> PruneVectorsOperator(task_id="prune_vectors", trigger_rule=TriggerRule.ALL_DONE)
+    summary >> PruneVectorsOperator(task_id="prune_vectors", trigger_rule=TriggerRule.ALL_DONE, **ray_job_options())

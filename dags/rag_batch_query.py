@@ -19,7 +19,7 @@ from airflow.sdk import DAG, Param, task
 from ray_operators.operators.ray_job import RayJobOperator
 
 from include.control import ingest, query_planning
-from include.control.dag_parts import TASK_DEFAULTS, work_sensor
+from include.control.dag_parts import TASK_DEFAULTS, ray_job_options, work_sensor
 from include.control.settings import get_control_settings
 
 settings = get_control_settings()
@@ -63,6 +63,7 @@ with DAG(
         # Rendered on the worker: its PIPELINE_* settings travel with the job, its secrets do not.
         runtime_env="{{ job_runtime_env() }}",
         max_active_tis_per_dagrun=1,
+        **ray_job_options(),
     ).expand_kwargs(jobs)
 
     @task

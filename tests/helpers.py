@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from include.contract import BatchResult, DocumentRef, StageManifest
 from include.documents import describe
@@ -70,3 +71,12 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
         ingest.record_prune(run_id, PruneResult(status="succeeded", removed=removed, started_at=started,
                                                 finished_at=now()))
     return summary
+
+
+def task_instance(dag_id: str, run_id: str, task_id: str, *, try_number: int = 1, max_tries: int = 0,
+                  map_index: int = 0) -> SimpleNamespace:
+    """What an operator reads of its task instance when a test calls ``execute`` itself. ``max_tries``
+    is what Airflow keeps: the task's retries, plus the try a user cleared (see the operator's rerun
+    rule)."""
+    return SimpleNamespace(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
+                           try_number=try_number, max_tries=max_tries, xcom_push=lambda **_: None)

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -96,6 +97,19 @@ def services(stack: LocalStackSettings) -> list[Service]:
     ]
 
 
+def ray_auth_token(work: Path) -> Path:
+    """The local cluster's token (``RAY_AUTH_MODE=token``): made once per work dir, readable only by
+    its owner. Every node and client of the stack reads it from this file (``RAY_AUTH_TOKEN_PATH``);
+    Airflow sends it as the ``ray_default`` connection's password."""
+    path = work / "secrets" / "ray_auth_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path
+
+
 def ray_temp_dir(work: Path, name: str = "ray") -> Path:
     candidate = work / name
     if len(str(candidate)) <= _MAX_RAY_TEMP_LEN:
@@ -115,7 +129,9 @@ def stack_env() -> dict[str, str]:
         "password": stack.secret_key,
         "extra": {"endpoint_url": endpoint, "region_name": pipeline.aws_region},
     }
-    ray_conn = {"conn_type": "ray", "host": "127.0.0.1", "port": stack.ray_dashboard_port, "schema": "http"}
+    token_path = ray_auth_token(work)
+    ray_conn = {"conn_type": "ray", "host": "127.0.0.1", "port": stack.ray_dashboard_port, "schema": "http",
+                "password": token_path.read_text()}
     env = {
         "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
         # Ray jobs run `python -m include.stages`: the project's interpreter must come first.
@@ -135,8 +151,9 @@ def stack_env() -> dict[str, str]:
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws_conn),
         "AIRFLOW_CONN_RAY_DEFAULT": json.dumps(ray_conn),
-        # Explicit, so a stray ~/.ray/auth_token can never switch token auth on.
-        "RAY_AUTH_MODE": "disabled",
+        # Token auth: the Job API runs code for whoever reaches it, so only the token's holders may.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ADDRESS": f"http://127.0.0.1:{stack.ray_dashboard_port}",
         # No network: models load from site-packages, tldextract uses its bundled list.
@@ -188,7 +205,14 @@ def _port_busy(port: int) -> bool:
     return False
 
 
-def _http_ok(url: str) -> bool:
+def _ray_request(stack: LocalStackSettings, path: str) -> urllib.request.Request:
+    """A request to the head's dashboard, with the cluster's token."""
+    token = ray_auth_token(PipelineSettings().work_dir.resolve()).read_text()
+    return urllib.request.Request(f"http://127.0.0.1:{stack.ray_dashboard_port}{path}",
+                                  headers={"Authorization": f"Bearer {token}"})
+
+
+def _http_ok(url: str | urllib.request.Request) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status < 500
@@ -209,15 +233,14 @@ def healthy(name: str, stack: LocalStackSettings) -> bool:
     if name == "chroma":
         return _http_ok(f"http://127.0.0.1:{stack.chroma_port}/api/v2/heartbeat")
     if name == "ray":
-        return _http_ok(f"http://127.0.0.1:{stack.ray_dashboard_port}/api/version")
+        return _http_ok(_ray_request(stack, "/api/jobs/"))
     return name in alive_ray_nodes(stack)
 
 
 def alive_ray_nodes(stack: LocalStackSettings) -> set[str]:
     """Names of the nodes the head counts alive (its state API)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{stack.ray_dashboard_port}/api/v0/nodes?limit=100",
-                                    timeout=5) as answer:
+        with urllib.request.urlopen(_ray_request(stack, "/api/v0/nodes?limit=100"), timeout=5) as answer:
             nodes = json.load(answer)["data"]["result"]["result"]
     except Exception:
         return set()

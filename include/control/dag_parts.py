@@ -1,4 +1,5 @@
-"""What the project's DAGs share: their tasks' retry policy, and the sensor that waits for work."""
+"""What the project's DAGs share: their tasks' retry policy, their Ray tasks' options, and the sensor
+that waits for work."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ TASK_DEFAULTS: dict[str, Any] = {
     # A task past this is killed, and its Ray job stopped with it (on_kill).
     "execution_timeout": timedelta(hours=2),
 }
+
+
+def ray_job_options() -> dict[str, Any]:
+    """What every Ray task of the project's DAGs is given: it defers while its job runs."""
+    from include.control.settings import get_control_settings
+
+    return {"deferrable": True, "poll_interval": get_control_settings().ray_poll_seconds}
 
 
 def work_sensor(task_id: str, *, bucket: str, bucket_key: str,

@@ -33,7 +33,9 @@ class PipelineStageOperator(RayJobOperator):
     on is skipped: no job is submitted for nothing.
     """
 
-    template_fields = (*RayJobOperator.template_fields, "upstream")
+    # The entrypoint and the result prefix follow from the batch and the run (``prepare``): only
+    # what a user may template is templated.
+    template_fields = ("upstream", "runtime_env")
 
     def __init__(self, *, stage: str, upstream: Any, **kwargs: Any) -> None:
         if stage not in SPECS:
@@ -42,7 +44,7 @@ class PipelineStageOperator(RayJobOperator):
         self.stage = stage
         self.upstream = upstream
 
-    def execute(self, context: Any) -> Any:
+    def prepare(self, context: Any) -> None:
         upstream = self.upstream
         if isinstance(upstream, str):  # templated values may arrive as JSON text
             upstream = json.loads(upstream)
@@ -60,15 +62,13 @@ class PipelineStageOperator(RayJobOperator):
         flag = " --recompute" if redo else ""
         self.entrypoint = f"python -m include.stages {self.stage} {source}{flag}"
         ti = context["ti"]
-        self._run_id = ti.run_id
         self.result_prefix = stage_result_prefix(ti.dag_id, ti.run_id, upstream["batch_id"], self.stage)
         self.runtime_env = self.runtime_env or runtime_env()
         self.log.info("%s of %s", self.stage, upstream["batch_id"])
-        return super().execute(context)
 
-    def result_to_xcom(self, result: dict[str, Any]) -> dict[str, Any]:
+    def result_to_xcom(self, result: dict[str, Any], context: Any) -> dict[str, Any]:
         batch = BatchResult.model_validate(result)
-        record_stage(self._run_id, batch)
+        record_stage(context["ti"].run_id, batch)
         for outcome in batch.failed:
             self.log.warning("FAILED: %s: %s", outcome.source_uri, outcome.error)
         return {
@@ -92,18 +92,18 @@ class PruneVectorsOperator(RayJobOperator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(entrypoint="", **kwargs)
 
-    def execute(self, context: Any) -> Any:
+    template_fields = ("runtime_env",)
+
+    def prepare(self, context: Any) -> None:
         ti = context["ti"]
         spec = prune_spec_uri(ti.dag_id, ti.run_id)
         if not Storage(get_control_settings()).exists(spec):
             raise AirflowSkipException("no source of this run lost its place in the inbox: nothing to prune")
-        self._run_id = ti.run_id
         self.entrypoint = f"python -m include.prune --spec {shlex.quote(spec)}"
         self.result_prefix = spec.rsplit("/", 1)[0] + "/prune"
         self.runtime_env = self.runtime_env or runtime_env()
-        return super().execute(context)
 
-    def result_to_xcom(self, result: dict[str, Any]) -> dict[str, Any]:
+    def result_to_xcom(self, result: dict[str, Any], context: Any) -> dict[str, Any]:
         pruned = PruneResult.model_validate(result)
-        record_prune(self._run_id, pruned)
+        record_prune(context["ti"].run_id, pruned)
         return {"result_uri": self.result_uri(pruned.submission_id), "metrics": pruned.metrics}

@@ -53,6 +53,10 @@ class ControlSettings(PipelineSettings):
         default=50 * 60, description="How long a run waits for new or changed documents before it is skipped."
     )
     sensor_poke_seconds: int = Field(default=30, ge=1, description="How often the sensor lists the inbox.")
+    ray_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often a deferred Ray task's trigger asks for its job's status (the "
+        "log streams as it is written, whatever this is).",
+    )
     max_document_bytes: int = Field(
         default=512 * 1024 * 1024, ge=1,
         description="A bigger file is not ingested: it goes to quarantine, decided from its listed size.",

@@ -29,9 +29,10 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 # ephemeral range (32768 and up), where any client socket may hold them.
 TEST_PORTS = {"STACK_S3_PORT": "21333", "STACK_RAY_DASHBOARD_PORT": "28265", "STACK_RAY_GCS_PORT": "26379",
               "STACK_CHROMA_PORT": "28000"}
-# A run finds out quickly that there is no work; a file over 64 KiB is too big.
+# A run finds out quickly that there is no work, or that its job ended; a file over 64 KiB is too big.
 TEST_SETTINGS = {"PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_SENSOR_TIMEOUT_SECONDS": "12",
-                 "PIPELINE_SENSOR_POKE_SECONDS": "4", "PIPELINE_MAX_DOCUMENT_BYTES": str(64 * 1024)}
+                 "PIPELINE_SENSOR_POKE_SECONDS": "4", "PIPELINE_MAX_DOCUMENT_BYTES": str(64 * 1024),
+                 "PIPELINE_RAY_POLL_SECONDS": "1"}
 # Two Ray nodes, as on a real cluster: the head keeps the job drivers, and every actor and task of
 # the jobs asks for the resource only the worker node offers.
 TEST_CLUSTER = {"STACK_RAY_WORKER_NODES": "1", "PIPELINE_RAY_WORKER_RESOURCE": "pipeline_worker"}
@@ -121,10 +122,12 @@ def isolated_env(stack: dict[str, str], name: str, **settings: str) -> Iterator[
 
 
 def planted_secrets(env: dict[str, str]) -> list[str]:
-    """Every secret this stack holds: the S3 secret (the Airflow side and the workers), the API keys
-    (the Ray nodes only) and the ledger's password (the Airflow side only)."""
+    """Every secret this stack holds: the S3 secret (the Airflow side and the workers), the Ray
+    cluster's token (its nodes, and Airflow's ``ray_default`` connection), the API keys (the Ray
+    nodes only) and the ledger's password (the Airflow side only)."""
     ledger = [LEDGER_PASSWORD] if LEDGER_PASSWORD in env.get("PIPELINE_LEDGER_URL", "") else []
-    return [env["AWS_SECRET_ACCESS_KEY"], *WORKER_SECRETS.values(), *ledger]
+    ray_token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    return [env["AWS_SECRET_ACCESS_KEY"], ray_token, *WORKER_SECRETS.values(), *ledger]
 
 
 def airflow_env(env: dict[str, str]) -> dict[str, str]:

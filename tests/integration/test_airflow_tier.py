@@ -24,8 +24,9 @@ DATA_PLANE = ("docling", "torch", "transformers", "presidio_analyzer", "spacy", 
 # What runs in Airflow besides the DAG files: operators, sensors' checks, planning, ledger, report.
 AIRFLOW_SIDE = ("include.control.ingest", "include.control.operators", "include.control.dag_parts",
                 "include.control.query_planning", "include.control.ledger", "include.control.report",
-                "include.control.quarantine", "include.query.report", "ray_operators.operators.ray_job",
-                "ray_operators.hooks.ray_job")
+                "include.control.quarantine", "include.control.settings", "include.query.report",
+                "ray_operators.operators.ray_job", "ray_operators.hooks.ray_job", "ray_operators.triggers.ray_job",
+                "ray_operators.links.ray_job", "ray_operators.get_provider_info")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 
 from include.control.ingest import STAGE_ORDER as STAGES
 from tests.bad_inputs import OVERSIZED_KEY, bad_inputs, tricky_valid_keys
+from tests.helpers import task_instance
 from tests.integration.conftest import (
     DAG_ID,
     TEST_SETTINGS,
@@ -250,8 +251,8 @@ def test_rerunning_a_finished_run_gives_the_same_vectors_and_changes_nothing_in_
     results: dict[str, list] = {}
     upstream = batch
     for stage in STAGES:
-        ti = SimpleNamespace(dag_id=DAG_ID, run_id=first_run, task_id=f"ingest_batch.{stage}", map_index=0,
-                             try_number=2)
+        # Cleared after try 1: Airflow makes max_tries 1 + retries, and try 2 starts a new run of the task.
+        ti = task_instance(DAG_ID, first_run, f"ingest_batch.{stage}", try_number=2, max_tries=1)
         operator = PipelineStageOperator(task_id=stage, stage=stage, upstream=upstream, poll_interval=0.5)
         upstream = operator.execute({"ti": ti, "params": {}})
         results[stage] = [upstream]
@@ -272,11 +273,11 @@ def test_a_retry_reattaches_to_the_running_batch_job_of_the_previous_try(env, in
     [batch] = plan_run(DAG_ID, run_id, list(GOOD), reprocess=True)
 
     def context(try_number: int) -> dict:
-        ti = SimpleNamespace(dag_id=DAG_ID, run_id=run_id, task_id="ingest_batch.extract", map_index=0,
-                             try_number=try_number)
+        # A retry (not a clear): max_tries is the task's retries, and both tries are one run of the task.
+        ti = task_instance(DAG_ID, run_id, "ingest_batch.extract", try_number=try_number, max_tries=1)
         return {"ti": ti, "params": {"reprocess": True}}  # real work, so the job runs a while
 
-    first = PipelineStageOperator(task_id="extract", stage="extract", upstream=batch, poll_interval=0.5)
+    first = PipelineStageOperator(task_id="extract", stage="extract", upstream=batch, poll_interval=0.5, retries=1)
     worker = threading.Thread(target=first.execute, args=(context(1),))
     worker.start()
     client = JobSubmissionClient(env["RAY_ADDRESS"])
@@ -284,7 +285,7 @@ def test_a_retry_reattaches_to_the_running_batch_job_of_the_previous_try(env, in
     while not any(j.metadata.get("run_id") == run_id for j in client.list_jobs()):
         assert time.monotonic() < deadline, "try 1 never submitted its job"
         time.sleep(0.2)
-    second = PipelineStageOperator(task_id="extract", stage="extract", upstream=batch, poll_interval=0.5)
+    second = PipelineStageOperator(task_id="extract", stage="extract", upstream=batch, poll_interval=0.5, retries=1)
     xcom = second.execute(context(2))
     worker.join()
     jobs = [j for j in client.list_jobs() if j.metadata.get("run_id") == run_id]

@@ -21,6 +21,7 @@ from include.query.answers import MARKER
 from include.query.pipeline import read_answers
 from include.query.prompts import NO_PASSAGES
 from include.query.steps import ANSWER_SCHEMA, PASSAGE
+from tests.helpers import task_instance
 from tests.integration.conftest import AIRFLOW, dag_test, isolated_env, planted_secrets, ray_jobs_of, run
 from tools import airflow_db
 
@@ -173,8 +174,7 @@ def test_a_model_that_dies_by_signal_fails_its_job_once_naming_step_model_and_si
         result_prefix=join_uri(settings.artifacts_uri, "crash-test-results"), runtime_env=job_env,
         job_timeout=600,
     )
-    ti = SimpleNamespace(dag_id="crash_test", run_id=answered.run_id, task_id="answer_questions",
-                         map_index=0, try_number=1)
+    ti = task_instance("crash_test", answered.run_id, "answer_questions")
     with pytest.raises(AirflowFailException) as caught:
         operator.execute({"ti": ti})
     deaths = settings.worker_crash_retries + 1

@@ -64,9 +64,22 @@ def test_query_dag_waits_for_unanswered_files_then_maps_one_ray_job_per_file(dag
     assert dag.get_task("summarize").upstream_task_ids == {"answer_questions"}
 
 
-@pytest.mark.parametrize("package", ["include/stages", "include/backends", "include/ledger", "include/query"])
+def test_every_ray_task_defers_while_its_job_runs(dagbag):
+    from ray_operators.operators.ray_job import RayJobOperator
+
+    tasks = [task for dag in dagbag.dags.values() for task in dag.tasks]
+    plain = [task for task in tasks if isinstance(task, RayJobOperator)]
+    mapped = [task for task in tasks if not isinstance(task, RayJobOperator)
+              and issubclass(getattr(task, "operator_class", object), RayJobOperator)]
+    assert (len(plain), len(mapped)) == (5 + 1, 1)  # the stages and the prune; the questions, mapped per file
+    assert all(task.deferrable for task in plain) and all(task.partial_kwargs["deferrable"] for task in mapped)
+
+
+@pytest.mark.parametrize("package", ["include/stages", "include/backends", "include/control/ledger", "include/query"])
 def test_stage_and_ledger_code_never_imports_airflow_at_module_level(package):
-    for path in (ROOT / package).rglob("*.py"):
+    paths = list((ROOT / package).rglob("*.py"))
+    assert paths, f"{package} holds no module: the test would check nothing"
+    for path in paths:
         tree = ast.parse(path.read_text())
         # Module level only: the ledger asks Airflow for its connection inside a function, if Airflow is there.
         for node in [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]:
@@ -76,7 +89,9 @@ def test_stage_and_ledger_code_never_imports_airflow_at_module_level(package):
 
 @pytest.mark.parametrize("package", ["include/stages", "include/backends", "include/query"])
 def test_stage_code_never_imports_airflow_anywhere(package):
-    for path in (ROOT / package).rglob("*.py"):
+    paths = list((ROOT / package).rglob("*.py"))
+    assert paths, f"{package} holds no module: the test would check nothing"
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

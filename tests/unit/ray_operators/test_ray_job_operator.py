@@ -1,50 +1,60 @@
-"""The operator's decisions on retries and failures, against a fake Job API (error paths only)."""
+"""The operator's decisions on retries, clears, kills and failures, against a fake Job API (error
+paths only; the real Job API is in tests/integration/test_ray_provider.py)."""
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+import threading
+import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from ray_operators.hooks.ray_job import JobApiConfig
 from ray_operators.operators.ray_job import RayJobOperator, submission_id_for
+from ray_operators.triggers.ray_job import RayJobTrigger
+
+RETRIES = 2
 
 
 class FakeJobApi:
-    """Jobs by submission id; each status list advances one step per poll."""
+    """The hook's calls, by submission id: each job has a status until a test changes it."""
 
-    def __init__(self, jobs: dict[str, list[str]] | None = None) -> None:
-        self.jobs = {k: list(v) for k, v in (jobs or {}).items()}
+    def __init__(self, jobs: dict[str, str] | None = None) -> None:
+        self.jobs = dict(jobs or {})
         self.submitted: list[str] = []
         self.runtime_envs: list[dict] = []
         self.stopped: list[str] = []
         self.address = "http://fake:8265"
+        self.config = JobApiConfig(address=self.address, token="fake-token", namespace="airflow")
 
     def find(self, submission_id):
-        states = self.jobs.get(submission_id)
-        if states is None:
-            return None
-        status = states.pop(0) if len(states) > 1 else states[0]
-        return SimpleNamespace(status=status, message=f"job {status.lower()}")
+        status = self.jobs.get(submission_id)
+        return None if status is None else {"status": status, "message": f"job {status.lower()}"}
 
     def submit(self, *, submission_id, runtime_env=None, **_):
         if submission_id in self.jobs:
             raise RuntimeError("submission id already used")
         self.submitted.append(submission_id)
         self.runtime_envs.append(runtime_env)
-        self.jobs[submission_id] = ["PENDING", "RUNNING", "SUCCEEDED"]
+        self.jobs[submission_id] = "PENDING"
         return submission_id
 
-    def logs(self, submission_id):
-        return "line one\nline two\n"
-
     def stop(self, submission_id):
+        if self.jobs.get(submission_id) not in ("PENDING", "RUNNING"):
+            return False
         self.stopped.append(submission_id)
+        self.jobs[submission_id] = "STOPPED"
         return True
 
 
-def _ti(try_number: int) -> SimpleNamespace:
-    return SimpleNamespace(dag_id="dag", run_id="manual__1", task_id="stage", map_index=3, try_number=try_number)
+class FakeTi:
+    def __init__(self, try_number: int, max_tries: int = RETRIES) -> None:
+        self.dag_id, self.run_id, self.task_id, self.map_index = "dag", "manual__1", "stage", 3
+        self.try_number, self.max_tries = try_number, max_tries
+        self.xcoms: dict[str, object] = {}
+
+    def xcom_push(self, key, value):
+        self.xcoms[key] = value
 
 
 def _id(try_number: int) -> str:
@@ -62,29 +72,68 @@ def _operator(tmp_path, api: FakeJobApi, result: dict | None = None, try_number:
     if result is not None:
         _write_result(tmp_path, try_number, result)
     prefix = (tmp_path / "results").as_uri()
-    op = RayJobOperator(task_id="stage", entrypoint="python -m x", result_prefix=prefix, poll_interval=0)
+    op = RayJobOperator(task_id="stage", entrypoint="python -m x", result_prefix=prefix, deferrable=True,
+                        retries=RETRIES, job_timeout=600)
     op.hook = api  # cached_property: the instance attribute wins
     return op
 
 
-def test_submission_ids_are_deterministic_url_safe_and_differ_per_try():
+def _run(op: RayJobOperator, ti: FakeTi, api: FakeJobApi, status: str = "SUCCEEDED", **event) -> object:
+    """Execute until the deferral, let the job end as ``status``, then resume as Airflow does: on a
+    new instance of the operator."""
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"ti": ti})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, RayJobTrigger) and deferred.value.method_name == "execute_complete"
+    api.jobs[trigger.submission_id] = status
+    resumed = RayJobOperator(task_id=op.task_id, entrypoint=op.entrypoint, result_prefix=op.result_prefix,
+                             deferrable=True, retries=RETRIES)
+    resumed.hook = api
+    payload = {"submission_id": trigger.submission_id, "status": status, "message": f"job {status.lower()}",
+               "log_tail": [], **event}
+    return resumed.execute_complete({"ti": ti}, payload)
+
+
+def test_submission_ids_are_deterministic_url_safe_differ_per_try_and_per_namespace():
     first = submission_id_for("dag", "manual__2026-01-01T00:00:00+00:00", "group.task", 0, 1)
     assert first == submission_id_for("dag", "manual__2026-01-01T00:00:00+00:00", "group.task", 0, 1)
     assert first.endswith("-try1") and first != submission_id_for("dag", "manual__2026-01-01T00:00:00+00:00", "group.task", 0, 2)
     assert all(c.isalnum() or c in "_.-" for c in first)
     assert first != submission_id_for("dag", "manual__2026-01-01T00:00:00+00:00", "group.task", 1, 1)
+    other = submission_id_for("dag", "manual__2026-01-01T00:00:00+00:00", "group.task", 0, 1, namespace="staging")
+    assert other.startswith("staging-") and other.split("-")[-2] != first.split("-")[-2]
 
 
-def test_first_try_submits_and_returns_outputs_and_metrics_only(tmp_path):
+def test_first_try_submits_defers_and_returns_outputs_and_metrics_only(tmp_path):
     api = FakeJobApi()
     result = {"outputs": {"chunks": "s3://b/c.jsonl"}, "metrics": {"chunks": 4}, "document": {"text": "no"}}
-    xcom = _operator(tmp_path, api, result).execute({"ti": _ti(1)})
-    assert api.submitted == [_id(1)]
-    assert xcom == {"outputs": {"chunks": "s3://b/c.jsonl"}, "metrics": {"chunks": 4}}
+    ti = FakeTi(1)
+    op = _operator(tmp_path, api, result)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"ti": ti})
+    trigger = deferred.value.trigger
+    assert api.submitted == [_id(1)] and trigger.submission_id == _id(1)
+    assert 590 < trigger.deadline - time.time() <= 600  # the job's timeout travels with the trigger
+    assert ti.xcoms["_link_RayJobLink"] == f"http://fake:8265/#/jobs/{_id(1)}"
     # The job learns its own id and where its result goes; the operator's runtime env is untouched.
     env_vars = api.runtime_envs[0]["env_vars"]
     assert env_vars["JOB_SUBMISSION_ID"] == _id(1)
     assert env_vars["JOB_RESULT_URI"] == (tmp_path / "results" / f"{_id(1)}.json").as_uri()
+    resumed = RayJobOperator(task_id="stage", entrypoint="python -m x", result_prefix=op.result_prefix,
+                             deferrable=True)
+    resumed.hook = api
+    xcom = resumed.execute_complete({"ti": ti}, {"submission_id": _id(1), "status": "SUCCEEDED", "message": ""})
+    assert xcom == {"outputs": {"chunks": "s3://b/c.jsonl"}, "metrics": {"chunks": 4}}
+
+
+def test_the_trigger_round_trips_through_its_serialized_form():
+    trigger = RayJobTrigger(submission_id="airflow-x-try1", ray_conn_id="ray_prod", poll_interval=2.5,
+                            stream_logs=False, deadline=1_900_000_000.0, tail_lines=5)
+    classpath, kwargs = trigger.serialize()
+    module, name = classpath.rsplit(".", 1)
+    rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert json.loads(json.dumps(kwargs)) == kwargs  # plain JSON: what the triggerer's table holds
 
 
 def test_a_result_left_by_another_job_never_decides_the_task(tmp_path):
@@ -94,18 +143,18 @@ def test_a_result_left_by_another_job_never_decides_the_task(tmp_path):
     stale["submission_id"] = "airflow-some-other-job-try1"
     (tmp_path / "results" / f"{_id(1)}.json").write_text(json.dumps(stale))
     with pytest.raises(AirflowException, match="names job 'airflow-some-other-job-try1'"):
-        _operator(tmp_path, api).execute({"ti": _ti(1)})
+        _run(_operator(tmp_path, api), FakeTi(1), api)
 
 
 def test_a_lost_submission_answer_attaches_to_the_job_it_created(tmp_path):
     api = FakeJobApi()
 
     def submit_then_lose_the_answer(*, submission_id, **_):
-        api.jobs[submission_id] = ["RUNNING", "SUCCEEDED"]
+        api.jobs[submission_id] = "RUNNING"
         raise ConnectionError("read timed out")
 
     api.submit = submit_then_lose_the_answer
-    xcom = _operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {}}).execute({"ti": _ti(1)})
+    xcom = _run(_operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {}}), FakeTi(1), api)
     assert xcom["outputs"] == {"a": "s3://b/a"}
 
 
@@ -117,69 +166,112 @@ def test_a_failed_submission_with_no_job_behind_it_fails_the_try(tmp_path):
 
     api.submit = refuse
     with pytest.raises(ConnectionError):
-        _operator(tmp_path, api).execute({"ti": _ti(1)})
+        _operator(tmp_path, api).execute({"ti": FakeTi(1)})
 
 
 def test_retry_reattaches_to_a_job_still_running_instead_of_submitting(tmp_path):
-    api = FakeJobApi({_id(1): ["RUNNING", "RUNNING", "SUCCEEDED"]})
-    xcom = _operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {}}).execute({"ti": _ti(2)})
+    api = FakeJobApi({_id(1): "RUNNING"})
+    xcom = _run(_operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {}}), FakeTi(2), api)
     assert api.submitted == [] and xcom["outputs"] == {"a": "s3://b/a"}  # try 1's job, try 1's result
 
 
 def test_a_try_that_died_before_submitting_does_not_hide_an_older_running_job(tmp_path):
-    api = FakeJobApi({_id(1): ["RUNNING", "SUCCEEDED"]})  # try 2 left no job behind
-    _operator(tmp_path, api, {"outputs": {}, "metrics": {}}).execute({"ti": _ti(3)})
+    api = FakeJobApi({_id(1): "RUNNING"})  # try 2 left no job behind
+    _run(_operator(tmp_path, api, {"outputs": {}, "metrics": {}}), FakeTi(3), api)
     assert api.submitted == []
 
 
 def test_retry_reuses_a_job_that_already_succeeded(tmp_path):
-    api = FakeJobApi({_id(1): ["SUCCEEDED"]})
-    xcom = _operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {"n": 1}}).execute({"ti": _ti(2)})
+    api = FakeJobApi({_id(1): "SUCCEEDED"})
+    xcom = _run(_operator(tmp_path, api, {"outputs": {"a": "s3://b/a"}, "metrics": {"n": 1}}), FakeTi(2), api)
     assert api.submitted == [] and xcom["outputs"] == {"a": "s3://b/a"}
 
 
 def test_retry_after_a_failed_job_submits_under_the_new_try_id(tmp_path):
-    api = FakeJobApi({_id(1): ["FAILED"]})
-    _operator(tmp_path, api, {"outputs": {}, "metrics": {}}, try_number=2).execute({"ti": _ti(2)})
+    api = FakeJobApi({_id(1): "FAILED"})
+    _run(_operator(tmp_path, api, {"outputs": {}, "metrics": {}}, try_number=2), FakeTi(2), api)
     assert api.submitted == [_id(2)]
 
 
-def test_a_bad_input_fails_at_once_and_says_why(tmp_path):
+def test_a_cleared_task_runs_its_job_again_even_after_a_success(tmp_path):
+    """Clearing try 1 makes max_tries 1 + retries: try 2 starts a new run of the task."""
+    api = FakeJobApi({_id(1): "SUCCEEDED"})
+    _run(_operator(tmp_path, api, {"outputs": {}, "metrics": {}}, try_number=2), FakeTi(2, max_tries=1 + RETRIES),
+         api)
+    assert api.submitted == [_id(2)]
+
+
+def test_a_cleared_task_stops_its_earlier_runs_job_before_it_submits(tmp_path):
+    """Never two jobs on the same work: the cleared run's job, still running, is stopped first."""
+    api = FakeJobApi({_id(1): "RUNNING"})
+    with pytest.raises(TaskDeferred):
+        _operator(tmp_path, api).execute({"ti": FakeTi(2, max_tries=1 + RETRIES)})
+    assert api.stopped == [_id(1)] and api.submitted == [_id(2)]
+
+
+def test_a_bad_input_fails_at_once_and_says_why_with_the_logs_last_lines(tmp_path):
     api = FakeJobApi()
-    api.submit = lambda *, submission_id, **_: api.jobs.setdefault(submission_id, ["RUNNING", "FAILED"])
     result = {"status": "failed", "error": "s3://b/x.pdf: the PDF is encrypted", "retryable": False}
-    with pytest.raises(AirflowFailException, match=r"x\.pdf: the PDF is encrypted"):
-        _operator(tmp_path, api, result).execute({"ti": _ti(1)})
+    with pytest.raises(AirflowFailException, match=r"x\.pdf: the PDF is encrypted") as caught:
+        _run(_operator(tmp_path, api, result), FakeTi(1), api, "FAILED", log_tail=["reading x.pdf", "encrypted"])
+    assert str(caught.value).endswith("Last lines of the job's log:\nreading x.pdf\nencrypted")
 
 
 def test_other_failures_raise_a_retryable_error_with_the_job_message(tmp_path):
     api = FakeJobApi()
-    api.submit = lambda *, submission_id, **_: api.jobs.setdefault(submission_id, ["FAILED"])
     with pytest.raises(AirflowException, match="job failed") as caught:
-        _operator(tmp_path, api).execute({"ti": _ti(1)})
+        _run(_operator(tmp_path, api), FakeTi(1), api, "FAILED")
     assert not isinstance(caught.value, AirflowFailException)
+
+
+def test_a_job_past_its_deadline_fails_the_task_naming_it(tmp_path):
+    api = FakeJobApi()
+    with pytest.raises(AirflowException, match="ran past its deadline"):
+        _run(_operator(tmp_path, api), FakeTi(1), api, "TIMED_OUT",
+             message=f"Ray job {_id(1)} ran past its deadline and was stopped")
 
 
 def test_on_kill_stops_the_running_job(tmp_path):
     api = FakeJobApi()
-    op = _operator(tmp_path, api, {"outputs": {}, "metrics": {}})
-    op.execute({"ti": _ti(1)})
+    op = _operator(tmp_path, api)
+    with pytest.raises(TaskDeferred):
+        op.execute({"ti": FakeTi(1)})
+    api.jobs[_id(1)] = "RUNNING"
     op.on_kill()
     assert api.stopped == [_id(1)]
 
 
+def test_a_kill_during_submission_stops_the_job_once_it_exists(tmp_path):
+    api = FakeJobApi()
+    arrived, release = threading.Event(), threading.Event()
+
+    def slow_submit(*, submission_id, **_):
+        arrived.set()
+        release.wait(10)  # the request is on the wire; the cluster has not created the job yet
+        api.jobs[submission_id] = "RUNNING"
+
+    api.submit = slow_submit
+    op = _operator(tmp_path, api)
+    worker = threading.Thread(target=lambda: pytest.raises(TaskDeferred, op.execute, {"ti": FakeTi(1)}))
+    worker.start()
+    assert arrived.wait(10)
+    killer = threading.Thread(target=op.on_kill)
+    killer.start()
+    time.sleep(1.0)  # on_kill finds no job yet, and waits for it
+    release.set()
+    killer.join(20)
+    worker.join(20)
+    assert api.stopped == [_id(1)] and api.jobs[_id(1)] == "STOPPED"
+
+
 def test_a_job_that_succeeds_without_writing_its_result_fails_the_task(tmp_path):
+    api = FakeJobApi()
     with pytest.raises(AirflowException, match="succeeded but wrote no result"):
-        _operator(tmp_path, FakeJobApi()).execute({"ti": _ti(1)})
+        _run(_operator(tmp_path, api), FakeTi(1), api)
 
 
-def test_log_lines_are_streamed_whole_even_when_a_poll_catches_one_half_written(tmp_path):
-    op = _operator(tmp_path, FakeJobApi())
-    logged = []
-    op.log.info = lambda fmt, line: logged.append(line)
-    growing = iter(["first line\nsecond li", "first line\nsecond line\nthird", "first line\nsecond line\nthird"])
-    op.hook.logs = lambda _id: next(growing)
-    printed = op._stream_logs("job", 0)
-    printed = op._stream_logs("job", printed)
-    op._stream_logs("job", printed, final=True)
-    assert logged == ["first line", "second line", "third"]
+def test_the_stage_operator_templates_only_what_it_does_not_compute():
+    from include.control.operators import PipelineStageOperator, PruneVectorsOperator
+
+    for operator in (PipelineStageOperator, PruneVectorsOperator):
+        assert not {"entrypoint", "result_prefix"} & set(operator.template_fields)
