@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -64,7 +66,7 @@ def _entrypoint(lines: int, seconds: float) -> str:
     code = (f"import time\nfor b in range({batches}):\n"
             f"    for i in range({lines // batches}): print('progress line', b * {lines // batches} + i, 'x' * 40)\n"
             f"    print(end='', flush=True); time.sleep({seconds / batches})")
-    return f"python -c {json.dumps(code)}"
+    return f"python -c {shlex.quote(code)}"
 
 
 def before(env: dict[str, str], ref: str, entrypoint: str) -> dict:
@@ -74,7 +76,9 @@ def before(env: dict[str, str], ref: str, entrypoint: str) -> dict:
         subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
         child_env = {**env, "PYTHONPATH": os.pathsep.join([str(Path(tree) / "plugins"), str(ROOT)])}
         done = subprocess.run([sys.executable, "-c", _BEFORE_SCRIPT, entrypoint, f"before-{uuid.uuid4().hex[:8]}"],
-                              env=child_env, cwd=tree, capture_output=True, text=True, check=True)
+                              env=child_env, cwd=tree, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the operator of {ref} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -101,8 +105,9 @@ def after(entrypoint: str) -> dict:
         op.execute({"ti": ti})
     except TaskDeferred as deferred:
         slot = time.perf_counter() - clock
-        trigger = deferred.value.trigger
-    trigger.log.disabled = True  # the lines themselves are not what is measured
+        trigger = deferred.trigger
+    trigger._log = logging.getLogger("bench.trigger")  # the lines themselves are not what is measured
+    trigger._log.disabled = True
 
     async def first_event():
         async for event in trigger.run():
