@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import tempfile
 from pathlib import Path
@@ -16,10 +17,16 @@ _OFFLINE = {
     "TOKENIZERS_PARALLELISM": "false",
     "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
     "TLDEXTRACT_CACHE": os.path.join(tempfile.gettempdir(), "tldextract-tests"),
-    "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 os.environ.update(_OFFLINE)
+# Token auth for every Ray cluster of the session, with one token: the integration stack's and the
+# unit tests' local ones. Ray caches the auth mode and token per process, so a session that mixed
+# modes or tokens would fail the clusters after the first.
+_RAY_TOKEN = Path(tempfile.mkdtemp(prefix="ray-token-")) / "ray_auth_token"
+_RAY_TOKEN.write_text(secrets.token_hex(32))
+_RAY_TOKEN.chmod(0o600)
+os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_RAY_TOKEN)})
 # Airflow (DagBag in the integrity test) keeps its files in a throwaway home.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

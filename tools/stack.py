@@ -98,9 +98,13 @@ def services(stack: LocalStackSettings) -> list[Service]:
 
 
 def ray_auth_token(work: Path) -> Path:
-    """The local cluster's token (``RAY_AUTH_MODE=token``): made once per work dir, readable only by
-    its owner. Every node and client of the stack reads it from this file (``RAY_AUTH_TOKEN_PATH``);
-    Airflow sends it as the ``ray_default`` connection's password."""
+    """The local cluster's token file (``RAY_AUTH_MODE=token``): the one ``RAY_AUTH_TOKEN_PATH`` names if
+    it exists (a token of the user's own), else one made once per work dir, readable only by its
+    owner. Every node and client of the stack reads it; Airflow sends it as the ``ray_default``
+    connection's password."""
+    given = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if given and Path(given).is_file():
+        return Path(given)
     path = work / "secrets" / "ray_auth_token"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

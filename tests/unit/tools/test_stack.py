@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +53,7 @@ def test_ray_temp_dir_is_in_the_work_dir_unless_unix_socket_paths_would_get_too_
 
 
 def test_the_stack_environment_points_every_client_at_the_local_servers(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")  # no token of the user's own: the stack makes one
     monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path))
     monkeypatch.setenv("STACK_S3_PORT", "28444")
     monkeypatch.setenv("STACK_CHROMA_PORT", "28001")
@@ -59,5 +62,19 @@ def test_the_stack_environment_points_every_client_at_the_local_servers(monkeypa
     assert env["PIPELINE_CHROMA_URL"] == "http://127.0.0.1:28001"
     assert env["ANONYMIZED_TELEMETRY"] == "False"
     assert '"endpoint_url": "http://127.0.0.1:28444"' in env["AIRFLOW_CONN_AWS_DEFAULT"]
-    assert env["RAY_AUTH_MODE"] == "disabled"
+    assert env["RAY_AUTH_MODE"] == "token"
+    token = Path(env["RAY_AUTH_TOKEN_PATH"])
+    assert token.is_relative_to(tmp_path) and token.stat().st_mode & 0o777 == 0o600
+    assert json.loads(env["AIRFLOW_CONN_RAY_DEFAULT"])["password"] == token.read_text()
+    assert stack.stack_env()["RAY_AUTH_TOKEN_PATH"] == str(token)  # made once, then kept
     assert env["AIRFLOW_HOME"].startswith(str(tmp_path))
+
+
+def test_a_token_of_the_users_own_is_the_stacks(monkeypatch, tmp_path):
+    mine = tmp_path / "my-token"
+    mine.write_text("a-token-the-team-shares")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(mine))
+    monkeypatch.setenv("PIPELINE_WORK_DIR", str(tmp_path / "work"))
+    env = stack.stack_env()
+    assert env["RAY_AUTH_TOKEN_PATH"] == str(mine)
+    assert json.loads(env["AIRFLOW_CONN_RAY_DEFAULT"])["password"] == "a-token-the-team-shares"
