@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.monotonic()
-    env = {**os.environ, **stack.stack_env()}
+    # The demo's jobs take seconds: their deferred tasks ask for the status every second, not every 5.
+    env = {"PIPELINE_RAY_POLL_SECONDS": "1", **os.environ, **stack.stack_env()}
     os.environ.update(env)  # this process talks to the same stack as its children
     from include.settings import get_settings
     from include.storage import Storage, join_uri
