@@ -9,8 +9,9 @@ documents gone from the inbox or quarantined (none: no job).
 
 Trigger with ``{"keys": ["a.pdf", ...]}`` (relative to the inbox, or full URIs) to look
 only at those, with ``{"reprocess": true}`` to put them (or the whole inbox) through
-every stage again, and with ``{"recompute": ["embed"]}`` (or ``["all"]``) to redo stages
-instead of reusing their results.
+every stage again, with ``{"recompute": ["embed"]}`` (or ``["all"]``) to redo stages
+instead of reusing their results, and with ``{"allow_mass_delete": true}`` to remove more of
+the index than a run may at once (``PIPELINE_MAX_DELETE_FRACTION``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ with DAG(
         "keys": Param([], type="array", description="Only these inbox keys (empty: all)."),
         "reprocess": Param(False, type="boolean",
                            description="Process the documents again even if the ledger has them unchanged."),
+        "allow_mass_delete": Param(
+            False, type="boolean",
+            description="Remove every document gone from the inbox, even more than PIPELINE_MAX_DELETE_FRACTION "
+            "of the index (for a deliberate clean-out).",
+        ),
         "recompute": Param(
             [], type="array", items={"enum": ["all", *ingest.STAGE_ORDER]},
             description="Stages that redo every document instead of reusing recorded results.",
@@ -60,7 +66,7 @@ with DAG(
         params = params or {}
         return ingest.plan_run(
             dag_run.dag_id, dag_run.run_id, params.get("keys"), reprocess=bool(params.get("reprocess")),
-            is_active=ingest.airflow_run_is_active(ti),
+            allow_mass_delete=bool(params.get("allow_mass_delete")), is_active=ingest.airflow_run_is_active(ti),
         )
 
     @task_group

@@ -69,8 +69,9 @@ class BatchSpec(BaseModel):
 
 
 class PruneSpec(BaseModel):
-    """What a run's prune job reads: the sources whose vectors leave the store (gone from the
-    inbox, or quarantined), so no store credential is needed where the run is planned."""
+    """What a run's prune job reads: the sources whose vectors and artifacts go (gone from the
+    inbox, or quarantined), or whose older versions' do (replaced), so no store credential is
+    needed where the run is planned."""
 
     run_id: str
     source_uris: list[str]
@@ -158,6 +159,8 @@ class BatchResult(JobResult):
 
 
 class PruneResult(JobResult):
-    """What a prune job removed: vectors per source URI."""
+    """What a prune job removed: vectors per source URI; and the sources found in the inbox again,
+    with the version (doc id) whose vectors it left."""
 
     removed: dict[str, int] = {}
+    kept: dict[str, str] = {}

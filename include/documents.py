@@ -87,11 +87,17 @@ def hashed(storage: Storage, document: DocumentRef) -> DocumentRef:
 
 
 def key_uris(inbox_uri: str, keys: list[str]) -> list[str]:
-    """Keys relative to the inbox (raw, any characters) or full URIs, as the URIs ``list`` gives.
+    """Keys relative to the inbox (raw, any characters) or full URIs, as the URIs ``list`` gives;
+    ``ValueError`` for a URI outside the inbox: a run takes nothing else.
 
     Only a leading ``<scheme>://`` makes a full URI: a relative key may hold ``://`` further on.
     """
-    return [canonical_uri(key if uri_scheme(key) else join_uri(inbox_uri, key)) for key in keys]
+    uris = [canonical_uri(key if uri_scheme(key) else join_uri(inbox_uri, key)) for key in keys]
+    inbox = canonical_uri(inbox_uri).rstrip("/") + "/"
+    if outside := [uri for uri in uris if not uri.startswith(inbox)]:
+        raise ValueError(f"{', '.join(outside)}: not under the inbox {inbox}; name keys of the inbox (relative to it, "
+                         "or full URIs under it)")
+    return uris
 
 
 class Unreadable(BaseModel):

@@ -1,4 +1,5 @@
-"""The prune job: the vectors of sources a run deleted or quarantined leave the store.
+"""The prune job: the vectors and artifacts of sources a run deleted or quarantined leave, and
+the artifacts of the older versions of sources it replaced.
 
     python -m include.prune --spec s3://.../runs/<dag>/<run>/prune.json
 
@@ -16,20 +17,61 @@ import os
 import sys
 
 from include.backends.vector_stores import build_vector_store
-from include.contract import JobResult, PruneResult, PruneSpec, now
-from include.settings import get_settings
-from include.storage import Storage
+from include.contract import JobResult, PruneResult, PruneSpec, StageManifest, now
+from include.documents import document_id, id_prefix
+from include.settings import PipelineSettings, get_settings
+from include.stages import STAGES
+from include.stages.base import MANIFEST_NAME
+from include.storage import ObjectNotFound, Storage, join_uri, relative_key
 
 log = logging.getLogger("include.prune")
 
 
-def prune(spec: PruneSpec) -> dict[str, int]:
-    """Vectors removed per source."""
-    store = build_vector_store(get_settings())
-    removed = {}
+def prune(spec: PruneSpec) -> tuple[dict[str, int], dict[str, str]]:
+    """Vectors removed per source, and the sources back in the inbox with the version whose vectors
+    stay. A source is looked up first: one uploaded again since the spec was written (a replayed old
+    run's spec, a file dropped back) keeps its current version's vectors; older ones go."""
+    settings = get_settings()
+    store, storage = build_vector_store(settings), Storage(settings)
+    removed: dict[str, int] = {}
+    kept: dict[str, str] = {}
     for uri in spec.source_uris:
-        removed[uri] = store.delete_stale(uri, keep_ids=set())
-        log.info("PRUNED %s: %d vector(s) removed", uri, removed[uri])
+        try:
+            current = document_id(uri, storage.stat(uri).version)
+        except ObjectNotFound:
+            current = None
+        removed[uri] = store.delete_stale(uri, keep_ids=set(), keep_doc_id=current)
+        files = remove_artifacts(settings, storage, uri, keep_doc_id=current)
+        if files:
+            log.info("PRUNED %s: %d artifact file(s) of its other versions removed", uri, files)
+        if current is None:
+            log.info("PRUNED %s: %d vector(s) removed", uri, removed[uri])
+        else:
+            kept[uri] = current
+            log.info("PRUNED %s: %d vector(s) of older versions removed; it is in the inbox again, and its "
+                     "current version's vectors (%s), if any, stay", uri, removed[uri], current)
+    return removed, kept
+
+
+def remove_artifacts(settings: PipelineSettings, storage: Storage, source_uri: str, keep_doc_id: str | None) -> int:
+    """Every stage's artifacts of the source's versions, but those of ``keep_doc_id``; the number of
+    files removed. A version's folder is found by its id's readable prefix, and is the source's when
+    its manifest says so (another file of the same name elsewhere has the same prefix)."""
+    removed = 0
+    for stage in STAGES.values():
+        folders: dict[str, list[str]] = {}
+        stage_root = join_uri(settings.artifacts_uri, stage.output_dir)
+        for info in storage.list_objects(join_uri(stage_root, id_prefix(source_uri))):
+            folders.setdefault(relative_key(stage_root, info.uri).split("/", 1)[0], []).append(info.uri)
+        for doc_id, uris in folders.items():
+            manifest = join_uri(stage_root, doc_id, MANIFEST_NAME)
+            if doc_id == keep_doc_id or not storage.exists(manifest):
+                continue
+            if StageManifest.model_validate(storage.read_json(manifest)).document.source_uri != source_uri:
+                continue
+            for uri in sorted(uris, key=lambda u: u == manifest):  # the manifest last: a retry finds the rest
+                storage.delete(uri)
+            removed += len(uris)
     return removed
 
 
@@ -46,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     started = now()
     fields: dict[str, object] = {"submission_id": os.environ.get("JOB_SUBMISSION_ID"), "started_at": started}
     try:
-        removed = prune(PruneSpec.model_validate(storage.read_json(args.spec)))
-        result = PruneResult(**fields, status="succeeded", removed=removed, finished_at=now(),
+        removed, kept = prune(PruneSpec.model_validate(storage.read_json(args.spec)))
+        result = PruneResult(**fields, status="succeeded", removed=removed, kept=kept, finished_at=now(),
                              metrics={"sources": len(removed), "vectors_removed": sum(removed.values())})
     except Exception as exc:
         log.error("prune failed: %s", exc)

@@ -37,6 +37,9 @@ class PoolSettings(BaseModel):
     min_actors: int = Field(default=1, ge=1)
     max_actors: int = Field(default=2, ge=1)
     actor_cpus: float = Field(default=1.0, gt=0)
+    # Ray places an actor only where this much memory is free, and counts it against the node: the
+    # pools of concurrent jobs cannot overcommit a node (the largest actor measured held 1.4 GB).
+    actor_memory_mb: int = Field(default=2048, ge=64)
 
 
 class ModelPrice(BaseModel):
@@ -96,6 +99,16 @@ class PipelineSettings(BaseSettings):
     describe_min_points: float = Field(
         default=48.0, gt=0, description="Pictures smaller than this on either side (in PDF points) are "
         "decoration: not described."
+    )
+    max_pages_per_document: int = Field(
+        default=5000, ge=1,
+        description="A PDF with more pages is not converted: it goes to quarantine, from its page count, read "
+        "before any conversion (a file of 20,000 blank pages is a few MB).",
+    )
+    describe_max_pixels: int = Field(
+        default=4_000_000, ge=10_000,
+        description="Most pixels of an image rendered for the vision model: a bigger region (a page that "
+        "declares itself metres wide) is rendered at a lower scale, never allocated whole.",
     )
     extract_pages_per_part: int = Field(
         default=32,
@@ -258,6 +271,16 @@ class PipelineSettings(BaseSettings):
         default=0, ge=0, description="GPUs per generator actor (Ray's num_gpus); 0 = CPU."
     )
     query_batch_size: int = Field(default=16, ge=1, description="Questions per batch handed to each step.")
+    query_max_questions: int = Field(
+        default=10_000, ge=1,
+        description="A questions file with more rows is refused whole (from its Parquet metadata, before any "
+        "work): split it into several files.",
+    )
+    query_max_prompt_chars: int = Field(
+        default=4000, ge=1,
+        description="A longer question is not embedded nor sent to a model: its row gets an error, the others "
+        "are answered.",
+    )
     # One actor per step by default, and CPUs that add up to less than the local stack's two:
     # every pool's actors hold their CPUs for the whole job, and the read and write tasks
     # (query_io_cpus each) need the rest. The generator does the heavy work.

@@ -41,9 +41,19 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 class StorageError(RuntimeError):
     """A storage call failed; the message names the URI."""
 
+    infrastructure = True  # the store, its credentials or its configuration: not a document's doing
+
 
 class ObjectNotFound(StorageError):
-    pass
+    """The object is not there: a document that vanished, or an output that was removed."""
+
+    infrastructure = False
+
+
+class VersionChanged(StorageError):
+    """A conditional copy or delete found another version of the object than the one it was for."""
+
+    infrastructure = False
 
 
 def uri_scheme(uri: str) -> str | None:
@@ -138,7 +148,9 @@ class Backend(Protocol):
     def delete(self, uri: str) -> None: ...
     def iter_chunks(self, uri: str) -> Iterator[bytes]: ...
     def stat(self, uri: str) -> ObjectInfo: ...
-    def copy(self, source_uri: str, target_uri: str) -> None: ...
+    # ``if_version``: only if the object is still that version (``VersionChanged`` otherwise).
+    def copy(self, source_uri: str, target_uri: str, if_version: str | None = None) -> None: ...
+    def delete_version(self, uri: str, version: str) -> None: ...
 
 
 class LocalBackend:
@@ -174,7 +186,14 @@ class LocalBackend:
         info = self._info(path)
         return ObjectInfo(uri, info.size, info.version)
 
-    def copy(self, source_uri: str, target_uri: str) -> None:
+    def _check_version(self, uri: str, version: str) -> None:
+        # Not atomic with what follows: a local folder is for development; S3 checks server-side.
+        if (current := self.stat(uri).version) != version:
+            raise VersionChanged(f"{uri} is version {current} now, not {version}")
+
+    def copy(self, source_uri: str, target_uri: str, if_version: str | None = None) -> None:
+        if if_version is not None:
+            self._check_version(source_uri, if_version)
         source, target = self._path(source_uri), self._path(target_uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
@@ -185,19 +204,29 @@ class LocalBackend:
         tmp.replace(target)
 
     def list(self, prefix_uri: str) -> list[ObjectInfo]:
+        """Every file under the folder, or, as S3 does, whose path starts with the prefix."""
         root = self._path(prefix_uri)
-        if not root.is_dir():
+        if root.is_dir():
+            tops = [root]
+        elif prefix_uri.endswith("/") or not root.parent.is_dir():
             return []
+        else:
+            tops = [path for path in root.parent.iterdir() if path.name.startswith(root.name)]
         found = []
-        # Not resolve()d: under a symlinked folder that would name a file outside the prefix,
-        # unlike join_uri(prefix, key) for the same file.
-        for path in root.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
-                found.append(self._info(path))
+        for top in tops:
+            # Not resolve()d: under a symlinked folder that would name a file outside the prefix,
+            # unlike join_uri(prefix, key) for the same file.
+            for path in ([top] if top.is_file() else top.rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    found.append(self._info(path))
         return sorted(found, key=lambda info: info.uri)
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)
+
+    def delete_version(self, uri: str, version: str) -> None:
+        self._check_version(uri, version)
+        self.delete(uri)
 
     def iter_chunks(self, uri: str) -> Iterator[bytes]:
         try:
@@ -278,6 +307,20 @@ class S3Backend:
         bucket, key = split_s3_uri(uri)
         self._client.delete_object(Bucket=bucket, Key=key)
 
+    def delete_version(self, uri: str, version: str) -> None:
+        """S3's conditional delete (``If-Match``): a newer upload under the key is left alone."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3_uri(uri)
+        try:
+            self._client.delete_object(Bucket=bucket, Key=key, IfMatch=f'"{version}"')
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412"):
+                raise VersionChanged(f"{uri} is no longer version {version}") from exc
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                raise ObjectNotFound(f"no object at {uri}") from exc
+            raise
+
     def stat(self, uri: str) -> ObjectInfo:
         from botocore.exceptions import ClientError
 
@@ -290,17 +333,21 @@ class S3Backend:
             raise
         return ObjectInfo(uri, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
 
-    def copy(self, source_uri: str, target_uri: str) -> None:
-        """Server-side (multipart above 8 MB, so any size S3 holds); the bytes never pass through here."""
+    def copy(self, source_uri: str, target_uri: str, if_version: str | None = None) -> None:
+        """Server-side (multipart above 8 MB, so any size S3 holds); the bytes never pass through here.
+        With ``if_version``, S3 copies only that version (``CopySourceIfMatch``)."""
         from botocore.exceptions import ClientError
 
         bucket, key = split_s3_uri(source_uri)
         target_bucket, target_key = split_s3_uri(target_uri)
+        extra = {"CopySourceIfMatch": f'"{if_version}"'} if if_version is not None else None
         try:
-            self._client.copy({"Bucket": bucket, "Key": key}, target_bucket, target_key)
+            self._client.copy({"Bucket": bucket, "Key": key}, target_bucket, target_key, ExtraArgs=extra)
         except ClientError as exc:
             if _error_code(exc) in ("NoSuchKey", "404"):
                 raise ObjectNotFound(f"no object at {source_uri}") from exc
+            if _error_code(exc) in ("PreconditionFailed", "412"):
+                raise VersionChanged(f"{source_uri} is no longer version {if_version}") from exc
             raise
 
     def iter_chunks(self, uri: str) -> Iterator[bytes]:
@@ -375,13 +422,26 @@ class Storage:
         """Size and version tag of one object; ``ObjectNotFound`` if there is none."""
         return self._backend(uri).stat(uri)
 
-    def move(self, source_uri: str, target_uri: str) -> None:
-        """Copy, then delete the source: the object is never absent from both places."""
+    def move(self, source_uri: str, target_uri: str, *, if_version: str | None = None) -> bool:
+        """Copy, then delete the source: the object is never absent from both places. With
+        ``if_version``, only that version moves (``VersionChanged`` if the source is another one
+        already), and a newer version uploaded meanwhile is never deleted: it stays, and the result
+        is False (True when the source is gone)."""
+        source = self._backend(source_uri)
         if uri_scheme(source_uri) != uri_scheme(target_uri):
+            if if_version is not None and (current := source.stat(source_uri).version) != if_version:
+                raise VersionChanged(f"{source_uri} is version {current} now, not {if_version}")
             self.write_bytes(target_uri, self.read_bytes(source_uri))
         else:
-            self._backend(source_uri).copy(source_uri, target_uri)
-        self.delete(source_uri)
+            source.copy(source_uri, target_uri, if_version=if_version)
+        if if_version is None:
+            self.delete(source_uri)
+            return True
+        try:
+            source.delete_version(source_uri, if_version)
+        except VersionChanged:
+            return False
+        return True
 
     def arrow_filesystem(self, uri: str) -> tuple[Any, str]:
         """A pyarrow filesystem and path for ``uri``: what Ray Data reads and writes Parquet through.

@@ -65,12 +65,14 @@ def settings(tmp_path) -> PipelineSettings:
 @pytest.fixture
 def pipeline_env(settings, monkeypatch) -> ControlSettings:
     """The ``settings`` fixture's places as ``PIPELINE_*`` variables, for code that reads
-    ``get_control_settings()`` as the DAG's tasks do."""
+    ``get_control_settings()`` as the DAG's tasks do; its ledger upgraded, as a deploy would."""
+    from include.control.ledger.store import Ledger, default_url
     from include.control.settings import get_control_settings, reload_settings
 
     for name in ("work_dir", "inbox_uri", "artifacts_uri", "quarantine_uri"):
         monkeypatch.setenv(f"PIPELINE_{name.upper()}", str(getattr(settings, name)))
     reload_settings()
+    Ledger(default_url(get_control_settings())).upgrade()
     yield get_control_settings()
     reload_settings()
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from include.contract import BatchResult, DocumentRef, StageManifest
 from include.documents import describe
 from include.settings import PipelineSettings
+from include.stages.base import StageInput
 from include.stages.local import run_stages
 from include.storage import Storage, join_uri
 
@@ -39,27 +40,52 @@ def run_until(settings: PipelineSettings, document: DocumentRef, last: str, **op
 DAG_ID = "document_ingest"
 
 
+def upgraded_ledger(settings) -> None:
+    """The deploy step, for a test that plans runs in a work dir of its own."""
+    from include.control.ledger.store import Ledger, default_url
+    from include.control.settings import ControlSettings
+
+    Ledger(default_url(ControlSettings(**settings.model_dump()))).upgrade()
+
+
 def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess: bool = False,
-                        is_active=lambda dag_id, run_id: True) -> dict:
+                        allow_mass_delete: bool = False, is_active=lambda dag_id, run_id: True) -> dict:
     """One ``document_ingest`` run in this process, task by task, with the stages run inline;
-    the settings come from the environment, as in the DAG. Returns the run's summary."""
+    the settings come from the environment, as in the DAG. A stage whose job fails for the
+    infrastructure (``include.failures``) pushes no result and skips the later stages of its batch,
+    as the DAG's failed task does; any other exception out of a job is a bug, and raised. Returns the
+    run's summary."""
     from include.contract import BatchSpec
     from include.control import ingest
     from include.control.settings import get_control_settings
+    from include.failures import is_infrastructure
+    from include.stages import STAGES
+    from include.stages.base import first_stage_inputs, run_stage
+    from include.stages.execution import run_inline
 
     settings = get_control_settings()
     storage = Storage(settings)
-    batches = ingest.plan_run(DAG_ID, run_id, keys, reprocess=reprocess, is_active=is_active)
+    batches = ingest.plan_run(DAG_ID, run_id, keys, reprocess=reprocess, allow_mass_delete=allow_mass_delete,
+                              is_active=is_active)
     results: dict[str, list[dict]] = {stage: [] for stage in ingest.STAGE_ORDER}
     for batch in batches:
         spec = BatchSpec.model_validate(storage.read_json(batch["batch_uri"]))
-        by_stage = run_stages(settings, spec.documents, "load", batch_id=spec.batch_id, recompute=reprocess,
-                              ingested_sha256=spec.ingested_sha256)
-        for stage, result in by_stage.items():
+        items, settled = first_stage_inputs(storage, spec.documents, spec.ingested_sha256)
+        for stage in ingest.STAGE_ORDER:
+            try:
+                result = run_stage(STAGES[stage], settings, items, batch_id=spec.batch_id, executor=run_inline,
+                                   recompute=reprocess, settled=settled)
+            except Exception as exc:
+                if not is_infrastructure(exc):
+                    raise
+                break
             uri = join_uri(ingest.stage_result_prefix(DAG_ID, run_id, spec.batch_id, stage), "inline.json")
             storage.write_json(uri, result.model_dump(mode="json"))
             ingest.record_stage(run_id, result)
             results[stage].append({"result_uri": uri})
+            items, settled = [StageInput(m.document, m, o.manifest_uri) for o, m in _manifests(storage, result)], []
+            if not items:
+                break
     summary = ingest.finish_run(DAG_ID, run_id, results)
     spec = ingest.prune_spec_uri(DAG_ID, run_id)
     if storage.exists(spec):
@@ -67,10 +93,14 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
         from include.prune import prune
 
         started = now()
-        removed = prune(PruneSpec.model_validate(storage.read_json(spec)))
-        ingest.record_prune(run_id, PruneResult(status="succeeded", removed=removed, started_at=started,
+        removed, kept = prune(PruneSpec.model_validate(storage.read_json(spec)))
+        ingest.record_prune(run_id, PruneResult(status="succeeded", removed=removed, kept=kept, started_at=started,
                                                 finished_at=now()))
     return summary
+
+
+def _manifests(storage: Storage, result: BatchResult) -> list[tuple]:
+    return [(o, StageManifest.model_validate(storage.read_json(o.manifest_uri))) for o in result.succeeded]
 
 
 def task_instance(dag_id: str, run_id: str, task_id: str, *, try_number: int = 1, max_tries: int = 0,

@@ -1,7 +1,7 @@
 """The embedded local stack: a real SeaweedFS S3 server, a real Chroma server, a real Ray
 head, Airflow's DB.
 
-    python -m tools.stack up       # start what is not running, health-check all
+    python -m tools.stack up       # start what is not running, health-check all, upgrade the ledger
     python -m tools.stack status
     python -m tools.stack down     # stop by PID (``down s3``: only the S3 server)
     python -m tools.stack env      # print the environment as shell exports
@@ -348,6 +348,16 @@ def up(timeout: float = 90.0) -> None:
                 continue
             _stop(service, work)
         _start(service, pipeline, stack, timeout)
+    upgrade_ledger()
+
+
+def upgrade_ledger() -> None:
+    """The ledger's schema to this code's revision: the deploy step tasks expect done."""
+    from include.control.ledger.store import Ledger, default_url
+    from include.control.settings import ControlSettings
+
+    ledger = Ledger(default_url(ControlSettings()))
+    print(f"ledger: {ledger.location} at revision {ledger.upgrade()}", flush=True)
 
 
 def _stop(service: Service, work: Path, grace: float = 20.0) -> None:

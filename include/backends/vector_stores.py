@@ -68,6 +68,7 @@ class EmbedderMismatch(RuntimeError):
     """Vectors of one embedder written to, or searched with, a store made by another."""
 
     retryable = False  # the same job would fail the same way
+    infrastructure = True  # a configuration to fix, not a document's doing
 
 
 # Equality on metadata fields, Chroma's ``where`` syntax (``{"doc_id": "..."}``, ``{"$and": [...]}``).
@@ -78,7 +79,8 @@ class VectorStore(Protocol):
     location: str
 
     def upsert(self, records: list[VectorRecord]) -> None: ...
-    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int: ...
+    # Removes the source's vectors but those in ``keep_ids`` and those of the version ``keep_doc_id``.
+    def delete_stale(self, source_uri: str, keep_ids: set[str], keep_doc_id: str | None = None) -> int: ...
     def count(self, doc_id: str | None = None) -> int: ...
     def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]: ...
     def scan(self) -> Iterator[tuple[str, str, Metadata]]: ...
@@ -153,11 +155,11 @@ class ChromaStore:
                 metadatas=[r.metadata for r in records],
             )
 
-    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int:
+    def delete_stale(self, source_uri: str, keep_ids: set[str], keep_doc_id: str | None = None) -> int:
         """Remove this source's vectors that the latest load did not write."""
         with self._lock:
             ids = self._collection.get(where={"source_uri": source_uri}, include=[])["ids"]
-            stale = [i for i in ids if i not in keep_ids]
+            stale = [i for i in ids if i not in keep_ids and not _of_version(i, keep_doc_id)]
             if stale:
                 self._collection.delete(ids=stale)
         return len(stale)
@@ -192,6 +194,11 @@ class ChromaStore:
                 result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
             )
         ]
+
+
+def _of_version(vector_id: str, doc_id: str | None) -> bool:
+    """Is the vector one of that version's (ids are ``<doc_id>#<chunk>``)?"""
+    return doc_id is not None and vector_id.startswith(f"{doc_id}#")
 
 
 def cosine_similarities(vector: list[float], stored: dict[str, list[float]]) -> dict[str, float]:
@@ -326,10 +333,11 @@ class PineconeStore:
             for vector_id, vector in found.vectors.items():
                 yield vector_id, dict(vector.metadata or {}), list(vector.values)
 
-    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int:
+    def delete_stale(self, source_uri: str, keep_ids: set[str], keep_doc_id: str | None = None) -> int:
         """Remove this source's vectors that the latest load did not write (ids share a prefix
         per source name; the metadata says which source each one is)."""
-        candidates = [i for i in self._ids(id_prefix(source_uri)) if i not in keep_ids]
+        candidates = [i for i in self._ids(id_prefix(source_uri))
+                      if i not in keep_ids and not _of_version(i, keep_doc_id)]
         stale = [i for i, meta, _ in self._fetch(candidates) if meta.get("source_uri") == source_uri]
         for start in range(0, len(stale), PINECONE_MAX_IDS_PER_CALL):
             self._open().delete(ids=stale[start : start + PINECONE_MAX_IDS_PER_CALL], namespace=self._namespace)

@@ -60,6 +60,11 @@ class RunPlan(BaseModel):
     held: dict[str, str] = {}
     # Ingested documents no longer in the inbox: the prune job removes their vectors.
     deleted: list[str] = []
+    # Documents the listing did not show but are still there (a HEAD found them): not deleted.
+    still_there: list[str] = []
+    # Deletions held back (over ``max_delete_fraction``): why, and which; the next run tries again.
+    deletions_held: list[str] = []
+    deletions_held_reason: str | None = None
 
 
 def plan_batches(

@@ -25,20 +25,17 @@ def ray_job_options() -> dict[str, Any]:
 
 def work_sensor(task_id: str, *, bucket: str, bucket_key: str,
                 has_work: Callable[[list[dict[str, Any]], dict[str, Any] | None], bool]) -> Any:
-    """An S3 sensor that waits for *work* under a prefix, not for objects: ``has_work`` gets the
-    listing (Key, Size, ETag) and the run's params. No work before the timeout skips the run."""
-    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-
+    """A sensor that waits for *work* under a prefix, not for objects: ``has_work`` gets the listing
+    (Key, Size, ETag), an empty one too, and the run's params. No work before the timeout skips the run."""
+    from include.control.sensors import S3WorkSensor
     from include.control.settings import get_control_settings
 
     settings = get_control_settings()
-    return S3KeySensor(
+    return S3WorkSensor(
         task_id=task_id,
         bucket_name=bucket,
-        bucket_key=bucket_key,
-        wildcard_match=True,
-        check_fn=lambda files, **context: has_work(files, context.get("params")),
-        metadata_keys=["Key", "Size", "ETag"],
+        bucket_keys=bucket_key,
+        has_work=has_work,
         aws_conn_id="aws_default",
         poke_interval=settings.sensor_poke_seconds,
         timeout=settings.sensor_timeout_seconds,

@@ -23,6 +23,7 @@ from typing import Any
 from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef, PruneResult, PruneSpec
 from include.control import report
 from include.control.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
+from include.control.inbox_keys import taken
 from include.control.incremental import Reason, pending, tally
 from include.control.ledger import Entry, Final, Ledger, Status
 from include.control.quarantine import quarantine
@@ -30,7 +31,7 @@ from include.control.settings import ControlSettings, get_control_settings
 from include.documents import key_uris, listed, planned
 from include.fingerprints import STAGE_ORDER, pipeline_fingerprint
 from include.settings import PROJECT_ROOT, is_job_setting
-from include.storage import Storage, join_uri, s3_object_info, split_s3_uri
+from include.storage import ObjectNotFound, Storage, join_uri, s3_object_info, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def inbox_has_work(files: list[dict[str, Any]], params: dict[str, Any] | None = 
         return True
     settings = get_control_settings()
     bucket = split_s3_uri(settings.inbox_uri)[0]
-    listing = [s3_object_info(bucket, entry) for entry in files]
+    listing, refused = taken(settings, [s3_object_info(bucket, entry) for entry in files])
+    for item in refused:
+        log.warning("not work: %s", item.error)
     entries = Ledger.open(settings).entries(under=settings.inbox_uri)
     found = pending(listing, entries, fingerprint=pipeline_fingerprint(settings), max_attempts=settings.max_attempts)
     log.info("Inbox: %s", found.describe())
@@ -88,13 +91,15 @@ def plan_run(
     keys: list[str] | None = None,
     *,
     reprocess: bool = False,
+    allow_mass_delete: bool = False,
     is_active: RunIsActive = _assume_active,
 ) -> list[dict[str, Any]]:
     """The run's batches; planned, claimed and written on the first call, read back on a retry.
 
     With ``keys``, only those objects (relative to the inbox, or full URIs) are looked at,
     and nothing is deleted; with ``reprocess``, they go through every stage again even
-    if the ledger has them ingested and unchanged.
+    if the ledger has them ingested and unchanged; with ``allow_mass_delete``, every document
+    gone from the inbox is removed, however many (see ``ControlSettings.max_delete_fraction``).
     """
     settings = get_control_settings()
     storage = Storage(settings)
@@ -103,11 +108,13 @@ def plan_run(
     if plan is not None:
         log.info("This run's plan is already written at %s: using it", folder)
     else:
-        plan = _plan(settings, storage, folder, dag_id, run_id, keys, reprocess, is_active)
+        plan = _plan(settings, storage, folder, dag_id, run_id, keys, reprocess, allow_mass_delete, is_active)
     for item in plan.unreadable:
         log.warning("not ingested: %s", item.error)
     for uri, holder in plan.held.items():
         log.warning("not ingested by this run: %s is being processed by run %s", uri, holder)
+    if plan.deletions_held_reason:
+        log.warning("%s", plan.deletions_held_reason)
     documents = sum(b.documents for b in plan.batches)
     if not plan.batches and not plan.deleted and not plan.rejected:
         log.info("Nothing to do: %d document(s) unchanged since they were ingested, %d held by another run; "
@@ -119,12 +126,14 @@ def plan_run(
 
 
 def _plan(settings: ControlSettings, storage: Storage, folder: str, dag_id: str, run_id: str,
-          keys: list[str] | None, reprocess: bool, is_active: RunIsActive) -> RunPlan:
+          keys: list[str] | None, reprocess: bool, allow_mass_delete: bool, is_active: RunIsActive) -> RunPlan:
     """Decide from the listing and the ledger alone: no object is read here (the extract job
     hashes what it processes, and tells a file copied over itself from a changed one)."""
     ledger = Ledger.open(settings)
     fingerprint = pipeline_fingerprint(settings)
     listing, unreadable = listed(storage, settings.inbox_uri, keys)
+    listing, refused = taken(settings, listing)
+    unreadable += refused
     if keys:
         entries = ledger.entries(source_uris=[info.uri for info in listing])
     else:
@@ -138,9 +147,13 @@ def _plan(settings: ControlSettings, storage: Storage, folder: str, dag_id: str,
         for doc in claimed if doc.size_bytes > settings.max_document_bytes
     ]
     too_big = {r.document.source_uri for r in rejected}
-    deleted = [uri for uri in first.deleted
-               if not (entries[uri].claim_run_id and entries[uri].claim_run_id != run_id
-                       and is_active(entries[uri].claim_dag_id or dag_id, entries[uri].claim_run_id))]
+    gone = [uri for uri in first.deleted
+            if not (entries[uri].claim_run_id and entries[uri].claim_run_id != run_id
+                    and is_active(entries[uri].claim_dag_id or dag_id, entries[uri].claim_run_id))]
+    deleted, still_there = _confirmed_gone(storage, gone)
+    held_back, why = _deletions_held(settings, entries, deleted, allow_mass_delete)
+    if held_back:
+        deleted = []
     batches = plan_batches(
         [doc for doc in claimed if doc.source_uri not in too_big],
         max_documents=settings.batch_max_documents,
@@ -151,13 +164,43 @@ def _plan(settings: ControlSettings, storage: Storage, folder: str, dag_id: str,
     plan = RunPlan(
         run_id=run_id, batches=[], unreadable=unreadable, rejected=rejected,
         reasons={uri: reason for uri, reason in first.reasons.items() if uri in kept},
-        unchanged=first.unchanged, gave_up=first.gave_up, held=held, deleted=deleted,
+        unchanged=first.unchanged, gave_up=first.gave_up, held=held, deleted=deleted, still_there=still_there,
+        deletions_held=held_back, deletions_held_reason=why,
     )
     # Only a listing change may turn out to be no change: a reprocess or a stale fingerprint is work anyway.
     retagged = {uri for uri in kept if plan.reasons.get(uri) == Reason.CHANGED}
     plan = write_plan(storage, folder, plan, batches, ingested_sha256=_ingested_sha256(entries, retagged, fingerprint))
     ledger.start_run(dag_id, run_id, {**tally(list(plan.reasons.values())), "unchanged": plan.unchanged, "deleted": len(deleted)})
     return plan
+
+
+def _confirmed_gone(storage: Storage, uris: list[str]) -> tuple[list[str], list[str]]:
+    """Of the documents the listing no longer shows, those a HEAD confirms gone, and those still there
+    (an S3-compatible store's listing may lag its writes, or page short)."""
+    gone, there = [], []
+    for uri in uris:
+        try:
+            storage.stat(uri)
+        except ObjectNotFound:
+            gone.append(uri)
+            continue
+        log.warning("%s: missing from the inbox's listing but still there: not deleted", uri)
+        there.append(uri)
+    return gone, there
+
+
+def _deletions_held(settings: ControlSettings, entries: dict[str, Entry], deleted: list[str],
+                    allow: bool) -> tuple[list[str], str | None]:
+    """Every deletion, held back with the reason, when they are more of the index than a run may remove."""
+    indexed = sum(1 for entry in entries.values() if entry.indexed_doc_id)
+    limit = max(settings.delete_guard_min_documents, int(settings.max_delete_fraction * indexed))
+    if allow or len(deleted) <= limit:
+        return [], None
+    return deleted, (
+        f"{len(deleted)} of the {indexed} indexed documents are gone from the inbox, more than this run may remove "
+        f"({limit}: PIPELINE_MAX_DELETE_FRACTION {settings.max_delete_fraction}, at least "
+        f"PIPELINE_DELETE_GUARD_MIN_DOCUMENTS {settings.delete_guard_min_documents}); none is removed. If they "
+        "were deleted on purpose, trigger the DAG with {\"allow_mass_delete\": true}")
 
 
 def _ingested_sha256(entries: dict[str, Entry], uris: set[str], fingerprint: str) -> dict[str, str]:
@@ -183,15 +226,10 @@ def sensor_keys(keys: list[str] | None, prefix_uri: str | None = None) -> list[s
     matches them as wildcards, so a key's own '*', '?' and '[' are escaped.
     """
     under = prefix_uri or get_control_settings().inbox_uri
-    bucket, prefix = split_s3_uri(under)
+    prefix = split_s3_uri(under)[1]
     if not keys:
         return [_GLOB_CHARS.sub(r"[\1]", prefix) + "*"]
-    found = []
-    for uri in key_uris(under, keys):
-        if not uri.startswith(f"s3://{bucket}/"):
-            raise ValueError(f"{uri} is not in the bucket s3://{bucket}/ of {under}: name keys of that bucket")
-        found.append(_GLOB_CHARS.sub(r"[\1]", split_s3_uri(uri)[1]))
-    return found
+    return [_GLOB_CHARS.sub(r"[\1]", split_s3_uri(uri)[1]) for uri in key_uris(under, keys)]
 
 
 def runtime_env() -> dict[str, Any]:
@@ -223,7 +261,7 @@ def record_prune(run_id: str, result: PruneResult) -> None:
     """The prune job's result into the ledger: those sources have no vector left in the store."""
     ledger = Ledger.open(get_control_settings())
     for uri, count in result.removed.items():
-        ledger.mark_pruned(run_id, uri, count)
+        ledger.mark_pruned(run_id, uri, count, kept_doc_id=result.kept.get(uri))
 
 
 class NoPlan(LookupError):
@@ -240,6 +278,9 @@ class _Ending:
     bad_file: bool = False
     # The extract job found the bytes the ledger has ingested: nothing was redone.
     unchanged: bool = False
+    # False when the stage's job failed (the infrastructure's doing, see ``include.failures``): the
+    # document did nothing wrong, so the run is not one of its attempts.
+    counts_attempt: bool = True
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -277,6 +318,7 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
                 quarantined.append(document.source_uri)  # its key left the inbox: older vectors go too
         finals.append(Final(document, status, stage_reached=_stage_reached(end), error=end.error,
                             error_stage=end.stage, quarantine_uri=moved, unchanged=end.unchanged,
+                            counts_attempt=end.counts_attempt,
                             counts={k: int(v) for k, v in end.metrics.items() if k in ("pages", "chunks", "vectors")}))
         if end.unchanged:
             continue  # counted with the unchanged, not among the documents the run processed
@@ -284,7 +326,10 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
                      "reason": plan.reasons.get(document.source_uri, "reprocess"), "status": str(status),
                      "stage": end.stage, "error": end.error, "quarantine_uri": moved, **end.metrics})
 
-    to_prune = [*plan.deleted, *quarantined]
+    # Replaced files too: the prune job removes their older versions' artifacts (load removed the vectors).
+    replaced = [final.source_uri for final in finals if final.status == Status.INGESTED and not final.unchanged
+                and plan.reasons.get(final.source_uri) == Reason.CHANGED]
+    to_prune = [*plan.deleted, *quarantined, *replaced]
     if to_prune:  # the prune task runs the job that removes their vectors, where the store's credentials are
         storage.write_json(join_uri(folder, PRUNE_SPEC), PruneSpec(run_id=run_id, source_uris=to_prune).model_dump())
     ledger = Ledger.open(settings)
@@ -292,7 +337,7 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
     summary = report.summarize(dag_id, run_id, plan, stages, rows,
                                found_unchanged=sum(final.unchanged for final in finals))
     summary["report_uri"] = report.write(storage, folder, summary)
-    ledger.finish_run(run_id, report.run_totals(summary))
+    ledger.finish_run(dag_id, run_id, report.run_totals(summary))
     return summary
 
 
@@ -339,8 +384,9 @@ def _ending(planned: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, D
     for stage in STAGE_ORDER:
         outcome = outcomes[stage].get(document.doc_id)
         if outcome is None:
-            return _Ending(document, stage, f"the {stage} job of {batch_id} did not finish: see that task's log",
-                           metrics=metrics)
+            return _Ending(document, stage, f"the {stage} job of {batch_id} failed (not this document's doing: "
+                           "it is tried again next run, and this run is not counted among its attempts); see "
+                           "that task's log", counts_attempt=False, metrics=metrics)
         if outcome.status == "failed":
             return _Ending(document, stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file,
                            metrics=metrics)

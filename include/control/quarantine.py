@@ -2,8 +2,10 @@
 
 The note (``<key>.quarantine.json``) says why (the cause, the stage), when, and which run
 moved it. The file is copied, then deleted from the inbox: it is never absent from both.
-A file replaced since it was planned is left alone (the next run ingests the new
-version), so a fixed file dropped meanwhile is never moved by mistake. Dropping a fixed
+Both are conditional on the version planned (S3's ``CopySourceIfMatch`` and ``If-Match``
+delete), so a file replaced since it was planned is left alone (the next run ingests the
+new version), and one uploaded between the copy and the delete is never deleted: a fixed
+file dropped meanwhile is never moved or lost by mistake. Dropping a fixed
 file under the same key ingests it: its bytes are a new version.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 from include.contract import DocumentRef, now
 from include.settings import PipelineSettings
-from include.storage import ObjectNotFound, Storage, join_uri, relative_key
+from include.storage import ObjectNotFound, Storage, VersionChanged, join_uri, relative_key
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,23 @@ def quarantine(
         "stage": stage, "error": error, "dag_id": dag_id, "run_id": run_id, "at": now().isoformat(),
         "to_retry": "fix the file and drop it into the inbox again under the same key",
     }
-    storage.write_json(target + NOTE_SUFFIX, note)
-    storage.move(source, target)
-    log.warning("QUARANTINED %s -> %s: %s", source, target, error)
+    note_uri = target + NOTE_SUFFIX
+    earlier_note = storage.read_json(note_uri) if storage.exists(note_uri) else None  # an older version's
+    storage.write_json(note_uri, note)  # first: a retried summary finds what this run moved
+    try:
+        removed = storage.move(source, target, if_version=document.object_version)
+    except VersionChanged:
+        if earlier_note is None:
+            storage.delete(note_uri)
+        else:
+            storage.write_json(note_uri, earlier_note)
+        log.warning("%s: replaced while it was being quarantined; the next run ingests the new file", source)
+        return None
+    if removed:
+        log.warning("QUARANTINED %s -> %s: %s", source, target, error)
+    else:
+        log.warning("QUARANTINED %s -> %s: %s; a new file uploaded under its key meanwhile stays in the inbox "
+                    "(the next run ingests it)", source, target, error)
     return target
 
 

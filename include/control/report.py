@@ -47,6 +47,9 @@ def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[st
         "touched": documents,
         "deleted": plan.deleted,
         "held": plan.held,
+        "still_there": plan.still_there,
+        "deletions_held": plan.deletions_held,
+        "deletions_held_reason": plan.deletions_held_reason,
     }
 
 
@@ -132,7 +135,11 @@ def markdown(summary: dict[str, Any]) -> str:
         rows = [[row["source_uri"], row["reason"], row["status"], *(row.get(m) for m in ("pages", "chunks", "vectors")),
                  f"{row.get('cost_usd', 0.0):.4f}", row["stage"], row["error"]] for row in summary["touched"]]
         lines += ["## Documents", "", *_table(header, rows), ""]
+    if summary.get("deletions_held_reason"):
+        lines += ["## Deletions held back", "", summary["deletions_held_reason"], ""]
     for title, items in (("Deleted from the inbox (vectors removed)", summary["deleted"]),
+                         ("Deletions held back (their vectors stay)", summary.get("deletions_held", [])),
+                         ("Missing from the listing, still in the inbox (not deleted)", summary.get("still_there", [])),
                          ("Held by another run", [f"{uri} (run {run})" for uri, run in summary["held"].items()])):
         if items:
             lines += [f"## {title}", "", *(f"- {item}" for item in items), ""]

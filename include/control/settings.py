@@ -67,6 +67,17 @@ class ControlSettings(PipelineSettings):
         description="Runs that may try one version of a document whose job kept failing; after "
         "that it waits for a changed file or a reprocess.",
     )
+    max_delete_fraction: float = Field(
+        default=0.25, ge=0, le=1,
+        description="A run removes at most this share of the ingested documents it finds gone from the inbox "
+        "(a lagging or partial listing, a sync that deletes before it uploads): more, and it removes none and "
+        "says so, unless its conf says {\"allow_mass_delete\": true}.",
+    )
+    delete_guard_min_documents: int = Field(
+        default=10, ge=0,
+        description="So many deletions a run always makes, whatever share of the index they are (deleting the "
+        "last few documents of a small index is not an accident to guard against).",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -7,10 +7,11 @@ On Ray, one Dataset::
 
 each step a callable class on ``map_batches`` with its own actor pool (sizes and CPUs in
 the settings; the generator's actors ask for ``generator_gpus``). The answers are written
-by the dataset into a staging folder of this job, then published: moved into
-``<answers>/part-NNNNN.parquet`` with a ``_answers.json`` marker written last. So a retried
-or repeated job replaces the answers, it never adds a second copy of them; and the marker
-says which version of the questions file they answer.
+by the dataset into a folder of this job, then published: the ``_answers.json`` marker,
+written last in one PUT, names them, and the older jobs' parts are removed
+(``include.query.answers``). So a retried or repeated job replaces the answers, it never adds
+a second copy of them; a reader never sees a mix of two; and the marker says which version of
+the questions file they answer.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset
 
 from include.backends.generators import generator_model
 from include.backends.vector_stores import Filter
 from include.query import evaluation
-from include.query.answers import MARKER, answers_uri_for
+from include.query.answers import MARKER, answers_uri_for, job_folder
 from include.query.steps import STEPS, BuildPrompts, EmbedQuestions, GenerateAnswers, RetrievePassages
 from include.settings import PipelineSettings
-from include.storage import Storage, join_uri, object_name
+from include.storage import Storage, join_uri
 from include.worker_crashes import crashes_named
 from include.worker_options import actor_options, task_options
 
@@ -45,6 +47,12 @@ def check_columns(names: list[str], uri: str) -> None:
     if "prompt" not in names:
         raise QuestionsError(f"{uri} has no 'prompt' column (it has {', '.join(names) or 'none'}): a questions "
                              "file is Parquet with a 'prompt' column and, optionally, 'id'")
+
+
+def check_size(rows: int, uri: str, settings: PipelineSettings) -> None:
+    if rows > settings.query_max_questions:
+        raise QuestionsError(f"{uri} holds {rows} questions, over the limit of {settings.query_max_questions} "
+                             "(PIPELINE_QUERY_MAX_QUESTIONS): split it into several files")
 
 
 # --- in this process ----------------------------------------------------------------
@@ -67,6 +75,7 @@ class InlineAnswerer:
 
     def __call__(self, questions: pa.Table) -> pa.Table:
         check_columns(questions.column_names, "the questions")
+        check_size(questions.num_rows, "the questions", self._settings)
         batches = []
         for batch in questions.to_batches(max_chunksize=self._settings.query_batch_size):
             table = pa.Table.from_batches([batch])
@@ -98,6 +107,9 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
                                       ray_remote_args=task_options(settings))
     names = list(questions.schema().names)
     check_columns(names, questions_uri)
+    # From the Parquet footers: no row is read.
+    check_size(pyarrow.dataset.dataset(path, filesystem=filesystem, format="parquet").count_rows(), questions_uri,
+               settings)
 
     def step(dataset: Any, worker: type, pool: str, **kwargs: Any) -> Any:
         sizes = getattr(settings, pool)
@@ -139,12 +151,17 @@ _METRIC_COLUMNS = ("error", "answer", "model", "context_passages", "trimmed_pass
                    "completion_tokens", "retries", "cost_usd", *[f"{s}_seconds" for s in STEPS])
 
 
-def read_answers(storage: Storage, folder_uri: str, columns: list[str] | None = None) -> pa.Table:
-    """Every part of an answers folder (parts are named in order), optionally only some columns."""
+def read_answers(storage: Storage, answers_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The current answers of an answers folder: the parts its marker names, in order."""
+    return _read_parts(storage, storage.read_json(join_uri(answers_uri, MARKER))["parts"], columns)
+
+
+def _read_parts(storage: Storage, part_uris: list[str], columns: list[str] | None = None) -> pa.Table:
     import pyarrow.parquet as pq
 
-    filesystem, path = storage.arrow_filesystem(folder_uri)
-    return pq.read_table(path.rstrip("/"), filesystem=filesystem, columns=columns)
+    filesystem, _ = storage.arrow_filesystem(part_uris[0])
+    paths = [storage.arrow_filesystem(uri)[1] for uri in part_uris]
+    return pa.concat_tables([pq.read_table(path, filesystem=filesystem, columns=columns) for path in paths])
 
 
 def answer_metrics(table: pa.Table, wall_seconds: float) -> dict[str, float]:
@@ -175,21 +192,15 @@ def answer_metrics(table: pa.Table, wall_seconds: float) -> dict[str, float]:
     return metrics
 
 
-def publish(storage: Storage, staging_uri: str, answers_uri: str, marker: dict[str, Any]) -> list[str]:
-    """Move the staged parts into the answers folder as ``part-NNNNN.parquet``, drop older parts, then
-    write the marker: the folder holds one set of answers, complete once the marker is there."""
-    staged = sorted(info.uri for info in storage.list_objects(staging_uri) if info.uri.endswith(".parquet"))
-    published = []
-    for number, uri in enumerate(staged):
-        target = join_uri(answers_uri, f"part-{number:05d}.parquet")
-        storage.move(uri, target)
-        published.append(target)
+def publish(storage: Storage, job_uri: str, answers_uri: str, parts: list[str], marker: dict[str, Any]) -> None:
+    """Make the job's parts the current answers: the marker, one PUT, names them; then every other
+    object of the answers folder (older jobs' parts, an unfinished job's) is removed."""
+    marker_uri = join_uri(answers_uri, MARKER)
+    storage.write_json(marker_uri,
+                       {**marker, "folder": job_uri, "parts": parts, "published_at": datetime.now(UTC).isoformat()})
     for info in storage.list_objects(answers_uri):
-        if info.uri not in published and object_name(info.uri) != MARKER:
-            storage.delete(info.uri)  # an older, longer answer set's parts, and the staging leftovers
-    storage.write_json(join_uri(answers_uri, MARKER),
-                       {**marker, "parts": published, "published_at": datetime.now(UTC).isoformat()})
-    return published
+        if not info.uri.startswith(job_uri) and info.uri != marker_uri:
+            storage.delete(info.uri)
 
 
 def run_job(settings: PipelineSettings, questions_uri: str, *, answers_uri: str | None = None,
@@ -198,23 +209,25 @@ def run_job(settings: PipelineSettings, questions_uri: str, *, answers_uri: str 
     storage = Storage(settings)
     answers_uri = answers_uri or answers_uri_for(settings, questions_uri)
     version = storage.stat(questions_uri).version  # which version of the questions these answers are for
-    staging = join_uri(answers_uri, "_staging", job_id) + "/"
+    job_uri = job_folder(answers_uri, job_id)
     clock = time.perf_counter()
-    answer_on_ray(settings, questions_uri, staging, where)
+    answer_on_ray(settings, questions_uri, job_uri, where)
     wall = time.perf_counter() - clock
-    if not any(info.uri.endswith(".parquet") for info in storage.list_objects(staging)):
+    # Parts are named in the order the dataset wrote them.
+    parts = sorted(info.uri for info in storage.list_objects(job_uri) if info.uri.endswith(".parquet"))
+    if not parts:
         raise QuestionsError(f"{questions_uri} holds no questions")
-    metrics = answer_metrics(read_answers(storage, staging, _metric_columns(storage, staging)), wall)
-    publish(storage, staging, answers_uri, {"questions_uri": questions_uri, "questions_version": version,
-                                            "job": job_id, "metrics": metrics})
+    metrics = answer_metrics(_read_parts(storage, parts, _metric_columns(storage, parts[0])), wall)
+    publish(storage, job_uri, answers_uri, parts, {"questions_uri": questions_uri, "questions_version": version,
+                                                    "job": job_id, "metrics": metrics})
     log.info("answered %d question(s) in %.1fs into %s", metrics["questions"], wall, answers_uri)
     return {"outputs": {"answers": answers_uri, "questions": questions_uri}, "metrics": metrics}
 
 
-def _metric_columns(storage: Storage, folder_uri: str) -> list[str]:
+def _metric_columns(storage: Storage, part_uri: str) -> list[str]:
     """The small columns the metrics need (the passages and answers stay in storage)."""
     import pyarrow.parquet as pq
 
-    filesystem, path = storage.arrow_filesystem(folder_uri)
-    names = pq.ParquetDataset(path.rstrip("/"), filesystem=filesystem).schema.names
+    filesystem, path = storage.arrow_filesystem(part_uri)
+    names = pq.read_schema(path, filesystem=filesystem).names
     return [name for name in (*_METRIC_COLUMNS, "expected_rank", "answer_has_phrase") if name in names]

@@ -67,12 +67,23 @@ def question_id(prompt: str) -> str:
     return "q-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:12]
 
 
-def prepare(table: pa.Table) -> pa.Table:
-    """Normalise a batch of the questions file: an ``id`` for every row, an ``error`` column."""
+# What the answers keep of a question refused for its length.
+_KEPT_OF_A_LONG_PROMPT = 200
+
+
+def prepare(table: pa.Table, max_chars: int) -> pa.Table:
+    """Normalise a batch of the questions file: an ``id`` for every row, an ``error`` column; a
+    question over ``max_chars`` gets an error, and only its start is kept (it is neither embedded
+    nor sent to a model)."""
     prompts = [p if isinstance(p, str) else "" for p in table.column("prompt").to_pylist()]
     ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
     ids = [str(i) if i not in (None, "") else question_id(p) for i, p in zip(ids, prompts)]
     errors = ["" if p.strip() else "empty question" for p in prompts]
+    for n, prompt in enumerate(prompts):
+        if len(prompt) > max_chars:
+            errors[n] = (f"the question is {len(prompt)} characters, over the limit of {max_chars} "
+                         "(PIPELINE_QUERY_MAX_PROMPT_CHARS)")
+            prompts[n] = prompt[:_KEPT_OF_A_LONG_PROMPT] + "…"
     table = _set(table, "prompt", prompts, pa.string())
     table = _set(table, "id", ids, pa.string())
     return _set(table, "error", errors, pa.string())
@@ -81,13 +92,17 @@ def prepare(table: pa.Table) -> pa.Table:
 class EmbedQuestions:
     def __init__(self, settings: PipelineSettings) -> None:
         self._embedder = build_embedder(settings)
+        self._max_chars = settings.query_max_prompt_chars
         # The questions must be embedded as the passages were: checked once, before any work.
         check_embedder(build_vector_store(settings), embedder_info(settings, self._embedder.dimension))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         clock = time.perf_counter()
-        table = prepare(table)
-        vectors = self._embedder.embed(table.column("prompt").to_pylist()).vectors
+        table = prepare(table, self._max_chars)
+        # A refused question is not embedded: its (cut) text is not what it asked.
+        texts = [prompt if not error else "" for prompt, error in zip(table.column("prompt").to_pylist(),
+                                                                      table.column("error").to_pylist())]
+        vectors = self._embedder.embed(texts).vectors
         table = _set(table, "question_vector", [v.tolist() for v in vectors], pa.list_(pa.float32()))
         return _set(table, "embed_seconds", _per_question(table, time.perf_counter() - clock), pa.float64())
 

@@ -14,8 +14,8 @@ Each document keeps its own ``_manifest.json``: status, output URIs, metrics, a
 fingerprint of what shaped the output (settings, code, library versions, chained with
 the upstream stage's) and a digest of the outputs. A document whose manifest records
 success with the same fingerprint, made from the same upstream outputs, is reused
-instead of redone. A bad document (``DocumentError``) fails alone; anything else is
-a failure a retry may fix and fails the whole job.
+instead of redone. What a document causes fails that document alone; what the
+infrastructure causes fails the whole job, which a retry may fix (``include.failures``).
 
 The batch's outcome is a ``BatchResult``: one entry per document. The job that
 wrote it is named in it (``submission_id``), so a result is never mistaken for
@@ -49,6 +49,7 @@ from include.contract import (
     now,
 )
 from include.documents import ReplacedSinceListed, hashed
+from include.failures import is_infrastructure
 from include.fingerprints import StageSpec, check_installed, stage_fingerprint
 from include.settings import PipelineSettings
 from include.storage import ObjectNotFound, Storage, join_uri
@@ -69,6 +70,7 @@ class DocumentError(Exception):
     """
 
     bad_file = False
+    infrastructure = False  # see ``include.failures``
 
 
 class BadFileError(DocumentError):
@@ -76,6 +78,42 @@ class BadFileError(DocumentError):
     help, so the orchestrator moves it to quarantine until a fixed file is dropped."""
 
     bad_file = True
+
+
+class StaleVersion(DocumentError):
+    """The inbox holds another version of the document now (or none): a stage that writes to the
+    vector store does nothing for it, so an old run (a cleared one, or one whose claim was taken
+    over) never overwrites or deletes what a newer run loaded."""
+
+
+def check_current(storage: Storage, document: DocumentRef) -> None:
+    """``StaleVersion`` unless the inbox still holds the version ``document`` was planned from."""
+    if document.object_version is None:
+        return  # not planned from a listing (a document described by hand): nothing to compare
+    try:
+        current = storage.stat(document.source_uri).version
+    except ObjectNotFound:
+        current = None
+    if current != document.object_version:
+        now_there = f"version {current}" if current else "no file"
+        raise StaleVersion(f"{document.source_uri}: the inbox holds {now_there} now, not the version "
+                           f"{document.object_version} this run planned: nothing written for it (the run that "
+                           "planned the current file loads it)")
+
+
+class UnexpectedDocumentError(DocumentError):
+    """Something other than a ``DocumentError`` went wrong while a stage worked on this document."""
+
+
+def as_document_error(stage: str, source_uri: str, exc: Exception) -> DocumentError | None:
+    """What ``exc``, raised while ``stage`` worked on one document, is for that document: its
+    failure, or None when the infrastructure caused it (the caller re-raises: the job fails)."""
+    if isinstance(exc, DocumentError):
+        return exc
+    if is_infrastructure(exc):
+        return None
+    log.error("%s of %s: unexpected %s", stage, source_uri, type(exc).__name__, exc_info=exc)
+    return UnexpectedDocumentError(f"{source_uri}: {stage} failed on this document: {type(exc).__name__}: {exc}")
 
 
 class DocInput(BaseModel):
@@ -239,7 +277,7 @@ class DocumentDone:
 
 
 class Executor(Protocol):
-    """Runs split and worker for every document; yields each document once, in input order."""
+    """Runs split and worker for every document; yields each document once."""
 
     def __call__(self, stage: Stage, settings: PipelineSettings, items: list[StageInput],
                  progress: Progress) -> Iterator[DocumentDone]: ...
@@ -374,8 +412,10 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
         ctx = AssembleContext(settings, storage, item.doc_input(), stage_prefix(settings, stage, document.doc_id))
         try:
             outputs, metrics = stage.assemble(ctx, done.payloads)
-        except DocumentError as exc:
-            error = exc
+        except Exception as exc:
+            error = as_document_error(stage.name, document.source_uri, exc)
+            if error is None:
+                raise
     if error is not None:
         log.warning("%s: %s", stage.name, error)
         manifest = StageManifest(status="failed", error=str(error), retryable=False, bad_file=error.bad_file,

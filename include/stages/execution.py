@@ -1,7 +1,9 @@
 """Where a stage's split and worker run: on Ray Data (a job), or in this process (tests, baseline).
 
-Both executors take the documents of one batch and hand each back once, in input
-order, with its payloads in part order, or the ``DocumentError`` that stopped it.
+Both executors take the documents of one batch and hand each back once, with its
+payloads in part order, or the ``DocumentError`` that stopped it: any exception raised
+on a document is its failure unless the infrastructure caused it (``include.failures``),
+which fails the job.
 
 On Ray (``run_on_ray``), the batch is one Ray Data pipeline::
 
@@ -32,8 +34,9 @@ from include.stages.base import (
     Progress,
     Stage,
     StageInput,
+    as_document_error,
 )
-from include.worker_crashes import crashes_named
+from include.worker_crashes import WorkerCrashed, crashes_named
 from include.worker_options import actor_options, task_options
 
 log = logging.getLogger(__name__)
@@ -51,15 +54,18 @@ def run_inline(
     for item in items:
         doc = item.doc_input()
         clock = time.perf_counter()
+        worker = worker or stage.worker(settings)  # a model that cannot load fails the job, not a document
         try:
             parts = stage.split(doc, settings)
-            worker = worker or stage.worker(settings)
             payloads = []
             for part in parts:
                 payloads.append(worker(doc, part))
                 progress.add(units=int(part.get("units", 0)))
-        except DocumentError as exc:
-            yield DocumentDone(item, error=exc, seconds=time.perf_counter() - clock)
+        except Exception as exc:
+            error = as_document_error(stage.name, item.document.source_uri, exc)
+            if error is None:
+                raise
+            yield DocumentDone(item, error=error, seconds=time.perf_counter() - clock)
             continue
         yield DocumentDone(item, payloads, seconds=time.perf_counter() - clock)
 
@@ -69,8 +75,11 @@ def _split_rows(row: dict[str, Any], *, stage: Stage, settings: PipelineSettings
     base = {"doc_id": row["doc_id"], "doc": row["doc"], "error": "", "bad_file": False, "units": 0}
     try:
         parts = stage.split(doc, settings)
-    except DocumentError as exc:
-        return [{**base, "index": _NO_PART, "part": "null", "error": str(exc), "bad_file": exc.bad_file}]
+    except Exception as exc:
+        error = as_document_error(stage.name, doc.document.source_uri, exc)
+        if error is None:
+            raise
+        return [{**base, "index": _NO_PART, "part": "null", "error": str(error), "bad_file": error.bad_file}]
     if not parts:
         return [{**base, "index": _NO_PART, "part": "null"}]
     return [
@@ -99,10 +108,14 @@ class _PartWorker:
             payload, seconds = "null", 0.0
             if not error and index != _NO_PART:
                 clock = time.perf_counter()
+                doc = DocInput.model_validate_json(doc_json)
                 try:
-                    payload = json.dumps(self._worker(DocInput.model_validate_json(doc_json), json.loads(part_json)))
-                except DocumentError as exc:
-                    error, bad_file = str(exc), exc.bad_file
+                    payload = json.dumps(self._worker(doc, json.loads(part_json)))
+                except Exception as exc:
+                    failure = as_document_error(self._stage.name, doc.document.source_uri, exc)
+                    if failure is None:
+                        raise
+                    error, bad_file = str(failure), failure.bad_file
                 seconds = time.perf_counter() - clock
                 # Order is kept for assembly, so a long document holds back the driver's
                 # count: each part says itself when it is done.
@@ -115,6 +128,46 @@ class _PartWorker:
 
 
 def run_on_ray(
+    stage: Stage, settings: PipelineSettings, items: list[StageInput], progress: Progress
+) -> Iterator[DocumentDone]:
+    """The batch as one pipeline. When a worker dies past its restarts, the documents not done yet
+    run again one at a time: a document whose worker dies when it runs alone fails alone (the
+    document's doing: a native crash in a parser, a page that takes all the memory), and the rest go
+    on. When every one of several dies alone, the workers die whatever they run: the job fails."""
+    done: set[str] = set()
+    try:
+        for finished in _pipeline(stage, settings, items, progress):
+            done.add(finished.item.document.doc_id)
+            yield finished
+    except WorkerCrashed as crash:
+        rest = [item for item in items if item.document.doc_id not in done]
+        if len(items) == 1:
+            yield _crashed_alone(stage, rest[0], crash)
+            return
+        log.warning("%s: %s; running the %d document(s) not done yet one at a time, to find the one it "
+                    "died on", stage.name, crash, len(rest))
+        yield from _one_at_a_time(stage, settings, rest, progress, crash)
+
+
+def _one_at_a_time(stage: Stage, settings: PipelineSettings, items: list[StageInput], progress: Progress,
+                   first: WorkerCrashed) -> Iterator[DocumentDone]:
+    crashed: list[DocumentDone] = []
+    for item in items:
+        try:
+            yield from _pipeline(stage, settings, [item], progress)
+        except WorkerCrashed as crash:
+            crashed.append(_crashed_alone(stage, item, crash))
+    if len(crashed) == len(items) > 1:
+        raise first
+    yield from crashed
+
+
+def _crashed_alone(stage: Stage, item: StageInput, crash: WorkerCrashed) -> DocumentDone:
+    return DocumentDone(item, error=DocumentError(
+        f"{item.document.source_uri}: {stage.name} on this document alone: {crash}"))
+
+
+def _pipeline(
     stage: Stage, settings: PipelineSettings, items: list[StageInput], progress: Progress
 ) -> Iterator[DocumentDone]:
     if not items:
@@ -145,6 +198,7 @@ def run_on_ray(
             batch_size=1,  # a part is already a bounded unit of work
             compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
             num_cpus=pool.actor_cpus,
+            memory=pool.actor_memory_mb * 2**20,
             **actor_options(settings),
         )
     )

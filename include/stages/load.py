@@ -4,7 +4,9 @@ Ids are ``<doc_id>#<chunk_no>``, so loading the same document again overwrites
 its vectors instead of adding new ones. Once every part is upserted, every other
 vector of the same source object is removed: those of an older version of the
 file (another doc id), and those of chunk numbers a new chunking no longer makes.
-A replaced or re-chunked file never leaves stale passages behind.
+A replaced or re-chunked file never leaves stale passages behind. Before each write and
+before that delete, the inbox must still hold the version being loaded (``check_current``):
+an old run's load never overwrites or deletes a newer version's vectors.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from include.backends.embedders import embedder_info
 from include.backends.vector_stores import VectorRecord, VectorStore, build_vector_store
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, ranges
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, check_current, ranges
 from include.storage import Storage, object_name
 
 
@@ -27,7 +29,9 @@ def _read_table(storage: Storage, uri: str) -> Any:
 
 
 def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
-    count = _read_table(Storage(settings), doc.upstream_output("embeddings")).num_rows
+    storage = Storage(settings)
+    check_current(storage, doc.document)  # an old run's job: its inputs may be gone with its version
+    count = _read_table(storage, doc.upstream_output("embeddings")).num_rows
     return ranges(count, settings.chunks_per_part)
 
 
@@ -41,10 +45,11 @@ class VectorLoader:
         self._store = _store(settings)
         self._settings = settings
         self._bound = False
-        storage = Storage(settings)
+        self._storage = storage = Storage(settings)
         self._read = lru_cache(maxsize=1)(lambda uri: _read_table(storage, uri).to_pylist())
 
     def __call__(self, doc: DocInput, part: Part) -> list[str]:
+        check_current(self._storage, doc.document)  # a stale writer writes nothing
         rows = self._read(doc.upstream_output("embeddings"))[part["start"] : part["stop"]]
         if rows and not self._bound:
             # A store holds one embedder's vectors: another one's would make every search noise.
@@ -77,6 +82,8 @@ class VectorLoader:
 def assemble(ctx: AssembleContext, payloads: list[list[str]]) -> tuple[Outputs, Metrics]:
     store = _store(ctx.settings)
     written = {chunk_id for payload in payloads for chunk_id in payload}
+    # Again just before the delete: a newer version's vectors are never the stale ones removed.
+    check_current(ctx.storage, ctx.document)
     removed = store.delete_stale(ctx.document.source_uri, keep_ids=written)
     return {"vector_store": store.location}, {
         "vectors": len(written),

@@ -107,7 +107,7 @@ def test_questions_are_answered_from_pinecone_by_the_openai_generator(env, fakes
     pq.write_table(questions, sink)
     ingested.storage.write_bytes(join_uri(ingested.settings.queries_uri, "cloud.parquet"), sink.getvalue())
     run_id = dag_test(env, dag_id=QUERY_DAG)
-    row = read_answers(ingested.storage, join_uri(ingested.settings.answers_uri, "cloud") + "/").to_pylist()[0]
+    row = read_answers(ingested.storage, join_uri(ingested.settings.answers_uri, "cloud.parquet") + "/").to_pylist()[0]
     assert row["passages"][0]["source_uri"].endswith("metformin_trial_protocol.pdf")
     assert row["passages"][0]["page_start"] == 2
     assert row["model"] == "gpt-4o-mini" and row["answer"] and row["cost_usd"] > 0

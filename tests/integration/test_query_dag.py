@@ -71,7 +71,7 @@ def answered(env, ingested):
     questions_uri = join_uri(ingested.settings.queries_uri, "samples.parquet")
     ingested.storage.write_bytes(questions_uri, _parquet(pa.Table.from_pylist(rows)))
     run_id = dag_test(env, dag_id=QUERY_DAG)
-    answers_uri = join_uri(ingested.settings.answers_uri, "samples") + "/"
+    answers_uri = join_uri(ingested.settings.answers_uri, "samples.parquet") + "/"
     return SimpleNamespace(run_id=run_id, rows=rows, questions_uri=questions_uri, answers_uri=answers_uri,
                            settings=ingested.settings, storage=ingested.storage)
 

@@ -110,12 +110,15 @@ def test_s3_uris_carry_raw_keys():
     with pytest.raises(StorageError, match="no bucket"):
         split_s3_uri("s3:///key")
     assert join_uri("s3://b/inbox/", "sub dir/a#1?.pdf") == "s3://b/inbox/sub dir/a#1?.pdf"
-    assert key_uris("s3://b/inbox/", ["a#1.pdf", "s3://o/x?y.pdf", "odd/http://z.pdf", "Übersicht.pdf"]) == [
+    assert key_uris("s3://b/inbox/", ["a#1.pdf", "s3://b/inbox/x?y.pdf", "odd/http://z.pdf", "Übersicht.pdf"]) == [
         "s3://b/inbox/a#1.pdf",
-        "s3://o/x?y.pdf",
+        "s3://b/inbox/x?y.pdf",
         "s3://b/inbox/odd/http://z.pdf",
         "s3://b/inbox/Übersicht.pdf",
     ]
+    for outside in ("s3://o/inbox/x.pdf", "s3://b/inbox-old/x.pdf", "s3://b/x.pdf"):
+        with pytest.raises(ValueError, match=f"{outside}: not under the inbox s3://b/inbox/"):
+            key_uris("s3://b/inbox/", [outside])
     ref = DocumentRef(
         doc_id="x", source_uri="s3://b/inbox/sub/a#1?x=2 %.pdf", content_sha256="0" * 64, size_bytes=1
     )

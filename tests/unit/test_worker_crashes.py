@@ -1,5 +1,6 @@
-"""A worker that dies by a signal inside a Ray Data pool: bounded restarts, then a job error that names
-the step, what it runs and the signal, and says whether a retry can help. The packaged llama.cpp model
+"""A worker that dies by a signal inside a Ray Data pool: bounded restarts, then the document it dies on
+fails alone, or, when workers die whatever they run, a job error that names the step, what it runs and
+the signal, and says whether a retry can help. The packaged llama.cpp model
 answers on this machine's CPU (an Intel Xeon with AMX, where its AMX kernels used to segfault)."""
 
 from __future__ import annotations
@@ -45,32 +46,49 @@ def test_a_native_crash_is_not_retryable_and_a_kill_without_a_signal_is():
     assert WorkerCrashed("embed", "", 3, None, 2).retryable  # OOM-killed, node lost: may run next time
 
 
-class SelfKillingWorker:
-    """A stage worker whose 'model' dies by SIGSEGV on its first part, as llama.cpp's AMX kernel did."""
+class DiesOnBadDocuments:
+    """A stage worker whose 'model' dies by SIGSEGV on the documents whose id starts with "bad", as
+    llama.cpp's AMX kernel or a parser's native code would, and works on the others."""
 
     def __init__(self, settings) -> None:
         pass
 
     def __call__(self, doc, part):
-        os.kill(os.getpid(), signal.SIGSEGV)
+        if doc.document.doc_id.startswith("bad"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return {"done": doc.document.doc_id}
 
 
-def test_a_worker_that_dies_by_signal_fails_the_job_after_its_restarts_naming_step_model_and_signal(
-    settings, ray_local
-):
+def _crashing_batch(settings, doc_ids: list[str]):
     import ray
 
     # The worker class travels by value: this test module is not shipped to the workers.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    stage = replace(STAGES["embed"], split=lambda doc, settings: [{"units": 1}], worker=SelfKillingWorker)
+    stage = replace(STAGES["embed"], split=lambda doc, settings: [{"units": 1}], worker=DiesOnBadDocuments)
     crashy = settings.model_copy(update={"worker_crash_retries": 1})
-    document = DocumentRef(doc_id="d1", source_uri="s3://documents/inbox/a.pdf", content_sha256="0" * 64,
-                           size_bytes=1)
-    with pytest.raises(WorkerCrashed) as caught, Progress("embed", "chunks", 1, 60) as progress:
-        list(run_on_ray(stage, crashy, [StageInput(document)], progress))
+    items = [StageInput(DocumentRef(doc_id=doc_id, source_uri=f"s3://documents/inbox/{doc_id}.pdf",
+                                    content_sha256="0" * 64, size_bytes=1)) for doc_id in doc_ids]
+    with Progress("embed", "chunks", len(items), 60) as progress:
+        return {done.item.document.doc_id: done for done in run_on_ray(stage, crashy, items, progress)}
+
+
+def test_a_document_its_worker_dies_on_fails_alone_naming_step_model_and_signal_and_the_batch_goes_on(
+        settings, ray_local):
+    found = _crashing_batch(settings, ["good-1", "bad", "good-2"])
+    assert set(found) == {"good-1", "bad", "good-2"}
+    assert [found[d].payloads for d in ("good-1", "good-2")] == [[{"done": "good-1"}], [{"done": "good-2"}]]
+    error = str(found["bad"].error)
+    assert found["bad"].payloads == [] and not found["bad"].error.bad_file
+    assert error.startswith("s3://documents/inbox/bad.pdf: embed on this document alone: embed "
+                            "(packaged:all-MiniLM-L6-v2 on torch): the worker process died with SIGSEGV")
+
+
+def test_workers_that_die_whatever_they_run_fail_the_job_after_their_restarts(settings, ray_local):
+    with pytest.raises(WorkerCrashed) as caught:
+        _crashing_batch(settings, ["bad-1", "bad-2"])
     crash = caught.value
     assert crash.step == "embed" and crash.model == "packaged:all-MiniLM-L6-v2 on torch"
-    assert crash.signal == "SIGSEGV" and crash.deaths == 2 and not crash.retryable
+    assert crash.signal == "SIGSEGV" and crash.deaths >= 2 and not crash.retryable
 
 
 def test_the_packaged_llama_cpp_model_answers_on_this_cpu():

@@ -5,7 +5,7 @@
     python -m include.control.ledger show "reports/q3.pdf"  # one document: its row and its history
     python -m include.control.ledger runs | daily
     python -m include.control.ledger conf --status failed   # a DAG conf that reprocesses those documents
-    python -m include.control.ledger migrate
+    python -m include.control.ledger upgrade               # the schema to this code's revision (deploy step)
 
 Keys are relative to the inbox (or full URIs). Reprocess with the DAG's conf, e.g.
 ``airflow dags trigger document_ingest -c "$(python -m include.control.ledger conf --status failed)"``.
@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from include.control.ledger.schema import Status
-from include.control.ledger.store import Entry, Ledger
+from include.control.ledger.store import Entry, Ledger, default_url
 from include.control.settings import get_control_settings
 from include.documents import key_uris
 from include.storage import StorageError, relative_key
@@ -63,15 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("daily", help="totals per day")
     conf = commands.add_parser("conf", help="print a DAG conf that reprocesses documents")
     conf.add_argument("--status", choices=[s.value for s in Status], default=Status.FAILED.value)
-    commands.add_parser("migrate", help="bring the schema to the latest revision")
+    commands.add_parser("upgrade", help="bring the schema to this code's revision (a deploy step)")
     args = parser.parse_args(argv)
 
     settings = get_control_settings()
+    if args.command == "upgrade":
+        ledger = Ledger(default_url(settings))
+        print(f"{ledger.location}: revision {ledger.upgrade()}")
+        return 0
     ledger = Ledger.open(settings)
     inbox = settings.inbox_uri
-    if args.command == "migrate":
-        print(f"{ledger.location}: revision {ledger.revision()}")
-    elif args.command == "documents":
+    if args.command == "documents":
         print(_documents(list(ledger.entries(status=args.status).values()), inbox))
     elif args.command == "show":
         [uri] = key_uris(inbox, [args.key])

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -38,7 +38,7 @@ class Document(Base):
     doc_id: Mapped[str] = mapped_column(String(128))
     # None until the extract job of its first run has read it.
     content_sha256: Mapped[str | None] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     # S3's ETag (or a file's mtime and size) when last seen: unchanged means no need to hash.
     object_version: Mapped[str | None] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -89,8 +89,9 @@ class Run(Base):
 
     __tablename__ = "runs"
 
+    # Run ids are unique within a DAG only.
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
     run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
-    dag_id: Mapped[str] = mapped_column(String(250))
     planned_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     new: Mapped[int] = mapped_column(Integer, default=0)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ class Final:
     error_stage: str | None = None
     quarantine_uri: str | None = None
     unchanged: bool = False
+    # False when the run failed the document through no fault of its own (its stage's job failed).
+    counts_attempt: bool = True
     # Pages, chunks, vectors of this version, as far as its stages got.
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -156,6 +159,25 @@ def _engine(url: str) -> Engine:
     return engine
 
 
+class LedgerNotUpgraded(RuntimeError):
+    """The ledger's schema is not the revision this code was written for."""
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+@lru_cache(maxsize=1)
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
 class Ledger:
     """The pipeline's own record of every document: status, version, history, runs."""
 
@@ -170,39 +192,45 @@ class Ledger:
 
     @classmethod
     def open(cls, settings: ControlSettings, url: str | None = None) -> Ledger:
-        """The ledger at ``url`` (default: ``default_url``), its schema migrated to the latest revision."""
+        """The ledger at ``url`` (default: ``default_url``); ``LedgerNotUpgraded`` unless its schema is
+        at the revision this code needs. Upgrading is a deploy step (``upgrade``), never a side
+        effect of a task: a schema change is made once, by whoever deploys, not by the first of many
+        tasks to open the ledger."""
         ledger = cls(url or default_url(settings))
-        ledger.migrate()
+        current, head = ledger.revision(), _head_revision()
+        if current != head:
+            raise LedgerNotUpgraded(
+                f"the ledger at {ledger.location} is at revision {current or 'none (empty)'}, this code needs "
+                f"{head}: run `python -m include.control.ledger upgrade` (the local stack does on `up`)")
         return ledger
 
-    def migrate(self) -> None:
+    def upgrade(self) -> str:
+        """Bring the schema to the latest revision (a deploy step); the revision it is at."""
         from alembic import command
-        from alembic.config import Config
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
 
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        head = ScriptDirectory.from_config(config).get_current_head()
+        head = _head_revision()
+        if self.revision() == head:
+            return head
+        log.info("Upgrading the ledger at %s to revision %s", self.location, head)
+        with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            config = _alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        return head
+
+    def revision(self) -> str | None:
+        """The schema's revision; None for an empty database."""
+        from alembic.runtime.migration import MigrationContext
+
         quiet = logging.getLogger("alembic.runtime.migration")
         level, quiet.level = quiet.level, logging.WARNING  # it announces its dialect on every check
         try:
             with self._engine.connect() as connection:
-                current = MigrationContext.configure(connection).get_current_revision()
+                return MigrationContext.configure(connection).get_current_revision()
         finally:
             quiet.setLevel(level)
-        if current == head:
-            return
-        log.info("Migrating the ledger at %s to revision %s", self.location, head)
-        with self._engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-
-    def revision(self) -> str | None:
-        with self._engine.connect() as connection:
-            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -376,7 +404,8 @@ class Ledger:
                 )
                 if not final.unchanged:
                     values.update(doc_id=document.doc_id, size_bytes=document.size_bytes,
-                                  attempts=Document.attempts + 1, stage_reached=final.stage_reached,
+                                  attempts=Document.attempts + int(final.counts_attempt),
+                                  stage_reached=final.stage_reached,
                                   **{name: final.counts.get(name) for name in ("pages", "chunks", "vectors")})
                     if document.content_sha256:  # unknown when the extract job did not get to read it
                         values["content_sha256"] = document.content_sha256
@@ -397,11 +426,19 @@ class Ledger:
                     log.warning("%s: not claimed by run %s any more: its outcome is not recorded",
                                 final.source_uri, run_id)
 
-    def mark_pruned(self, run_id: str, source_uri: str, vectors_removed: int) -> None:
-        """The source has no vector left in the store: deleted, unless it is quarantined (which says more)."""
+    def mark_pruned(self, run_id: str, source_uri: str, vectors_removed: int, kept_doc_id: str | None = None) -> None:
+        """The source has no vector left in the store: deleted, unless it is quarantined (which says more).
+        Not when another run holds its claim, or its indexed version is the one the prune kept (a newer
+        run has ingested it since): that run's record stands."""
         with self._session() as session:
             row = session.scalar(select(Document).where(Document.source_uri == source_uri))
             if row is None:
+                return
+            if kept_doc_id and row.indexed_doc_id == kept_doc_id:
+                return  # its current version is the one indexed: only older versions' traces went
+            if row.claim_run_id and row.claim_run_id != run_id:
+                log.warning("%s: claimed by run %s since run %s planned its prune: the prune is not recorded",
+                            source_uri, row.claim_run_id, run_id)
                 return
             quarantined = row.status == Status.QUARANTINED
             if not quarantined:
@@ -413,14 +450,14 @@ class Ledger:
 
     def start_run(self, dag_id: str, run_id: str, counts: dict[str, int]) -> None:
         with self._session() as session:
-            run = session.get(Run, run_id) or Run(run_id=run_id, dag_id=dag_id, planned_at=now())
+            run = session.get(Run, (dag_id, run_id)) or Run(run_id=run_id, dag_id=dag_id, planned_at=now())
             for name, value in counts.items():
                 setattr(run, name, value)
             session.add(run)
 
-    def finish_run(self, run_id: str, totals: dict[str, Any]) -> None:
+    def finish_run(self, dag_id: str, run_id: str, totals: dict[str, Any]) -> None:
         with self._session() as session:
-            run = session.get(Run, run_id)
+            run = session.get(Run, (dag_id, run_id))
             if run is None:
                 return
             for name, value in totals.items():

@@ -14,7 +14,7 @@ from include.control.batching import plan_batches, read_plan, run_folder
 from include.stages.execution import run_inline, run_on_ray
 from include.stages.local import run_stages
 from include.storage import Storage, join_uri
-from tests.helpers import drop
+from tests.helpers import drop, upgraded_ledger
 
 MAX_MAP_LENGTH = 1024  # Airflow's default [core] max_map_length
 
@@ -46,6 +46,7 @@ def test_a_retried_plan_returns_the_same_batches_even_if_the_inbox_changed(setti
 
     control = ControlSettings(**settings.model_dump(), batch_max_documents=2)
     monkeypatch.setattr(ingest, "get_control_settings", lambda: control)
+    upgraded_ledger(control)
     for name in ("metformin_trial_protocol.pdf", "site_operations_handbook.pdf", "adverse_event_guide.pdf"):
         drop(settings, sample_pdfs[name])
     first = ingest.plan_run("document_ingest", "manual__2026-11-22T05:00:00+00:00", None)
@@ -65,8 +66,9 @@ def test_sensor_keys_are_relative_to_the_bucket_and_escape_wildcards(monkeypatch
     monkeypatch.setattr(ingest, "get_control_settings", lambda: ControlSettings(inbox_uri="s3://docs/in box/"))
     assert ingest.sensor_keys(None) == ["in box/*"]
     assert ingest.sensor_keys(["a#1?.pdf", "s3://docs/in box/[draft].pdf"]) == ["in box/a#1[?].pdf", "in box/[[]draft].pdf"]
-    with pytest.raises(ValueError, match="not in the bucket s3://docs/"):
-        ingest.sensor_keys(["s3://other/b.pdf"])
+    for outside in ("s3://other/in box/b.pdf", "s3://docs/elsewhere/b.pdf"):
+        with pytest.raises(ValueError, match="not under the inbox s3://docs/in box/"):
+            ingest.sensor_keys([outside])
     assert ingest.sensor_keys(["q.parquet"], "s3://docs/queries/") == ["queries/q.parquet"]
 
 

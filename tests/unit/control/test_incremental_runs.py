@@ -23,6 +23,20 @@ def _doc_ids_in_store(settings) -> dict[str, set[str]]:
     return found
 
 
+def _artifact_versions(settings, key: str) -> set[str]:
+    """The versions (doc ids) of an inbox key that still have an artifact in any stage's folder."""
+    from include.documents import id_prefix
+    from include.stages import STAGES
+
+    storage, uri = Storage(settings), join_uri(settings.inbox_uri, key)
+    found = set()
+    for stage in STAGES.values():
+        root = join_uri(settings.artifacts_uri, stage.output_dir)
+        for info in storage.list_objects(join_uri(root, id_prefix(uri))):
+            found.add(info.uri[len(root) + 1:].split("/", 1)[0])
+    return found
+
+
 def _plan(run_id: str, **options) -> dict:
     from include.control.batching import read_plan, run_folder
     from include.control.settings import get_control_settings
@@ -96,12 +110,15 @@ def test_runs_ingest_what_is_new_or_changed_only_and_keep_the_ledger_and_store_i
     assert entries[good].status == entries[bad].status == Status.INGESTED
     in_store = _doc_ids_in_store(settings)
     assert in_store[good] == {entries[good].doc_id} != {old_doc}  # the old version's vectors are gone
+    assert _artifact_versions(settings, "reports/Quartal Ü1.pdf") == {entries[good].doc_id}  # and its artifacts
 
     # Deleted from the inbox: its vectors go, the ledger says deleted.
     storage.delete(good)
     fourth = ingest_like_the_dag("run-5")
     assert fourth["deleted"] == [good] and fourth["touched"] == []
     assert good not in _doc_ids_in_store(settings) and ledger.entries()[good].status == Status.DELETED
+    assert _artifact_versions(settings, "reports/Quartal Ü1.pdf") == set()
+    assert _artifact_versions(settings, "broken.pdf") == {ledger.entries()[bad].doc_id}  # another source's stay
     assert [e.event for e in ledger.history(good)][-1] == "deleted"
 
     # Reprocess on request: every stage redone for the named key, nothing reused.
@@ -137,3 +154,65 @@ def test_a_file_replaced_after_planning_is_not_quarantined_by_mistake(pipeline_e
     moved = quarantine(pipeline_env, storage, document, stage="extract", error="not a PDF", dag_id=DAG_ID,
                        run_id="r")
     assert moved is None and storage.exists(uri)
+
+
+def test_a_file_uploaded_while_its_bad_version_is_quarantined_stays_in_the_inbox(pipeline_env, inbox, sample_pdfs,
+                                                                                 monkeypatch):
+    from include.control.quarantine import quarantine
+    from include.documents import describe
+    from include.storage import LocalBackend
+
+    uri = inbox("racing.pdf", b"not a pdf")
+    document = describe(inbox.storage, uri)
+    fixed = sample_pdfs[GOOD].read_bytes()
+    real_copy = LocalBackend.copy
+
+    def copy_then_upload(self, source_uri, target_uri, if_version=None):
+        real_copy(self, source_uri, target_uri, if_version)
+        inbox("racing.pdf", fixed)  # the user's fixed file lands between the copy and the delete
+
+    monkeypatch.setattr(LocalBackend, "copy", copy_then_upload)
+    moved = quarantine(pipeline_env, inbox.storage, document, stage="extract", error="not a PDF", dag_id=DAG_ID,
+                       run_id="r")
+    assert inbox.storage.read_bytes(moved) == b"not a pdf"  # the bad version, with its note
+    assert inbox.storage.exists(moved + NOTE_SUFFIX)
+    assert inbox.storage.read_bytes(uri) == fixed  # the new upload was not deleted
+
+
+def test_reconcile_trusts_no_listing_alone_and_removes_no_more_than_its_share(pipeline_env, inbox, sample_pdfs,
+                                                                              monkeypatch):
+    from include.control.settings import reload_settings
+
+    monkeypatch.setenv("PIPELINE_DELETE_GUARD_MIN_DOCUMENTS", "1")  # the 25% share decides, even for 3
+    reload_settings()
+    uris = [inbox(name, path.read_bytes()) for name, path in sorted(sample_pdfs.items())]
+    ingest_like_the_dag("run-1")
+    storage, ledger = inbox.storage, Ledger.open(pipeline_env)
+
+    # A listing that pages short (or lags): two documents missing from it, but a HEAD finds them.
+    real_list = Storage.list_objects
+    monkeypatch.setattr(Storage, "list_objects", lambda self, prefix: real_list(self, prefix)[:1])
+    short = ingest_like_the_dag("run-2")
+    assert short["deleted"] == [] and sorted(short["still_there"]) == sorted(uris[1:])
+    monkeypatch.setattr(Storage, "list_objects", real_list)
+
+    # Two of three really gone: more than a run may remove; none is, and the report says why.
+    for uri in uris[1:]:
+        storage.delete(uri)
+    held = ingest_like_the_dag("run-3")
+    assert held["deleted"] == [] and sorted(held["deletions_held"]) == sorted(uris[1:])
+    assert "2 of the 3 indexed documents are gone" in held["deletions_held_reason"]
+    assert '{"allow_mass_delete": true}' in storage.read_text(held["report_uri"].replace("report.json", "report.md"))
+    assert {uri for uri, ids in _doc_ids_in_store(pipeline_env).items() if ids} == set(uris)
+    assert all(ledger.entries()[uri].status == Status.INGESTED for uri in uris)
+
+    # The conf says it was on purpose: both go.
+    allowed = ingest_like_the_dag("run-4", allow_mass_delete=True)
+    assert sorted(allowed["deleted"]) == sorted(uris[1:])
+    assert set(_doc_ids_in_store(pipeline_env)) == {uris[0]}
+
+    # The last document, deleted: one is within the floor, so an emptied inbox reconciles.
+    storage.delete(uris[0])
+    emptied = ingest_like_the_dag("run-5")
+    assert emptied["deleted"] == [uris[0]] and _doc_ids_in_store(pipeline_env) == {}
+    assert ledger.entries()[uris[0]].status == Status.DELETED

@@ -24,18 +24,65 @@ def _candidate(name: str, version: str = "e1") -> DocumentRef:
 
 
 def _ledger(tmp_path) -> Ledger:
+    from include.control.ledger.store import default_url
     from include.control.settings import ControlSettings
 
-    return Ledger.open(ControlSettings(work_dir=tmp_path))
+    settings = ControlSettings(work_dir=tmp_path)
+    Ledger(default_url(settings)).upgrade()
+    return Ledger.open(settings)
 
 
-def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_path):
+def test_upgrading_is_a_deploy_step_a_ledger_not_upgraded_is_refused_naming_the_command(tmp_path):
+    from include.control.ledger import LedgerNotUpgraded
+    from include.control.settings import ControlSettings
+
+    settings = ControlSettings(work_dir=tmp_path)
+    with pytest.raises(LedgerNotUpgraded, match=r"revision none \(empty\), this code needs 0003: run "
+                                                 r"`python -m include.control.ledger upgrade`"):
+        Ledger.open(settings)
     ledger = _ledger(tmp_path)
-    assert ledger.revision() == "0002"
+    assert ledger.revision() == "0003"
     tables = set(inspect(ledger._engine).get_table_names())
     assert {"documents", "document_events", "runs", "alembic_version"} <= tables
     assert "daily_metrics" in inspect(ledger._engine).get_view_names()
-    assert _ledger(tmp_path).revision() == "0002" and ledger.counts() == {}
+    assert ledger.upgrade() == "0003" and Ledger.open(settings).counts() == {}
+
+
+def test_the_upgrade_to_0003_keeps_every_row_and_two_dags_may_share_a_run_id(tmp_path):
+    assert_upgrade_keeps_rows(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+
+
+def assert_upgrade_keeps_rows(url: str) -> None:
+    """A ledger at 0002 with a document and a run, upgraded: both kept, then a 3 GiB size and a second
+    DAG's run of the same id fit."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from include.control.ledger.store import _alembic_config
+
+    ledger = Ledger(url)
+    with ledger._engine.begin() as connection:
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    ledger.claim("document_ingest", "run-1", [_candidate("old.pdf")], "fp", is_active=lambda *_: True)
+    with ledger._engine.begin() as connection:  # the old code's runs table, written as it would
+        counts = ", ".join(["0"] * 13)
+        connection.execute(text(
+            "INSERT INTO runs (run_id, dag_id, planned_at, new, changed, stale, retried, reprocessed, unchanged, "
+            f"deleted, ingested, failed, quarantined, pages, chunks, vectors) VALUES ('run-1', 'document_ingest', "
+            f":at, {counts})"), {"at": datetime.now(UTC)})
+    assert ledger.upgrade() == "0003"
+    assert [run["run_id"] for run in ledger.runs()] == ["run-1"]
+    assert ledger.entries()[f"{INBOX}old.pdf"].claim_run_id == "run-1"
+    three_gib = DocumentRef(doc_id="big", source_uri=f"{INBOX}big.pdf", size_bytes=3 * 2**30, object_version="e")
+    ledger.claim("document_ingest", "run-2", [three_gib], "fp", is_active=lambda *_: True)
+    assert ledger.entries()[three_gib.source_uri].size_bytes == 3 * 2**30
+    ledger.start_run("document_ingest_interval", "run-1", {"new": 2})  # another DAG, the same run id
+    ledger.finish_run("document_ingest_interval", "run-1", {"ingested": 2})
+    runs = {(run["dag_id"], run["run_id"]): run for run in ledger.runs()}
+    assert set(runs) == {("document_ingest", "run-1"), ("document_ingest_interval", "run-1")}
+    assert runs[("document_ingest_interval", "run-1")]["ingested"] == 2
 
 
 def _claim_all(url: str, run_id: str, names: list[str], queue) -> None:

@@ -19,7 +19,12 @@ from include.control.ledger import Ledger
 from include.control.ledger.store import default_url, sqlalchemy_url
 from include.control.settings import ControlSettings
 from tests.postgres import PostgresServer, PostgresUnavailable, postgres_server
-from tests.unit.control.test_ledger import INBOX, _candidate, assert_one_history_for_a_retried_stage
+from tests.unit.control.test_ledger import (
+    INBOX,
+    _candidate,
+    assert_one_history_for_a_retried_stage,
+    assert_upgrade_keeps_rows,
+)
 
 RACE_TIMEOUT = 60
 
@@ -45,20 +50,29 @@ def _settings(tmp_path) -> ControlSettings:
     return ControlSettings(work_dir=tmp_path)
 
 
-def test_the_schema_is_migrated_on_open_and_opening_again_changes_nothing(tmp_path, database_uri):
+def _open(tmp_path, url: str) -> Ledger:
+    Ledger(url).upgrade()  # the deploy step
+    return Ledger.open(_settings(tmp_path), url)
+
+
+def test_the_schema_is_upgraded_once_and_upgrading_again_changes_nothing(tmp_path, database_uri):
     url = sqlalchemy_url(database_uri)
     assert url.startswith("postgresql+pg8000://")
-    ledger = Ledger.open(_settings(tmp_path), url)
-    assert ledger.revision() == "0002"
+    ledger = _open(tmp_path, url)
+    assert ledger.revision() == "0003"
     inspector = inspect(ledger._engine)
     assert {"documents", "document_events", "runs", "alembic_version"} <= set(inspector.get_table_names())
     assert "daily_metrics" in inspector.get_view_names()
-    assert Ledger.open(_settings(tmp_path), url).revision() == "0002" and ledger.counts() == {}
+    assert _open(tmp_path, url).revision() == "0003" and ledger.counts() == {}
+
+
+def test_the_upgrade_to_0003_keeps_every_row_and_takes_a_3_gib_file(database_uri):
+    assert_upgrade_keeps_rows(sqlalchemy_url(database_uri))
 
 
 def _migrate_together(work_dir: Path, url: str, barrier, queue) -> None:
     barrier.wait(timeout=RACE_TIMEOUT)  # both processes are up: start at the same moment
-    queue.put(Ledger.open(ControlSettings(work_dir=work_dir), url).revision())
+    queue.put(Ledger(url).upgrade())
 
 
 def _race(target, args_per_racer: list[tuple]) -> list:
@@ -79,8 +93,8 @@ def _race(target, args_per_racer: list[tuple]) -> list:
 
 def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(tmp_path, database_uri):
     url = sqlalchemy_url(database_uri)
-    assert _race(_migrate_together, [(tmp_path, url), (tmp_path, url)]) == ["0002", "0002"]
-    assert Ledger(url).revision() == "0002"
+    assert _race(_migrate_together, [(tmp_path, url), (tmp_path, url)]) == ["0003", "0003"]
+    assert Ledger(url).revision() == "0003"
 
 
 def _claim_together(url: str, run_id: str, names: list[str], barrier, queue) -> None:
@@ -93,7 +107,7 @@ def _claim_together(url: str, run_id: str, names: list[str], barrier, queue) -> 
 
 def test_two_processes_racing_for_the_same_documents_never_both_get_one(tmp_path, database_uri):
     url = sqlalchemy_url(database_uri)
-    ledger = Ledger.open(_settings(tmp_path), url)
+    ledger = _open(tmp_path, url)
     names = [f"doc-{n:03d}.pdf" for n in range(60)]
     results = dict(_race(_claim_together, [(url, f"run-{n}", names) for n in range(2)]))
     first, second = results.values()
@@ -103,11 +117,11 @@ def test_two_processes_racing_for_the_same_documents_never_both_get_one(tmp_path
 
 
 def test_a_document_claimed_processed_and_finished_has_its_history_and_the_day_its_run(tmp_path, database_uri):
-    ledger = Ledger.open(_settings(tmp_path), sqlalchemy_url(database_uri))
+    ledger = _open(tmp_path, sqlalchemy_url(database_uri))
     assert_one_history_for_a_retried_stage(ledger)
 
     ledger.start_run("dag", "run-1", {"new": 1})
-    ledger.finish_run("run-1", {"ingested": 1, "pages": 3, "seconds": {"extract": 1.5}})
+    ledger.finish_run("dag", "run-1", {"ingested": 1, "pages": 3, "seconds": {"extract": 1.5}})
     [run] = ledger.runs()
     [day] = ledger.daily()
     assert isinstance(day["day"], date) and day["day"] == run["finished_at"].astimezone(UTC).date()
@@ -119,6 +133,7 @@ def test_the_airflow_connection_pipeline_ledger_is_the_default_ledger(tmp_path, 
     settings = _settings(tmp_path)
     assert settings.ledger_url is None  # else the setting would win over the connection
     assert default_url(settings) == sqlalchemy_url(database_uri)
+    Ledger(default_url(settings)).upgrade()
     ledger = Ledger.open(settings)
     assert ledger.location == sqlalchemy_url(database_uri)
-    assert ledger.revision() == "0002" and ledger.counts() == {}
+    assert ledger.revision() == "0003" and ledger.counts() == {}

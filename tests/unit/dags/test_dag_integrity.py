@@ -47,8 +47,12 @@ def test_ingest_dag_maps_the_five_stages_over_batches_in_order(dagbag):
 def test_ingest_dag_runs_once_dropped_files_arrive_and_waits_for_work_not_objects(dagbag):
     dag = dagbag.dags["document_ingest"]
     assert dag.is_paused_upon_creation is False  # a person who drops a file needs no unpause step
+    from include.control import ingest
+    from include.control.sensors import S3WorkSensor
+
     sensor = dag.get_task("wait_for_documents")
-    assert sensor.check_fn is not None and {"Key", "Size", "ETag"} <= set(sensor.metadata_keys)
+    # Asked on every listing, an empty one too: an emptied inbox is work.
+    assert isinstance(sensor, S3WorkSensor) and sensor.has_work is ingest.inbox_has_work
     assert sensor.soft_fail and sensor.mode == "reschedule"
     assert dag.params.get_param("reprocess").value is False
 
@@ -56,8 +60,12 @@ def test_ingest_dag_runs_once_dropped_files_arrive_and_waits_for_work_not_object
 def test_query_dag_waits_for_unanswered_files_then_maps_one_ray_job_per_file(dagbag):
     dag = dagbag.dags["rag_batch_query"]
     assert dag.is_paused_upon_creation is False
+    from include.control import query_planning
+    from include.control.sensors import S3WorkSensor
+
     sensor = dag.get_task("wait_for_questions")
-    assert sensor.check_fn is not None and sensor.soft_fail and sensor.mode == "reschedule"
+    assert isinstance(sensor, S3WorkSensor) and sensor.has_work is query_planning.has_unanswered
+    assert sensor.soft_fail and sensor.mode == "reschedule"
     assert dag.get_task("plan_questions").upstream_task_ids == {"wait_for_questions"}
     answer = dag.get_task("answer_questions")
     assert answer.upstream_task_ids == {"plan_questions"} and answer.max_active_tis_per_dagrun == 1

@@ -173,10 +173,12 @@ def test_the_ray_job_writes_answers_once_and_a_rerun_replaces_them(ingested, ray
     assert first["outputs"]["answers"] == second["outputs"]["answers"] == answers_uri
     table = read_answers(storage, answers_uri)
     assert table.num_rows == 3 and table.schema.field("passages").type == pa.list_(PASSAGE)
-    names = sorted(info.uri.rsplit("/", 1)[1] for info in storage.list_objects(answers_uri))
-    assert names == [MARKER, "part-00000.parquet"]  # staging is gone, no second copy
     marker = storage.read_json(join_uri(answers_uri, MARKER))
     assert marker["job"] == "job-2" and marker["questions_version"] == storage.stat(uri).version
+    # The first job's parts are gone: no second copy, only the marker and the parts it names.
+    left = sorted(info.uri for info in storage.list_objects(answers_uri))
+    assert left == sorted([join_uri(answers_uri, MARKER), *marker["parts"]])
+    assert all(part.startswith(join_uri(answers_uri, "_jobs", "job-2") + "/") for part in marker["parts"])
     assert second["metrics"]["questions"] == 3 and second["metrics"]["eval_questions"] == 3
 
 
@@ -236,3 +238,16 @@ def test_the_plan_gives_one_job_per_file_needing_answers_with_the_filter(ingeste
     assert len(jobs) == 1 and jobs[0]["result_prefix"].endswith("/questions-0001")
     assert shlex.split(jobs[0]["entrypoint"]) == ["python", "-m", "include.query", "run", "--questions", uri,
                                                   "--where", '{"doc_id": "protocol-0123"}']
+
+
+def test_a_10_mb_question_is_refused_alone_and_a_file_of_too_many_is_refused_whole(answerer):
+    huge = "What is the dose? " * 600_000  # 10.8 MB of question
+    table = answerer(pa.table({"id": ["huge", "dose"],
+                               "prompt": [huge, "What is the maximum daily dose of metformin in the trial?"]}))
+    rows = {row["id"]: row for row in table.to_pylist()}
+    assert rows["huge"]["error"] == (f"the question is {len(huge)} characters, over the limit of 4000 "
+                                     "(PIPELINE_QUERY_MAX_PROMPT_CHARS)")
+    assert rows["huge"]["answer"] == "" and rows["huge"]["passages"] == [] and len(rows["huge"]["prompt"]) < 300
+    assert rows["dose"]["error"] == "" and rows["dose"]["answer"]
+    with pytest.raises(QuestionsError, match="holds 10001 questions, over the limit of 10000"):
+        answerer(pa.table({"prompt": ["Dose?"] * 10_001}))

@@ -87,3 +87,31 @@ def test_a_table_is_described_in_its_caption(fake, settings, sample_pdfs):
     assert markdown.index("taken with the evening meal") < block < markdown.index("| Week | Metformin dose |")
     assert metrics["tables_described"] == 1 and metrics["pictures_described"] == 0
     assert fake.requests[-1].images == 1 and metrics["requests"] == 1
+
+
+def _png_size(request) -> tuple[int, int]:
+    import base64
+    import struct
+
+    [url] = [part["image_url"]["url"] for message in request.body["messages"] if isinstance(message["content"], list)
+             for part in message["content"] if part.get("type") == "image_url"]
+    png = base64.b64decode(url.split(",", 1)[1])
+    return struct.unpack(">II", png[16:24])  # IHDR: width, height
+
+
+def test_a_page_metres_wide_renders_within_the_pixel_cap(fake, settings, tmp_path):
+    from fpdf import FPDF
+    from PIL import Image
+
+    pdf = FPDF(unit="pt", format=(14000, 14000))  # near PDF's largest page: 4.9 m a side
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=200)
+    pdf.cell(0, 300, "A site plan", new_x="LMARGIN", new_y="NEXT")
+    pdf.image(Image.new("RGB", (40, 40), "steelblue"), x=500, y=1000, w=12000)  # one picture, 12,000 pt wide
+    pdf.output(str(tmp_path / "plan.pdf"))
+    described = settings.model_copy(update={"describe_pictures": True, "openai_base_url": fake.base_url,
+                                            "describe_max_pixels": 1_000_000})
+    _, metrics = _markdown(described, drop(described, tmp_path / "plan.pdf"))
+    assert metrics["pictures_described"] == 1
+    width, height = _png_size(fake.requests[-1])
+    assert width * height <= 1_000_000 and width >= 900  # scaled down, not refused: 24,000 px a side at scale 2

@@ -154,3 +154,18 @@ def test_the_markdown_is_split_back_onto_its_pages_even_around_an_empty_page():
     doc.add_text(label=DocItemLabel.TEXT, text="First page text.", prov=on(1))
     doc.add_text(label=DocItemLabel.TEXT, text="Third page text.", prov=on(3))
     assert page_markdown(doc, 3) == ["## Intro\n\nFirst page text.", "", "Third page text."]
+
+
+def test_a_pdf_of_20000_blank_pages_is_refused_from_its_page_count_before_any_conversion(settings, tmp_path):
+    import pypdfium2
+
+    blank = pypdfium2.PdfDocument.new()
+    for _ in range(20_000):
+        blank.new_page(612, 792)
+    blank.save(str(tmp_path / "blank.pdf"))
+    document = drop(settings, tmp_path / "blank.pdf")
+    [outcome] = run_stages(settings, [document], "extract")["extract"].documents
+    assert outcome.status == "failed" and outcome.bad_file  # quarantined: trying again cannot help
+    assert outcome.error.endswith("blank.pdf: 20000 pages is over the limit of 5000 "
+                                  "(PIPELINE_MAX_PAGES_PER_DOCUMENT); split the file, or raise the limit, and drop "
+                                  "it into the inbox again")
