@@ -17,10 +17,15 @@ TASK_DEFAULTS: dict[str, Any] = {
 
 
 def ray_job_options() -> dict[str, Any]:
-    """What every Ray task of the project's DAGs is given: it defers while its job runs."""
+    """What every Ray task of the project's DAGs is given: it defers while its job runs, and its job's
+    driver (which assembles each document's outputs) runs where the heavy work does, never on the
+    head, when worker nodes offer ``PIPELINE_RAY_WORKER_RESOURCE``."""
     from include.control.settings import get_control_settings
+    from include.worker_options import UNITS_PER_WORKER
 
-    return {"deferrable": True, "poll_interval": get_control_settings().ray_poll_seconds}
+    settings = get_control_settings()
+    resources = {settings.ray_worker_resource: UNITS_PER_WORKER} if settings.ray_worker_resource else None
+    return {"deferrable": True, "poll_interval": settings.ray_poll_seconds, "entrypoint_resources": resources}
 
 
 def work_sensor(task_id: str, *, bucket: str, bucket_key: str,

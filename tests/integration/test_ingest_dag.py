@@ -202,15 +202,17 @@ def test_no_secret_reaches_the_job_api_rendered_fields_xcom_task_logs_or_the_rep
         assert not [secret for secret in secrets if secret in text], where
 
 
-def test_the_stage_actors_ran_on_the_worker_node_and_none_on_the_head(env, first_run):
-    """Two nodes, as a cluster has: every actor pool of every stage was placed on the worker node,
-    by the resource it asks for; the head kept the drivers."""
+def test_the_stage_actors_and_drivers_ran_on_the_worker_node_and_none_on_the_head(env, first_run):
+    """Two nodes, as a cluster has: every actor pool of every stage, and every job's driver (which
+    assembles the documents), was placed on the worker node, by the resource it asks for."""
     from ray.util.state import list_actors, list_nodes
 
     address = env["RAY_ADDRESS"]
     nodes = {node.node_name: node for node in list_nodes(address=address) if node.state == "ALIVE"}
     assert len(nodes) == 2 and WORKER_NODE in nodes
-    job_ids = {job.job_id for job in ray_jobs_of(env, first_run) if job.job_id}
+    jobs = ray_jobs_of(env, first_run)
+    assert jobs and {job.driver_node_id for job in jobs} == {nodes[WORKER_NODE].node_id}
+    job_ids = {job.job_id for job in jobs if job.job_id}
     pools = [actor for actor in list_actors(address=address, detail=True, limit=10_000)
              if actor.job_id in job_ids and actor.class_name.startswith("MapWorker(")]
     assert {actor.class_name for actor in pools} >= {"MapWorker(MapBatches(_PartWorker))"}

@@ -59,13 +59,13 @@ class DiesOnBadDocuments:
         return {"done": doc.document.doc_id}
 
 
-def _crashing_batch(settings, doc_ids: list[str]):
+def _crashing_batch(settings, doc_ids: list[str], restarts: int = 0):
     import ray
 
     # The worker class travels by value: this test module is not shipped to the workers.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stage = replace(STAGES["embed"], split=lambda doc, settings: [{"units": 1}], worker=DiesOnBadDocuments)
-    crashy = settings.model_copy(update={"worker_crash_retries": 1})
+    crashy = settings.model_copy(update={"worker_crash_retries": restarts})
     items = [StageInput(DocumentRef(doc_id=doc_id, source_uri=f"s3://documents/inbox/{doc_id}.pdf",
                                     content_sha256="0" * 64, size_bytes=1)) for doc_id in doc_ids]
     with Progress("embed", "chunks", len(items), 60) as progress:
@@ -85,7 +85,7 @@ def test_a_document_its_worker_dies_on_fails_alone_naming_step_model_and_signal_
 
 def test_workers_that_die_whatever_they_run_fail_the_job_after_their_restarts(settings, ray_local):
     with pytest.raises(WorkerCrashed) as caught:
-        _crashing_batch(settings, ["bad-1", "bad-2"])
+        _crashing_batch(settings, ["bad-1", "bad-2"], restarts=1)
     crash = caught.value
     assert crash.step == "embed" and crash.model == "packaged:all-MiniLM-L6-v2 on torch"
     assert crash.signal == "SIGSEGV" and crash.deaths >= 2 and not crash.retryable

@@ -156,6 +156,7 @@ class RayJobHook(BaseHook):
         runtime_env: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
         entrypoint_num_cpus: float = 0,
+        entrypoint_resources: dict[str, float] | None = None,
     ) -> str:
         # Not retried here: a retry could not tell a lost answer from a refusal. The operator
         # looks the id up instead (a job with it is the one submitted).
@@ -165,6 +166,7 @@ class RayJobHook(BaseHook):
             runtime_env=runtime_env,
             metadata=metadata,
             entrypoint_num_cpus=entrypoint_num_cpus,
+            entrypoint_resources=entrypoint_resources,
         )
 
     def find(self, submission_id: str) -> dict[str, Any] | None:

@@ -89,6 +89,8 @@ class RayJobOperator(BaseOperator):
     :param entrypoint_num_cpus: CPUs reserved for the job driver. 0 by default: the
         driver only coordinates, and a driver holding a CPU beside an actor pool can
         deadlock a small cluster.
+    :param entrypoint_resources: custom resources the job driver asks for, so it runs on the
+        nodes that offer them (e.g. worker nodes, not the head).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     :param poll_interval: seconds between status polls.
     :param stream_logs: stream the job's log into the task's log.
@@ -111,6 +113,7 @@ class RayJobOperator(BaseOperator):
         ray_conn_id: str = RayJobHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
         entrypoint_num_cpus: float = 0,
+        entrypoint_resources: dict[str, float] | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 5.0,
         stream_logs: bool = True,
@@ -124,6 +127,7 @@ class RayJobOperator(BaseOperator):
         self.ray_conn_id = ray_conn_id
         self.aws_conn_id = aws_conn_id
         self.entrypoint_num_cpus = entrypoint_num_cpus
+        self.entrypoint_resources = entrypoint_resources
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.stream_logs = stream_logs
@@ -252,6 +256,7 @@ class RayJobOperator(BaseOperator):
                 metadata={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
                           "map_index": str(ti.map_index), "try_number": str(ti.try_number)},
                 entrypoint_num_cpus=self.entrypoint_num_cpus,
+                entrypoint_resources=self.entrypoint_resources,
             )
         except Exception:
             # A submission whose answer was lost (a timeout, a restarted worker) may
