@@ -345,6 +345,13 @@ class PipelineSettings(BaseSettings):
     progress_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a stage's job logs its progress."
     )
+    max_seconds_per_document: float | None = Field(
+        default=1800.0, gt=0,
+        description="Most seconds of work one stage may spend on one document (its parts' time added up): "
+        "past it the document goes to quarantine with the reason, and the rest of the batch goes on. A "
+        "part still running is stopped at its next Python step (a single native call runs to its end). "
+        "Unset (PIPELINE_MAX_SECONDS_PER_DOCUMENT=null): no limit.",
+    )
 
     @model_validator(mode="after")
     def _quarantine_outside_inbox(self) -> PipelineSettings:

@@ -80,6 +80,16 @@ class BadFileError(DocumentError):
     bad_file = True
 
 
+class OverTimeLimit(BadFileError):
+    """A stage worked on the document for longer than ``max_seconds_per_document``."""
+
+    @classmethod
+    def of(cls, stage: str, document: DocumentRef, settings: PipelineSettings) -> OverTimeLimit:
+        return cls(f"{document.source_uri}: {stage} worked on this document for more than "
+                   f"{settings.max_seconds_per_document:g} s (PIPELINE_MAX_SECONDS_PER_DOCUMENT): stopped; raise "
+                   "the limit and drop the file again to try it")
+
+
 class StaleVersion(DocumentError):
     """The inbox holds another version of the document now (or none): a stage that writes to the
     vector store does nothing for it, so an old run (a cleared one, or one whose claim was taken

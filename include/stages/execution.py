@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from include.settings import PipelineSettings
@@ -31,11 +32,13 @@ from include.stages.base import (
     DocInput,
     DocumentDone,
     DocumentError,
+    OverTimeLimit,
     Progress,
     Stage,
     StageInput,
     as_document_error,
 )
+from include.time_limits import call_with_time_limit
 from include.worker_crashes import WorkerCrashed, crashes_named
 from include.worker_options import actor_options, task_options
 
@@ -55,11 +58,15 @@ def run_inline(
         doc = item.doc_input()
         clock = time.perf_counter()
         worker = worker or stage.worker(settings)  # a model that cannot load fails the job, not a document
+        over_time = partial(OverTimeLimit.of, stage.name, item.document, settings)
         try:
             parts = stage.split(doc, settings)
             payloads = []
             for part in parts:
-                payloads.append(worker(doc, part))
+                left = _seconds_left(settings, clock)
+                if left is not None and left <= 0:
+                    raise over_time()
+                payloads.append(call_with_time_limit(left, over_time, worker, doc, part))
                 progress.add(units=int(part.get("units", 0)))
         except Exception as exc:
             error = as_document_error(stage.name, item.document.source_uri, exc)
@@ -68,6 +75,11 @@ def run_inline(
             yield DocumentDone(item, error=error, seconds=time.perf_counter() - clock)
             continue
         yield DocumentDone(item, payloads, seconds=time.perf_counter() - clock)
+
+
+def _seconds_left(settings: PipelineSettings, started: float) -> float | None:
+    limit = settings.max_seconds_per_document
+    return None if limit is None else limit - (time.perf_counter() - started)
 
 
 def _split_rows(row: dict[str, Any], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
@@ -95,7 +107,7 @@ class _PartWorker:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         clock = time.perf_counter()
         self._worker = stage.worker(settings)
-        self._stage = stage
+        self._stage, self._settings = stage, settings
         log.info("%s worker ready in %.1fs", stage.name, time.perf_counter() - clock)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
@@ -109,8 +121,12 @@ class _PartWorker:
             if not error and index != _NO_PART:
                 clock = time.perf_counter()
                 doc = DocInput.model_validate_json(doc_json)
+                # A part is at most a whole document: one that runs past the document's limit stops
+                # (the driver adds up each document's parts against the same limit).
+                over_time = partial(OverTimeLimit.of, self._stage.name, doc.document, self._settings)
                 try:
-                    payload = json.dumps(self._worker(doc, json.loads(part_json)))
+                    payload = json.dumps(call_with_time_limit(self._settings.max_seconds_per_document, over_time,
+                                                              self._worker, doc, json.loads(part_json)))
                 except Exception as exc:
                     failure = as_document_error(self._stage.name, doc.document.source_uri, exc)
                     if failure is None:
@@ -203,6 +219,14 @@ def _pipeline(
         )
     )
     by_id = {item.document.doc_id: item for item in items}
+    limit = settings.max_seconds_per_document
+
+    def done(doc_id: str, payloads: list[Any], error: DocumentError | None, seconds: float) -> DocumentDone:
+        # Parts run side by side on several actors: their seconds together are the document's work.
+        if error is None and limit is not None and seconds > limit:
+            error = OverTimeLimit.of(stage.name, by_id[doc_id].document, settings)
+        return DocumentDone(by_id[doc_id], payloads, error, seconds)
+
     seen: set[str] = set()
     current: str | None = None
     collected: list[Any] = []
@@ -213,7 +237,7 @@ def _pipeline(
         for row in payloads.iter_rows():
             if row["doc_id"] != current:
                 if current is not None:
-                    yield DocumentDone(by_id[current], collected, error, seconds)
+                    yield done(current, collected, error, seconds)
                 current, collected, error, seconds = row["doc_id"], [], None, 0.0
                 seen.add(current)
             seconds += row["seconds"]
@@ -223,7 +247,7 @@ def _pipeline(
                 collected.append(json.loads(row["payload"]))
                 progress.add(units=row["units"])
     if current is not None:
-        yield DocumentDone(by_id[current], collected, error, seconds)
+        yield done(current, collected, error, seconds)
     if missing := set(by_id) - seen:
         # Every split sends at least one row per document: a gap is a bug, and retryable.
         raise RuntimeError(f"{len(missing)} document(s) came back from Ray Data with no result: {sorted(missing)}")
