@@ -66,6 +66,8 @@ class BatchSpec(BaseModel):
     # Source URI -> the hash of the bytes the ledger has ingested under this run's pipeline
     # fingerprint, for objects whose listing changed: the same bytes again are "unchanged".
     ingested_sha256: dict[str, str] = {}
+    # The batch's share of the run's budget for paid calls (USD), its stages' in all; None: no limit.
+    budget_usd: float | None = None
 
 
 class PruneSpec(BaseModel):
@@ -104,8 +106,9 @@ class DocumentOutcome(BaseModel):
     doc_id: str
     source_uri: str
     # "unchanged": the first stage found the bytes the ledger has ingested (a file copied over
-    # itself): no later stage sees it.
-    status: Literal["succeeded", "failed", "unchanged"]
+    # itself): no later stage sees it. "postponed": not worked on, the batch's budget for paid calls
+    # being spent; the next run takes it, and this one is not counted among its attempts.
+    status: Literal["succeeded", "failed", "unchanged", "postponed"]
     # None when the document was settled before any stage ran on it (unchanged, or vanished).
     manifest_uri: str | None = None
     # The bytes the job read, once the first stage has hashed them.
@@ -148,6 +151,8 @@ class BatchResult(JobResult):
     documents: list[DocumentOutcome] = []
     # The versions of the stage's libraries the job ran with (the pinned ones: it checks).
     libraries: dict[str, str] = {}
+    # What is left of the batch's budget for paid calls after this stage (the next stage's budget).
+    budget_usd_left: float | None = None
 
     @property
     def succeeded(self) -> list[DocumentOutcome]:
@@ -156,6 +161,10 @@ class BatchResult(JobResult):
     @property
     def failed(self) -> list[DocumentOutcome]:
         return [d for d in self.documents if d.status == "failed"]
+
+    @property
+    def postponed(self) -> list[DocumentOutcome]:
+        return [d for d in self.documents if d.status == "postponed"]
 
 
 class PruneResult(JobResult):

@@ -55,7 +55,9 @@ class ModelPrice(BaseModel):
 class PipelineSettings(BaseSettings):
     """What a Ray job reads: where things live, the stages' backends and bounds, the query side."""
 
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True)
+    # ``PIPELINE_X=null`` unsets an optional bound (no limit).
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", env_parse_none_str="null",
+                                      frozen=True)
 
     # --- where things live -------------------------------------------------
     work_dir: Path = Field(
@@ -280,6 +282,13 @@ class PipelineSettings(BaseSettings):
         default=4000, ge=1,
         description="A longer question is not embedded nor sent to a model: its row gets an error, the others "
         "are answered.",
+    )
+    query_max_usd_per_file: float | None = Field(
+        default=10.0, ge=0,
+        description="Most the answers to one questions file may cost on a paid generator (PIPELINE_LLM_PRICES). "
+        "Shared equally among the generator's actors (generate_pool.max_actors); an actor that has spent its "
+        "share asks the model nothing more: its questions get an error naming the budget, and a later run of "
+        "the file answers them. Unset (null): no limit.",
     )
     # One actor per step by default, and CPUs that add up to less than the local stack's two:
     # every pool's actors hold their CPUs for the whole job, and the read and write tasks

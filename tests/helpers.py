@@ -71,10 +71,11 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
     for batch in batches:
         spec = BatchSpec.model_validate(storage.read_json(batch["batch_uri"]))
         items, settled = first_stage_inputs(storage, spec.documents, spec.ingested_sha256)
+        budget = spec.budget_usd
         for stage in ingest.STAGE_ORDER:
             try:
                 result = run_stage(STAGES[stage], settings, items, batch_id=spec.batch_id, executor=run_inline,
-                                   recompute=reprocess, settled=settled)
+                                   recompute=reprocess, settled=settled, budget_usd=budget)
             except Exception as exc:
                 if not is_infrastructure(exc):
                     raise
@@ -83,6 +84,7 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
             storage.write_json(uri, result.model_dump(mode="json"))
             ingest.record_stage(run_id, result)
             results[stage].append({"result_uri": uri})
+            budget = result.budget_usd_left
             items, settled = [StageInput(m.document, m, o.manifest_uri) for o, m in _manifests(storage, result)], []
             if not items:
                 break

@@ -65,6 +65,8 @@ class RunPlan(BaseModel):
     # Deletions held back (over ``max_delete_fraction``): why, and which; the next run tries again.
     deletions_held: list[str] = []
     deletions_held_reason: str | None = None
+    # The run's budget for paid calls (USD), shared among its batches by bytes; None: no limit.
+    budget_usd: float | None = None
 
 
 def plan_batches(
@@ -104,13 +106,20 @@ def run_folder(artifacts_uri: str, dag_id: str, run_id: str) -> str:
 def write_plan(storage: Storage, folder: str, plan: RunPlan, batches: list[list[DocumentRef]],
                ingested_sha256: dict[str, str] | None = None) -> RunPlan:
     """Write a batch file per batch, then the plan (with its batches) last. ``ingested_sha256``:
-    the hashes the first stage compares with, see ``BatchSpec``."""
+    the hashes the first stage compares with, see ``BatchSpec``. The plan's budget is shared among
+    the batches by their bytes: batches run side by side, and each stays within its own share."""
     refs = []
+    def weight(documents: list[DocumentRef]) -> int:
+        return sum(d.size_bytes + 1 for d in documents)  # + 1: empty files share too
+
+    total = sum(weight(documents) for documents in batches)
     for number, documents in enumerate(batches, 1):
         batch_id = f"batch-{number:04d}"
         uri = join_uri(folder, batch_id, "batch.json")
-        spec = BatchSpec(batch_id=batch_id, run_id=plan.run_id, documents=documents, ingested_sha256={
-            doc.source_uri: sha for doc in documents if (sha := (ingested_sha256 or {}).get(doc.source_uri))})
+        share = None if plan.budget_usd is None else round(plan.budget_usd * weight(documents) / total, 6)
+        spec = BatchSpec(batch_id=batch_id, run_id=plan.run_id, documents=documents, budget_usd=share,
+                         ingested_sha256={doc.source_uri: sha for doc in documents
+                                          if (sha := (ingested_sha256 or {}).get(doc.source_uri))})
         storage.write_json(uri, spec.model_dump(mode="json"))
         refs.append(BatchRef(batch_id=batch_id, batch_uri=uri, documents=len(documents),
                              bytes=sum(d.size_bytes for d in documents)))

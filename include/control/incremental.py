@@ -118,4 +118,5 @@ def pending(listing: Iterable[ObjectInfo], entries: dict[str, Entry], *, fingerp
 def indexed_or_failed(entry: Entry) -> bool:
     """A row whose object going away is news: it may have vectors in the store (a quarantined
     source has, until its prune job has run)."""
-    return entry.status in (Status.INGESTED, Status.FAILED, Status.PROCESSING) or entry.indexed_doc_id is not None
+    return (entry.status in (Status.INGESTED, Status.FAILED, Status.POSTPONED, Status.PROCESSING)
+            or entry.indexed_doc_id is not None)

@@ -165,7 +165,7 @@ def _plan(settings: ControlSettings, storage: Storage, folder: str, dag_id: str,
         run_id=run_id, batches=[], unreadable=unreadable, rejected=rejected,
         reasons={uri: reason for uri, reason in first.reasons.items() if uri in kept},
         unchanged=first.unchanged, gave_up=first.gave_up, held=held, deleted=deleted, still_there=still_there,
-        deletions_held=held_back, deletions_held_reason=why,
+        deletions_held=held_back, deletions_held_reason=why, budget_usd=settings.max_usd_per_run,
     )
     # Only a listing change may turn out to be no change: a reprocess or a stale fingerprint is work anyway.
     retagged = {uri for uri in kept if plan.reasons.get(uri) == Reason.CHANGED}
@@ -278,9 +278,10 @@ class _Ending:
     bad_file: bool = False
     # The extract job found the bytes the ledger has ingested: nothing was redone.
     unchanged: bool = False
-    # False when the stage's job failed (the infrastructure's doing, see ``include.failures``): the
-    # document did nothing wrong, so the run is not one of its attempts.
+    # False when the stage's job failed (the infrastructure's doing, see ``include.failures``), or the
+    # batch's budget ran out before the document: it did nothing wrong, so the run is not one of its attempts.
     counts_attempt: bool = True
+    postponed: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -308,7 +309,9 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
     quarantined: list[str] = []
     for end in endings:
         document, status, moved = end.document, Status.INGESTED, None
-        if end.error is not None:
+        if end.postponed:
+            status = Status.POSTPONED
+        elif end.error is not None:
             status = Status.FAILED
             if end.bad_file:
                 moved = quarantine(settings, storage, document, stage=end.stage or "plan", error=end.error,
@@ -387,6 +390,8 @@ def _ending(planned: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, D
             return _Ending(document, stage, f"the {stage} job of {batch_id} failed (not this document's doing: "
                            "it is tried again next run, and this run is not counted among its attempts); see "
                            "that task's log", counts_attempt=False, metrics=metrics)
+        if outcome.status == "postponed":
+            return _Ending(document, stage, outcome.error, counts_attempt=False, postponed=True, metrics=metrics)
         if outcome.status == "failed":
             return _Ending(document, stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file,
                            metrics=metrics)

@@ -71,6 +71,8 @@ class PipelineStageOperator(RayJobOperator):
         record_stage(context["ti"].run_id, batch)
         for outcome in batch.failed:
             self.log.warning("FAILED: %s: %s", outcome.source_uri, outcome.error)
+        for outcome in batch.postponed:
+            self.log.warning("POSTPONED: %s", outcome.error)
         return {
             "stage": batch.stage,
             "batch_id": batch.batch_id,
@@ -78,6 +80,7 @@ class PipelineStageOperator(RayJobOperator):
             "documents": len(batch.documents),
             "succeeded": len(batch.succeeded),
             "failed": len(batch.failed),
+            "postponed": len(batch.postponed),
             "metrics": batch.metrics,
         }
 

@@ -18,7 +18,7 @@ DOCUMENT_METRICS = ("pages", "chunks", "redactions", "vectors")
 # Per-stage columns of the stage table, in order.
 STAGE_METRICS = ("pages", "chunks", "redactions", "vectors", "seconds", "reused")
 COUNTS = ("new", "changed", "stale", "retried", "reprocessed", "unchanged", "deleted",
-          "ingested", "failed", "quarantined", "held", "unreadable", "gave_up")
+          "ingested", "failed", "quarantined", "postponed", "held", "unreadable", "gave_up")
 
 
 def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[str, float]],
@@ -33,7 +33,7 @@ def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[st
                   unreadable=len(plan.unreadable), gave_up=plan.gave_up)
     failed = [{"doc_id": None, "source_uri": u.source_uri, "stage": "plan", "error": u.error} for u in plan.unreadable]
     failed += [{key: row[key] for key in ("doc_id", "source_uri", "stage", "error")}
-               for row in documents if row["status"] != "ingested"]
+               for row in documents if row["status"] not in ("ingested", "postponed")]
     return {
         "dag_id": dag_id,
         "run_id": run_id,
@@ -50,6 +50,8 @@ def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[st
         "still_there": plan.still_there,
         "deletions_held": plan.deletions_held,
         "deletions_held_reason": plan.deletions_held_reason,
+        "budget_usd": plan.budget_usd,
+        "postponed": [row["source_uri"] for row in documents if row["status"] == "postponed"],
     }
 
 
@@ -135,6 +137,12 @@ def markdown(summary: dict[str, Any]) -> str:
         rows = [[row["source_uri"], row["reason"], row["status"], *(row.get(m) for m in ("pages", "chunks", "vectors")),
                  f"{row.get('cost_usd', 0.0):.4f}", row["stage"], row["error"]] for row in summary["touched"]]
         lines += ["## Documents", "", *_table(header, rows), ""]
+    if summary.get("postponed"):
+        lines += ["## Postponed: the budget for paid calls is spent", "",
+                  f"The run may spend ${summary['budget_usd']:.2f} (PIPELINE_MAX_USD_PER_RUN), shared among its batches "
+                  f"by bytes; {len(summary['postponed'])} document(s) were not worked on once their batch's share was "
+                  "spent. The next run takes them; this run is not counted among their attempts.", "",
+                  *(f"- {uri}" for uri in summary["postponed"]), ""]
     if summary.get("deletions_held_reason"):
         lines += ["## Deletions held back", "", summary["deletions_held_reason"], ""]
     for title, items in (("Deleted from the inbox (vectors removed)", summary["deleted"]),

@@ -67,6 +67,14 @@ class ControlSettings(PipelineSettings):
         description="Runs that may try one version of a document whose job kept failing; after "
         "that it waits for a changed file or a reprocess.",
     )
+    max_usd_per_run: float | None = Field(
+        default=10.0, ge=0,
+        description="Most a run may spend on paid calls (picture descriptions, OpenAI enrichment and embeddings, "
+        "priced by PIPELINE_LLM_PRICES). Each batch gets a share in proportion to its bytes; a stage that has "
+        "spent its batch's share stops, and the documents it did not get to are postponed to the next run "
+        "(not counted as attempts; the report lists them). Unset (null): no limit. The local backends cost "
+        "nothing.",
+    )
     max_delete_fraction: float = Field(
         default=0.25, ge=0, le=1,
         description="A run removes at most this share of the ingested documents it finds gone from the inbox "

@@ -161,9 +161,15 @@ class BuildPrompts:
 
 
 class GenerateAnswers:
+    """The model's answer to each prompt. On a paid model, each actor keeps to its share of the file's
+    budget (``query_max_usd_per_file``): actors share no state, so each is given an equal part."""
+
     def __init__(self, settings: PipelineSettings) -> None:
         clock = time.perf_counter()
         self._generator = build_generator(settings)
+        limit = settings.query_max_usd_per_file
+        self._budget = None if limit is None else limit / settings.generate_pool.max_actors
+        self._spent = 0.0
         log.info("generator %s ready in %.1fs", self._generator.model, time.perf_counter() - clock)
 
     def close(self) -> None:
@@ -172,22 +178,27 @@ class GenerateAnswers:
     def __call__(self, table: pa.Table) -> pa.Table:
         columns: dict[str, list[Any]] = {name: [] for name in (
             "answer", "cited", "model", "finish_reason", "prompt_tokens", "completion_tokens", "retries",
-            "cost_usd", "generate_seconds")}
+            "cost_usd", "generate_seconds", "error")}
         for messages, context, error in zip(table.column("messages").to_pylist(),
                                             table.column("context_passages").to_pylist(),
                                             table.column("error").to_pylist()):
+            if not error and messages and self._budget is not None and self._spent > 0 and self._spent >= self._budget:
+                error = (f"not asked: the budget for this questions file (PIPELINE_QUERY_MAX_USD_PER_FILE, "
+                         f"${self._budget:.4f} for each generator actor) is spent; run the file again to answer it")
             if error or not messages:
                 # Nothing to ask: an error, or no passage close enough. No model call, no cost.
                 row = {"answer": "" if error else NO_PASSAGES, "cited": [], "model": "", "finish_reason": "",
                        "prompt_tokens": 0, "completion_tokens": 0, "retries": 0, "cost_usd": 0.0,
-                       "generate_seconds": 0.0}
+                       "generate_seconds": 0.0, "error": error}
             else:
                 generation = self._generator.generate(messages)
                 usage = generation.usage
+                self._spent += usage.cost_usd
                 row = {"answer": generation.text, "cited": cited(generation.text, context),
                        "model": generation.model, "finish_reason": generation.finish_reason,
                        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                       "retries": usage.retries, "cost_usd": usage.cost_usd, "generate_seconds": generation.seconds}
+                       "retries": usage.retries, "cost_usd": usage.cost_usd, "generate_seconds": generation.seconds,
+                       "error": error}
             for name, value in row.items():
                 columns[name].append(value)
         table = table.drop_columns(["messages"])

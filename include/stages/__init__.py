@@ -19,6 +19,7 @@ STAGES: dict[str, Stage] = {
             SPECS["extract"], "extracted", extract.split, extract.PageConverter, extract.assemble,
             pool="extract_pool", unit="pages",
             runs=lambda s: "docling-parse and pdfium" + (f", {s.describe_model}" if s.describe_pictures else ""),
+            pays=lambda s: s.describe_pictures,
         ),
         Stage(
             SPECS["chunk"], "chunks", chunk.split, chunk.Chunker, chunk.assemble,
@@ -30,11 +31,13 @@ STAGES: dict[str, Stage] = {
             pool="enrich_pool",
             runs=lambda s: (f"Presidio and spaCy {s.spacy_model}" if s.enricher == "local"
                             else f"{s.enrich_model} over the OpenAI API"),
+            pays=lambda s: s.enricher == "openai",
         ),
         Stage(
             SPECS["embed"], "embeddings", embed.split, embed.ChunkEmbedder, embed.assemble,
             pool="embed_pool",
             runs=lambda s: f"{s.embedder_model} " + ("on torch" if s.embedder == "minilm" else "over the OpenAI API"),
+            pays=lambda s: s.embedder == "openai",
         ),
         Stage(
             SPECS["load"], "loaded", load.split, load.VectorLoader, load.assemble,

@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 
 from include.contract import BatchResult, BatchSpec, DocumentOutcome, JobResult, StageManifest, now
 from include.fingerprints import STAGE_ORDER
@@ -29,13 +30,23 @@ from include.storage import Storage
 log = logging.getLogger("include.stages")
 
 
-def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None,
-                upstream: str | None) -> tuple[str, list[StageInput], list[DocumentOutcome]]:
-    """The batch id, the documents this stage runs over, and those the first stage settles unrun."""
+@dataclass
+class Inputs:
+    batch_id: str
+    items: list[StageInput]
+    # Documents the first stage settles unrun (unchanged, or gone since listed).
+    settled: list[DocumentOutcome] = field(default_factory=list)
+    # What is left of the batch's budget for paid calls (None: no limit).
+    budget_usd: float | None = None
+
+
+def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None, upstream: str | None) -> Inputs:
+    """The batch id, the documents this stage runs over, those the first stage settles unrun, the budget."""
     storage = Storage(settings)
     if batch:
         spec = BatchSpec.model_validate(storage.read_json(batch))
-        return spec.batch_id, *first_stage_inputs(storage, spec.documents, spec.ingested_sha256)
+        items, settled = first_stage_inputs(storage, spec.documents, spec.ingested_sha256)
+        return Inputs(spec.batch_id, items, settled, spec.budget_usd)
     previous = BatchResult.model_validate(storage.read_json(upstream))
     expected = STAGE_ORDER[STAGE_ORDER.index(stage) - 1] if STAGE_ORDER.index(stage) else None
     if previous.stage != expected or previous.status != "succeeded":
@@ -47,7 +58,7 @@ def load_inputs(stage: str, settings: PipelineSettings, *, batch: str | None,
         if manifest.status != "succeeded":
             raise RuntimeError(f"{outcome.manifest_uri} no longer records success (overwritten by another run?)")
         items.append(StageInput(manifest.document, manifest, outcome.manifest_uri))
-    return previous.batch_id, items, []
+    return Inputs(previous.batch_id, items, budget_usd=previous.budget_usd_left)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,16 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     started = now()
     batch_id = "unknown"
     try:
-        batch_id, items, settled = load_inputs(args.stage, settings, batch=args.batch, upstream=args.upstream)
-        log.info("%s of %s: %d document(s)%s", args.stage, batch_id, len(items),
+        inputs = load_inputs(args.stage, settings, batch=args.batch, upstream=args.upstream)
+        batch_id = inputs.batch_id
+        log.info("%s of %s: %d document(s)%s", args.stage, batch_id, len(inputs.items),
                  f", job {submission_id}" if submission_id else "")
         if not args.inline:
             import ray
 
             ray.init(logging_level=logging.WARNING, log_to_driver=True)
         result = run_stage(
-            STAGES[args.stage], settings, items, batch_id=batch_id, recompute=args.recompute,
-            submission_id=submission_id, executor=run_inline if args.inline else run_on_ray, settled=settled,
+            STAGES[args.stage], settings, inputs.items, batch_id=batch_id, recompute=args.recompute,
+            submission_id=submission_id, executor=run_inline if args.inline else run_on_ray,
+            settled=inputs.settled, budget_usd=inputs.budget_usd,
         )
     except Exception as exc:
         log.error("%s of %s failed: %s", args.stage, batch_id, exc)

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -231,6 +232,8 @@ class Stage:
     reusable: bool = True
     # What the worker runs, as an error names it ("all-MiniLM-L6-v2 on torch").
     runs: Callable[[PipelineSettings], str] = lambda _settings: ""
+    # Whether its worker calls a paid API with these settings (then the batch's budget bounds it).
+    pays: Callable[[PipelineSettings], bool] = lambda _settings: False
 
     @property
     def name(self) -> str:
@@ -356,12 +359,17 @@ def run_stage(
     recompute: bool = False,
     submission_id: str | None = None,
     settled: list[DocumentOutcome] | None = None,
+    budget_usd: float | None = None,
 ) -> BatchResult:
     """Run one stage over a batch; write each document's manifest as it finishes.
 
     Returns the batch result, with the ``settled`` outcomes (documents of the batch that
     needed no run, see ``first_stage_inputs``) first. Lets unexpected exceptions through (the caller records
     them): documents finished before are already recorded and reused by a retry.
+
+    A stage that pays for its calls stops once the documents it finished cost ``budget_usd``:
+    the parts in flight finish (Ray Data runs a few ahead), the documents not done are
+    ``postponed``, and what is left of the budget goes to the next stage.
     """
     storage = Storage(settings)
     started = now()
@@ -391,11 +399,23 @@ def run_stage(
         if outcomes:
             log.info("%s: reusing the recorded result of %d document(s)", stage.name, len(outcomes))
 
-        for done in executor(stage, settings, pending, progress):
-            outcome = _finish(stage, settings, storage, done, fingerprints[done.item.document.doc_id],
-                              started, submission_id)
-            outcomes.append(outcome)
-            progress.add(**{outcome.status: 1})
+        budget = budget_usd if stage.pays(settings) else None
+        spent = 0.0
+        if pending and (budget is None or budget > 0):
+            with closing(executor(stage, settings, pending, progress)) as finished:
+                for done in finished:
+                    outcome = _finish(stage, settings, storage, done, fingerprints[done.item.document.doc_id],
+                                      started, submission_id)
+                    outcomes.append(outcome)
+                    progress.add(**{outcome.status: 1})
+                    spent += outcome.metrics.get("cost_usd", 0.0)
+                    if budget is not None and spent >= budget:
+                        break
+        done_ids = {outcome.doc_id for outcome in outcomes}
+        if postponed := [item for item in pending if item.document.doc_id not in done_ids]:
+            log.warning("%s: the batch's budget for paid calls is spent ($%.4f of $%.4f left to it): %d document(s) "
+                        "postponed to the next run", stage.name, spent, budget or 0.0, len(postponed))
+            outcomes += [_postponed(stage, item.document, budget or 0.0) for item in postponed]
 
     order = {item.document.doc_id: n for n, item in enumerate(items)}
     outcomes.sort(key=lambda o: order[o.doc_id])
@@ -403,6 +423,16 @@ def run_stage(
         stage=stage.name, batch_id=batch_id, submission_id=submission_id, status="succeeded",
         documents=[*(settled or []), *outcomes], metrics=total_metrics(o.metrics for o in outcomes if o.status == "succeeded"),
         libraries=libraries, started_at=started, finished_at=now(),
+        budget_usd_left=None if budget_usd is None else round(max(budget_usd - spent, 0.0), 6),
+    )
+
+
+def _postponed(stage: Stage, document: DocumentRef, budget: float) -> DocumentOutcome:
+    return DocumentOutcome(
+        doc_id=document.doc_id, source_uri=document.source_uri, status="postponed",
+        content_sha256=document.content_sha256,
+        error=f"{document.source_uri}: postponed at {stage.name}: the batch's share of the run's budget for paid "
+              f"calls (${budget:.4f} left to this stage; PIPELINE_MAX_USD_PER_RUN) is spent; the next run takes it",
     )
 
 

@@ -76,3 +76,30 @@ def test_retrieval_over_pinecone_finds_the_passage_that_answers(cloud):
     ingest_like_the_dag("cloud-run-4")
     best = search("What is the maximum daily dose of metformin in the trial?", settings)
     assert best and best[0].source_uri.endswith("metformin_trial_protocol.pdf") and best[0].page_start == 2
+
+
+def test_a_run_past_its_budget_postpones_the_rest_without_failing_or_charging_an_attempt(cloud, monkeypatch):
+    from include.control.ledger import Ledger, Status
+
+    settings, openai_fake, _pinecone_fake = cloud
+    monkeypatch.setenv("PIPELINE_MAX_USD_PER_RUN", "0.000001")  # less than one document's enrichment
+    reload_settings()
+    summary = ingest_like_the_dag("cloud-budget-1")
+    # enrich got through its first document, then its share was spent: the other two wait at enrich,
+    # and the first at embed, which had nothing left.
+    assert summary["failed"] == [] and summary["succeeded"] == 0
+    assert summary["counts"]["postponed"] == 3 and len(summary["postponed"]) == 3
+    stopped_at = sorted(row["stage"] for row in summary["touched"])
+    assert stopped_at == ["embed", "enrich", "enrich"]
+    assert summary["cost"]["by_stage_usd"].keys() == {"enrich"} and openai_fake.count("embeddings") == 0
+    report = Storage(settings).read_text(summary["report_uri"].removesuffix(".json") + ".md")
+    assert "## Postponed: the budget for paid calls is spent" in report
+    entries = Ledger.open(get_control_settings()).entries()
+    assert {entry.status for entry in entries.values()} == {Status.POSTPONED}
+    assert {entry.attempts for entry in entries.values()} == {0}
+
+    monkeypatch.setenv("PIPELINE_MAX_USD_PER_RUN", "null")  # no limit
+    reload_settings()
+    again = ingest_like_the_dag("cloud-budget-2")
+    assert again["succeeded"] == 3 and again["counts"]["retried"] == 3 and again["postponed"] == []
+    assert again["stages"]["enrich"]["reused"] == 1  # the document enriched before cost nothing again

@@ -15,6 +15,7 @@ class Status(StrEnum):
     PROCESSING = "processing"  # claimed by a run that is working on it
     INGESTED = "ingested"  # its vectors are in the store, under the recorded fingerprint
     FAILED = "failed"  # a job failed on it; the next run tries again, up to max_attempts
+    POSTPONED = "postponed"  # its run's budget for paid calls ran out before it: the next run takes it
     QUARANTINED = "quarantined"  # the file is bad: moved out of the inbox, with a note
     DELETED = "deleted"  # gone from the inbox: its vectors were removed
 

@@ -59,6 +59,19 @@ def test_a_retried_plan_returns_the_same_batches_even_if_the_inbox_changed(setti
     assert [d.name for d in spec.documents] == ["adverse_event_guide.pdf", "metformin_trial_protocol.pdf"]
 
 
+def test_the_runs_budget_is_shared_among_its_batches_by_their_bytes(settings):
+    from include.control.batching import RunPlan, write_plan
+
+    storage = Storage(settings)
+    folder = run_folder(settings.artifacts_uri, "document_ingest", "budget")
+    batches = [_docs([298, 0]), _docs([99])]  # each file weighs its bytes plus one: 300 and 100
+    plan = write_plan(storage, folder, RunPlan(run_id="budget", batches=[], budget_usd=4.0), batches)
+    shares = [BatchSpec.model_validate(storage.read_json(ref.batch_uri)).budget_usd for ref in plan.batches]
+    assert shares == [3.0, 1.0] and read_plan(storage, folder).budget_usd == 4.0
+    unlimited = write_plan(storage, folder, RunPlan(run_id="budget", batches=[]), batches)
+    assert BatchSpec.model_validate(storage.read_json(unlimited.batches[0].batch_uri)).budget_usd is None
+
+
 def test_sensor_keys_are_relative_to_the_bucket_and_escape_wildcards(monkeypatch):
     from include.control import ingest
     from include.control.settings import ControlSettings

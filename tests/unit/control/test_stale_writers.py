@@ -35,13 +35,13 @@ def test_a_cleared_old_runs_load_writes_nothing_over_the_newer_version(pipeline_
     storage.write_bytes(uri, sample_pdfs[GOOD].read_bytes())
     ingest_like_the_dag("run-1")
     # run-1's load job as it started (a retry, or a cleared task): its inputs in hand.
-    batch_id, items, _ = load_inputs("load", pipeline_env, batch=None, upstream=_embed_result(pipeline_env, "run-1"))
+    inputs = load_inputs("load", pipeline_env, batch=None, upstream=_embed_result(pipeline_env, "run-1"))
     storage.write_bytes(uri, sample_pdfs[OTHER].read_bytes())  # a new version, ingested by a newer run
     ingest_like_the_dag("run-2")
     newer = Ledger.open(pipeline_env).entries()[uri].indexed_doc_id
     assert _versions_in_store(pipeline_env, uri) == {newer}
 
-    result = run_stage(STAGES["load"], pipeline_env, items, batch_id=batch_id, executor=run_inline)
+    result = run_stage(STAGES["load"], pipeline_env, inputs.items, batch_id=inputs.batch_id, executor=run_inline)
     [outcome] = result.documents
     assert outcome.status == "failed" and "nothing written for it" in outcome.error
     assert _versions_in_store(pipeline_env, uri) == {newer}  # the newer version's vectors, alone

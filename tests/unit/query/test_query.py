@@ -155,6 +155,23 @@ def test_the_openai_compatible_generator_retries_a_429_and_counts_tokens_and_cos
     assert build_token_counter(settings)("What is the dose?") > 0  # tiktoken's encoding, offline
 
 
+def test_a_paid_generator_asks_nothing_more_once_the_files_budget_is_spent(ingested, monkeypatch):
+    from tests.fakes.openai_server import FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        paid = ingested.model_copy(update={"generator": "openai", "generator_base_url": fake.base_url,
+                                           "query_max_usd_per_file": 1e-9})  # less than one answer
+        questions = pa.table({"prompt": ["Which metformin dose is taken in week 2?"] * 3})
+        with InlineAnswerer(paid) as answerer:
+            rows = answerer(questions).to_pylist()
+        asked = fake.count("chat", status=200)
+    assert asked == 1 and rows[0]["error"] == "" and rows[0]["answer"] and rows[0]["cost_usd"] > 0
+    for row in rows[1:]:
+        assert row["error"].startswith("not asked: the budget for this questions file (PIPELINE_QUERY_MAX_USD_PER_FILE")
+        assert row["answer"] == "" and row["cost_usd"] == 0.0 and row["model"] == ""
+
+
 def _write_questions(settings: PipelineSettings, name: str, table: pa.Table) -> str:
     sink = io.BytesIO()
     pq.write_table(table, sink)
