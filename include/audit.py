@@ -118,6 +118,7 @@ def downstream_texts(settings: PipelineSettings, *, include_store: bool = True) 
 
         store = build_vector_store(settings)
         for record_id, text, metadata in store.scan():
+            yield f"{store.location}/{record_id}", "id", record_id
             yield f"{store.location}/{record_id}", "text", text
             for name, value in metadata.items():
                 if isinstance(value, str):

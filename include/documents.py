@@ -10,6 +10,9 @@ chunks), and differs for the same bytes under two keys (each key is its own docu
 The content hash is taken once, by the first stage's job (``hashed``): it tells a file
 copied over itself (a new tag, the same bytes: unchanged) from a real change.
 
+The readable stem leaves out whatever in the name looks like PII (``include.pii_shapes``), so
+an id never carries it into the vector store: ``W9_536-22-8471.pdf`` is ``w9-redacted-<hex>``.
+
 The source URI is the one ``Storage.list`` returns (see ``include.storage`` for the rule), so
 any key, whatever its characters (``#``, ``?``, ``%``, spaces, non-ASCII), is exactly one document.
 """
@@ -25,6 +28,7 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel
 
 from include.contract import DocumentRef
+from include.pii_shapes import redacted
 from include.storage import (
     ObjectInfo,
     ObjectNotFound,
@@ -38,19 +42,25 @@ from include.storage import (
 log = logging.getLogger(__name__)
 
 _STEM_CHARS = re.compile(r"[^a-z0-9]+")
+_MARKER = re.compile(r"\[REDACTED:[A-Z_]+\]")
 
 
-def _readable_stem(source_uri: str) -> str:
-    stem = PurePosixPath(object_name(source_uri)).stem.lower()
+def _readable_stem(source_uri: str, redact: bool = True) -> str:
+    # A name that carries PII (``W9_536-22-8471.pdf``) keeps only its markers: ids reach the store.
+    name = object_name(source_uri)
+    if redact:
+        name = _MARKER.sub("redacted", redacted(name)[0])
+    stem = PurePosixPath(name).stem.lower()
     # NFKD splits "é" into "e" + a combining accent; dropping the marks keeps "résumé" readable
     # as "resume" where the ASCII rule alone would leave "r-sum". ASCII stems are unchanged by it.
     stem = "".join(char for char in unicodedata.normalize("NFKD", stem) if not unicodedata.combining(char))
     return _STEM_CHARS.sub("-", stem).strip("-")[:40]
 
 
-def id_prefix(source_uri: str) -> str:
-    """What every id of this source's versions starts with (other sources' ids may too)."""
-    return f"{_readable_stem(source_uri) or 'document'}-"
+def id_prefix(source_uri: str, redact: bool = True) -> str:
+    """What every id of this source's versions starts with (other sources' ids may too); unredacted:
+    what ids made before names were redacted started with."""
+    return f"{_readable_stem(source_uri, redact) or 'document'}-"
 
 
 def document_id(source_uri: str, version: str) -> str:

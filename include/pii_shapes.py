@@ -215,3 +215,11 @@ def _without_overlaps(spans: list[Span]) -> list[Span]:
 
 
 _PRIORITY = {"EMAIL": 0, "CREDIT_CARD": 1, "SSN": 2, "PHONE": 3}
+
+
+def redacted(text: str) -> tuple[str, list[Span]]:
+    """``text`` with every PII-shaped span replaced by its marker (``[REDACTED:SSN]``), and the spans."""
+    spans = find_pii(text)
+    for span in reversed(spans):
+        text = f"{text[: span.start]}[REDACTED:{span.kind}]{text[span.end :]}"
+    return text, spans

@@ -27,6 +27,8 @@ _RAY_TOKEN = Path(tempfile.mkdtemp(prefix="ray-token-")) / "ray_auth_token"
 _RAY_TOKEN.write_text(secrets.token_hex(32))
 _RAY_TOKEN.chmod(0o600)
 os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_RAY_TOKEN)})
+# The workers' pseudonym key (sources whose names carry PII): one per session, for every worker.
+os.environ["SOURCE_PSEUDONYM_KEY"] = secrets.token_hex(32)
 # Airflow (DagBag in the integrity test) keeps its files in a throwaway home.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

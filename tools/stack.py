@@ -32,6 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from include.backends.secrets import PSEUDONYM_KEY
 from include.settings import PROJECT_ROOT, LocalStackSettings, PipelineSettings, is_job_setting
 
 BIN = Path(sys.executable).parent
@@ -105,7 +106,12 @@ def ray_auth_token(work: Path) -> Path:
     given = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if given and Path(given).is_file():
         return Path(given)
-    path = work / "secrets" / "ray_auth_token"
+    return _secret_file(work, "ray_auth_token")
+
+
+def _secret_file(work: Path, name: str) -> Path:
+    """A random secret made once per work dir, readable only by its owner."""
+    path = work / "secrets" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -178,7 +184,11 @@ def server_env() -> dict[str, str]:
     settings, never the Airflow side's own (the ledger's URL and its password), as on a cluster of
     its own."""
     every = {**os.environ, **stack_env()}
-    return {k: v for k, v in every.items() if not k.startswith("PIPELINE_") or is_job_setting(k)}
+    servers = {k: v for k, v in every.items() if not k.startswith("PIPELINE_") or is_job_setting(k)}
+    # The workers' own secret (names that carry PII are stored under a pseudonym it keys): the
+    # user's, else one made once per work dir. The Airflow side never gets it.
+    servers.setdefault(PSEUDONYM_KEY, _secret_file(_settings()[0].work_dir.resolve(), "source_pseudonym_key").read_text())
+    return servers
 
 
 def _pid_alive(pid: int) -> bool:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from include.backends.openai_api import Usage, call_usage, openai_client
-from include.pii_shapes import find_pii
+from include.pii_shapes import find_pii, redacted
 from include.settings import PipelineSettings
 
 if TYPE_CHECKING:
@@ -198,11 +198,8 @@ def redact_shapes(text: str) -> tuple[str, Counter[str]]:
     """The safety net every enricher's output goes through: whatever still looks like an email,
     phone, SSN or card number (``include.pii_shapes``) is redacted; counted by marker, and as
     ``SAFETY_NET`` in all, so a model's misses show in the metrics."""
-    spans = find_pii(text)
-    counts: Counter[str] = Counter()
-    for span in reversed(spans):
-        text = f"{text[: span.start]}[REDACTED:{span.kind}]{text[span.end :]}"
-        counts[span.kind] += 1
+    text, spans = redacted(text)
+    counts: Counter[str] = Counter(span.kind for span in spans)
     if spans:
         counts["SAFETY_NET"] = len(spans)
     return text, counts

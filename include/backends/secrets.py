@@ -1,9 +1,11 @@
-"""API keys for the cloud backends, read where the work runs, never sent with a job.
+"""The workers' secrets, read where the work runs, never sent with a job.
 
-The SDKs read ``OPENAI_API_KEY`` and ``PINECONE_API_KEY`` from the process's environment. On a
-cluster whose nodes do not have them there, ``secrets_manager_secret`` names an AWS Secrets
-Manager secret (a JSON object holding them) that each worker reads once, with its own AWS
-credentials (the node's role), into its own environment. A key already in the environment wins.
+The SDKs read ``OPENAI_API_KEY`` and ``PINECONE_API_KEY`` from the process's environment;
+``SOURCE_PSEUDONYM_KEY`` keys the pseudonym under which a source whose name carries PII is stored
+(``include.backends.vector_stores.stored_source_uri``). On a cluster whose nodes do not have them
+there, ``secrets_manager_secret`` names an AWS Secrets Manager secret (a JSON object holding them)
+that each worker reads once, with its own AWS credentials (the node's role), into its own
+environment. A key already in the environment wins.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from include.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 
-API_KEYS = ("OPENAI_API_KEY", "PINECONE_API_KEY")
+PSEUDONYM_KEY = "SOURCE_PSEUDONYM_KEY"
+WORKER_SECRETS = ("OPENAI_API_KEY", "PINECONE_API_KEY", PSEUDONYM_KEY)
 _loaded: set[str] = set()
 _lock = threading.Lock()
 
 
 def load_worker_secrets(settings: PipelineSettings) -> None:
     name = settings.secrets_manager_secret
-    if not name or all(os.environ.get(key) for key in API_KEYS):
+    if not name or all(os.environ.get(key) for key in WORKER_SECRETS):
         return
     with _lock:
         if name in _loaded:
@@ -37,11 +40,11 @@ def load_worker_secrets(settings: PipelineSettings) -> None:
                               endpoint_url=settings.secrets_manager_endpoint_url)
         with _quiet("botocore", "urllib3"):
             values = json.loads(client.get_secret_value(SecretId=name)["SecretString"])
-        found = [key for key in API_KEYS if values.get(key)]
+        found = [key for key in WORKER_SECRETS if values.get(key)]
         for key in found:
             os.environ.setdefault(key, values[key])
         _loaded.add(name)
-        log.info("API keys from Secrets Manager secret %s: %s", name, ", ".join(found) or "none")
+        log.info("Secrets from Secrets Manager secret %s: %s", name, ", ".join(found) or "none")
 
 
 @contextmanager

@@ -15,8 +15,12 @@ Pinecone index: requests within Pinecone's limits, metadata cut to its per-recor
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -25,8 +29,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from include.backends.secrets import PSEUDONYM_KEY, load_worker_secrets
 from include.documents import id_prefix
+from include.pii_shapes import redacted
 from include.settings import PipelineSettings
+from include.storage import object_name
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,42 @@ class EmbedderMismatch(RuntimeError):
     infrastructure = True  # a configuration to fix, not a document's doing
 
 
+class MissingPseudonymKey(RuntimeError):
+    """A source whose name carries PII, and no key on this worker to store it under a pseudonym."""
+
+
+def stored_source_uri(source_uri: str, settings: PipelineSettings) -> str:
+    """The ``source_uri`` a source's vectors carry: the URI itself, or, when its name carries PII
+    (``W9_536-22-8471.pdf``), the URI with the PII replaced by its marker and a keyed pseudonym of
+    the real one appended: unique per source, so deletes find exactly its vectors, and not
+    reversible without ``SOURCE_PSEUDONYM_KEY`` (a plain hash of an SSN-bearing name is: there are
+    only 10^9 SSNs). The ledger keeps the real key."""
+    folder, name = redacted(source_uri.rsplit("/", 1)[0]), redacted(object_name(source_uri))  # the name decoded
+    shown, spans = f"{folder[0]}/{name[0]}", folder[1] + name[1]
+    if not spans:
+        return source_uri
+    load_worker_secrets(settings)
+    key = os.environ.get(PSEUDONYM_KEY)
+    if not key:
+        raise MissingPseudonymKey(
+            f"the name of {shown} carries PII ({', '.join(sorted({s.kind for s in spans}))}): it is stored under a "
+            f"pseudonym keyed by {PSEUDONYM_KEY}, which this worker does not have (set it in the workers' "
+            "environment or in the Secrets Manager secret)")
+    digest = hmac.new(key.encode(), source_uri.encode(), hashlib.sha256).digest()
+    # Base32 letters and 2-7: no run of digits that the leak audit could take for a number.
+    return f"{shown}#{base64.b32encode(digest[:10]).decode().lower()}"
+
+
+def stored_document_name(source_uri: str) -> str:
+    """The ``document`` a source's vectors carry (what a filter names): its file name, PII redacted."""
+    return redacted(object_name(source_uri))[0]
+
+
+def _stored_forms(source_uri: str, settings: PipelineSettings) -> list[str]:
+    """What a source's vectors may carry: its stored form, and the raw URI (loaded before names were redacted)."""
+    return sorted({stored_source_uri(source_uri, settings), source_uri})
+
+
 # Equality on metadata fields, Chroma's ``where`` syntax (``{"doc_id": "..."}``, ``{"$and": [...]}``).
 Filter = dict[str, object]
 
@@ -102,6 +145,7 @@ def check_embedder(store: VectorStore, info: EmbedderInfo) -> None:
 
 class ChromaStore:
     def __init__(self, settings: PipelineSettings) -> None:
+        self._settings = settings
         import chromadb
         from filelock import FileLock
 
@@ -158,7 +202,8 @@ class ChromaStore:
     def delete_stale(self, source_uri: str, keep_ids: set[str], keep_doc_id: str | None = None) -> int:
         """Remove this source's vectors that the latest load did not write."""
         with self._lock:
-            ids = self._collection.get(where={"source_uri": source_uri}, include=[])["ids"]
+            where = {"source_uri": {"$in": _stored_forms(source_uri, self._settings)}}
+            ids = self._collection.get(where=where, include=[])["ids"]
             stale = [i for i in ids if i not in keep_ids and not _of_version(i, keep_doc_id)]
             if stale:
                 self._collection.delete(ids=stale)
@@ -336,9 +381,11 @@ class PineconeStore:
     def delete_stale(self, source_uri: str, keep_ids: set[str], keep_doc_id: str | None = None) -> int:
         """Remove this source's vectors that the latest load did not write (ids share a prefix
         per source name; the metadata says which source each one is)."""
-        candidates = [i for i in self._ids(id_prefix(source_uri))
+        forms = _stored_forms(source_uri, self._settings)
+        prefixes = {id_prefix(source_uri), id_prefix(source_uri, redact=False)}  # ids made before names were redacted
+        candidates = [i for prefix in sorted(prefixes) for i in self._ids(prefix)
                       if i not in keep_ids and not _of_version(i, keep_doc_id)]
-        stale = [i for i, meta, _ in self._fetch(candidates) if meta.get("source_uri") == source_uri]
+        stale = [i for i, meta, _ in self._fetch(sorted(set(candidates))) if meta.get("source_uri") in forms]
         for start in range(0, len(stale), PINECONE_MAX_IDS_PER_CALL):
             self._open().delete(ids=stale[start : start + PINECONE_MAX_IDS_PER_CALL], namespace=self._namespace)
         return len(stale)

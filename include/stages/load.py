@@ -16,10 +16,16 @@ from functools import lru_cache
 from typing import Any
 
 from include.backends.embedders import embedder_info
-from include.backends.vector_stores import VectorRecord, VectorStore, build_vector_store
+from include.backends.vector_stores import (
+    VectorRecord,
+    VectorStore,
+    build_vector_store,
+    stored_document_name,
+    stored_source_uri,
+)
 from include.settings import PipelineSettings
 from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, check_current, ranges
-from include.storage import Storage, object_name
+from include.storage import Storage
 
 
 def _read_table(storage: Storage, uri: str) -> Any:
@@ -63,8 +69,8 @@ class VectorLoader:
                 metadata={
                     "doc_id": row["doc_id"],
                     "chunk_no": row["chunk_no"],
-                    "source_uri": row["source_uri"],
-                    "document": object_name(row["source_uri"]),  # the file's name: what a filter names
+                    "source_uri": stored_source_uri(row["source_uri"], self._settings),
+                    "document": stored_document_name(row["source_uri"]),  # the file's name: what a filter names
                     "content_sha256": row["content_sha256"],
                     "page_start": row["page_start"],
                     "page_end": row["page_end"],

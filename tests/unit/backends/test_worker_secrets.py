@@ -19,7 +19,7 @@ KEY = "sk-from-secrets-manager-31c8"
 
 @pytest.fixture
 def worker_without_keys(monkeypatch):
-    for name in secrets.API_KEYS:
+    for name in secrets.WORKER_SECRETS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")  # boto3 signs its requests; the fake does not check
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
