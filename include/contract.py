@@ -73,7 +73,8 @@ class BatchSpec(BaseModel):
 class PruneSpec(BaseModel):
     """What a run's prune job reads: the sources whose vectors and artifacts go (gone from the
     inbox, or quarantined), or whose older versions' do (replaced), so no store credential is
-    needed where the run is planned."""
+    needed where the run is planned. An erasure's (``document_erase``) is the same: its sources
+    are gone from the inbox (the Airflow side removed them first), so nothing of theirs is kept."""
 
     run_id: str
     source_uris: list[str]
@@ -173,3 +174,5 @@ class PruneResult(JobResult):
 
     removed: dict[str, int] = {}
     kept: dict[str, str] = {}
+    # Artifact files removed per source.
+    files_removed: dict[str, int] = {}

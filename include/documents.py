@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel
 
 from include.contract import DocumentRef
-from include.pii_shapes import redacted
+from include.pii_shapes import Span, redacted
 from include.storage import (
     ObjectInfo,
     ObjectNotFound,
@@ -55,6 +55,13 @@ def _readable_stem(source_uri: str, redact: bool = True) -> str:
     # as "resume" where the ASCII rule alone would leave "r-sum". ASCII stems are unchanged by it.
     stem = "".join(char for char in unicodedata.normalize("NFKD", stem) if not unicodedata.combining(char))
     return _STEM_CHARS.sub("-", stem).strip("-")[:40]
+
+
+def redacted_uri(uri: str) -> tuple[str, list[Span]]:
+    """The URI with whatever looks like PII in its folders or in its (decoded) name replaced by markers,
+    for showing where the key itself may be personal data; and what was found."""
+    folder, name = redacted(uri.rsplit("/", 1)[0]), redacted(object_name(uri))
+    return f"{folder[0]}/{name[0]}", folder[1] + name[1]
 
 
 def id_prefix(source_uri: str, redact: bool = True) -> str:

@@ -1,5 +1,5 @@
-"""The prune job: the vectors and artifacts of sources a run deleted or quarantined leave, and
-the artifacts of the older versions of sources it replaced.
+"""The prune job: the vectors and artifacts of sources a run deleted, quarantined or erased leave,
+and the artifacts of the older versions of sources it replaced.
 
     python -m include.prune --spec s3://.../runs/<dag>/<run>/prune.json
 
@@ -18,7 +18,7 @@ import sys
 
 from include.backends.vector_stores import build_vector_store
 from include.contract import JobResult, PruneResult, PruneSpec, StageManifest, now
-from include.documents import document_id, id_prefix
+from include.documents import document_id, id_prefix, redacted_uri
 from include.settings import PipelineSettings, get_settings
 from include.stages import STAGES
 from include.stages.base import MANIFEST_NAME
@@ -27,30 +27,35 @@ from include.storage import ObjectNotFound, Storage, join_uri, relative_key
 log = logging.getLogger("include.prune")
 
 
-def prune(spec: PruneSpec) -> tuple[dict[str, int], dict[str, str]]:
-    """Vectors removed per source, and the sources back in the inbox with the version whose vectors
-    stay. A source is looked up first: one uploaded again since the spec was written (a replayed old
-    run's spec, a file dropped back) keeps its current version's vectors; older ones go."""
+def prune(spec: PruneSpec) -> PruneResult:
+    """Vectors and artifact files removed per source, and the sources back in the inbox with the
+    version whose vectors stay. A source is looked up first: one uploaded again since the spec was
+    written (a replayed old run's spec, a file dropped back) keeps its current version's vectors and
+    artifacts; older ones go."""
     settings = get_settings()
     store, storage = build_vector_store(settings), Storage(settings)
+    started = now()
     removed: dict[str, int] = {}
     kept: dict[str, str] = {}
+    files: dict[str, int] = {}
     for uri in spec.source_uris:
         try:
             current = document_id(uri, storage.stat(uri).version)
         except ObjectNotFound:
             current = None
         removed[uri] = store.delete_stale(uri, keep_ids=set(), keep_doc_id=current)
-        files = remove_artifacts(settings, storage, uri, keep_doc_id=current)
-        if files:
-            log.info("PRUNED %s: %d artifact file(s) of its other versions removed", uri, files)
+        files[uri] = remove_artifacts(settings, storage, uri, keep_doc_id=current)
+        shown = redacted_uri(uri)[0]  # a key may be personal data (one being erased): the log names it redacted
         if current is None:
-            log.info("PRUNED %s: %d vector(s) removed", uri, removed[uri])
+            log.info("PRUNED %s: %d vector(s) and %d artifact file(s) removed", shown, removed[uri], files[uri])
         else:
             kept[uri] = current
-            log.info("PRUNED %s: %d vector(s) of older versions removed; it is in the inbox again, and its "
-                     "current version's vectors (%s), if any, stay", uri, removed[uri], current)
-    return removed, kept
+            log.info("PRUNED %s: %d vector(s) and %d artifact file(s) of older versions removed; it is in the inbox "
+                     "again, and its current version's (%s) stay", shown, removed[uri], files[uri], current)
+    return PruneResult(status="succeeded", removed=removed, kept=kept, files_removed=files, started_at=started,
+                       finished_at=now(), metrics={"sources": len(removed), "vectors_removed": sum(removed.values()),
+                                                   "files_removed": sum(files.values())})
+
 
 
 def remove_artifacts(settings: PipelineSettings, storage: Storage, source_uri: str, keep_doc_id: str | None) -> int:
@@ -88,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     started = now()
     fields: dict[str, object] = {"submission_id": os.environ.get("JOB_SUBMISSION_ID"), "started_at": started}
     try:
-        removed, kept = prune(PruneSpec.model_validate(storage.read_json(args.spec)))
-        result = PruneResult(**fields, status="succeeded", removed=removed, kept=kept, finished_at=now(),
-                             metrics={"sources": len(removed), "vectors_removed": sum(removed.values())})
+        result = prune(PruneSpec.model_validate(storage.read_json(args.spec))).model_copy(update=fields)
     except Exception as exc:
         log.error("prune failed: %s", exc)
         result = PruneResult(**fields, finished_at=now(), **JobResult.failure_fields(exc))

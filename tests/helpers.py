@@ -91,13 +91,10 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
     summary = ingest.finish_run(DAG_ID, run_id, results)
     spec = ingest.prune_spec_uri(DAG_ID, run_id)
     if storage.exists(spec):
-        from include.contract import PruneResult, PruneSpec, now
+        from include.contract import PruneSpec
         from include.prune import prune
 
-        started = now()
-        removed, kept = prune(PruneSpec.model_validate(storage.read_json(spec)))
-        ingest.record_prune(run_id, PruneResult(status="succeeded", removed=removed, kept=kept, started_at=started,
-                                                finished_at=now()))
+        ingest.record_prune(run_id, prune(PruneSpec.model_validate(storage.read_json(spec))))
     return summary
 
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from include.backends.secrets import PSEUDONYM_KEY, load_worker_secrets
-from include.documents import id_prefix
+from include.documents import id_prefix, redacted_uri
 from include.pii_shapes import redacted
 from include.settings import PipelineSettings
 from include.storage import object_name
@@ -88,8 +88,7 @@ def stored_source_uri(source_uri: str, settings: PipelineSettings) -> str:
     the real one appended: unique per source, so deletes find exactly its vectors, and not
     reversible without ``SOURCE_PSEUDONYM_KEY`` (a plain hash of an SSN-bearing name is: there are
     only 10^9 SSNs). The ledger keeps the real key."""
-    folder, name = redacted(source_uri.rsplit("/", 1)[0]), redacted(object_name(source_uri))  # the name decoded
-    shown, spans = f"{folder[0]}/{name[0]}", folder[1] + name[1]
+    shown, spans = redacted_uri(source_uri)
     if not spans:
         return source_uri
     load_worker_secrets(settings)

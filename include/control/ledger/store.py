@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, create_engine, event, func, make_url, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, make_url, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -447,6 +447,41 @@ class Ledger:
             row.last_run_id, row.updated_at = run_id, now()
             self._event(session, source_uri, row.doc_id, run_id, "prune", "pruned" if quarantined else "deleted",
                         {"vectors_removed": vectors_removed})
+
+    def hold(self, dag_id: str, run_id: str, source_uris: list[str],
+             is_active: Callable[[str, str], bool]) -> dict[str, str]:
+        """Claim rows as they are (an erasure's), with the same compare-and-set as ``claim``: the sources
+        another running run holds, with that run (nothing of theirs is held)."""
+        existing = self.entries(source_uris=source_uris)
+        held: dict[str, str] = {}
+        with self._session() as session:
+            for uri in source_uris:
+                holder = existing[uri].claim_run_id
+                if holder and holder != run_id and is_active(existing[uri].claim_dag_id or dag_id, holder):
+                    held[uri] = holder
+                    continue
+                won = session.execute(
+                    update(Document)
+                    .where(Document.source_uri == uri, Document.claim_run_id.is_not_distinct_from(holder))
+                    .values(claim_dag_id=dag_id, claim_run_id=run_id, claimed_at=now())
+                ).rowcount
+                if not won:
+                    held[uri] = "another run (claimed just now)"
+        return held
+
+    def forget(self, source_uris: list[str]) -> tuple[int, int, list[tuple[str, str]], set[str]]:
+        """Remove the sources' rows and history: the rows and events removed, the runs (DAG, run) whose
+        history named them, and the other names they had: every version's document id, the quarantine's URI."""
+        with self._session() as session:
+            events = session.execute(select(Event.run_id, Event.doc_id).where(Event.source_uri.in_(source_uris))).all()
+            rows = session.scalars(select(Document).where(Document.source_uri.in_(source_uris))).all()
+            names = {doc_id for _run, doc_id in events} | {
+                name for row in rows for name in (row.doc_id, row.indexed_doc_id, row.quarantine_uri) if name}
+            run_ids = {run_id for run_id, _doc in events} | {row.last_run_id for row in rows if row.last_run_id}
+            runs = session.execute(select(Run.dag_id, Run.run_id).where(Run.run_id.in_(run_ids))).all()
+            removed_events = session.execute(delete(Event).where(Event.source_uri.in_(source_uris))).rowcount
+            removed_rows = session.execute(delete(Document).where(Document.source_uri.in_(source_uris))).rowcount
+        return removed_rows, removed_events, sorted((dag_id, run_id) for dag_id, run_id in runs), names
 
     def start_run(self, dag_id: str, run_id: str, counts: dict[str, int]) -> None:
         with self._session() as session:

@@ -66,12 +66,9 @@ def test_a_replayed_prune_spares_a_document_uploaded_and_ingested_again_since(pi
     assert _versions_in_store(pipeline_env, uri) == {current}
 
     # run-2's prune, cleared and run again with its old spec.
-    from include.contract import PruneResult, now
-
-    removed, kept = prune(old_spec)
-    assert removed == {uri: 0} and kept == {uri: current}
-    ingest.record_prune("run-2", PruneResult(status="succeeded", removed=removed, kept=kept, started_at=now(),
-                                             finished_at=now()))
+    replayed = prune(old_spec)
+    assert replayed.removed == {uri: 0} and replayed.kept == {uri: current}
+    ingest.record_prune("run-2", replayed)
     assert _versions_in_store(pipeline_env, uri) == {current}
     entry = ledger.entries()[uri]
     assert entry.status == Status.INGESTED and entry.indexed_doc_id == current  # run-3's record stands

@@ -19,7 +19,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"document_ingest", "rag_batch_query"} <= set(dagbag.dag_ids)
+    assert {"document_ingest", "rag_batch_query", "document_erase"} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_has_tags_and_every_task_retries(dagbag):
@@ -42,6 +42,17 @@ def test_ingest_dag_maps_the_five_stages_over_batches_in_order(dagbag):
     # A run has at most this many Ray jobs of one stage on the cluster at once.
     assert all(dag.get_task(s).max_active_tis_per_dagrun == 2 for s in stages)
     assert set(dag.params.get_param("recompute").schema["items"]["enum"]) == {"all", *(s.split(".")[1] for s in stages)}
+
+
+def test_erase_dag_claims_and_unlinks_then_removes_vectors_in_a_ray_job_then_forgets(dagbag):
+    from include.control.operators import PruneVectorsOperator
+
+    dag = dagbag.dags["document_erase"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # by hand only
+    assert dag.get_task("remove_vectors_and_artifacts").upstream_task_ids == {"plan_erasure"}
+    assert dag.get_task("forget").upstream_task_ids == {"remove_vectors_and_artifacts"}
+    assert isinstance(dag.get_task("remove_vectors_and_artifacts"), PruneVectorsOperator)
+    assert dag.params.get_param("documents").schema["minItems"] == 1
 
 
 def test_ingest_dag_runs_once_dropped_files_arrive_and_waits_for_work_not_objects(dagbag):
@@ -79,7 +90,7 @@ def test_every_ray_task_defers_while_its_job_runs(dagbag):
     plain = [task for task in tasks if isinstance(task, RayJobOperator)]
     mapped = [task for task in tasks if not isinstance(task, RayJobOperator)
               and issubclass(getattr(task, "operator_class", object), RayJobOperator)]
-    assert (len(plain), len(mapped)) == (5 + 1, 1)  # the stages and the prune; the questions, mapped per file
+    assert (len(plain), len(mapped)) == (5 + 1 + 1, 1)  # the stages, the prune and the erasure; the questions, mapped
     assert all(task.deferrable for task in plain) and all(task.partial_kwargs["deferrable"] for task in mapped)
 
 
