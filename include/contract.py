@@ -78,6 +78,8 @@ class PruneSpec(BaseModel):
 
     run_id: str
     source_uris: list[str]
+    # Ingested versions whose unredacted artifacts (extracted text, chunks) are past their retention.
+    expire_doc_ids: list[str] = []
 
 
 class StageManifest(BaseModel):
@@ -176,3 +178,5 @@ class PruneResult(JobResult):
     kept: dict[str, str] = {}
     # Artifact files removed per source.
     files_removed: dict[str, int] = {}
+    # Unredacted artifact files removed per document version past its retention.
+    expired: dict[str, int] = {}

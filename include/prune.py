@@ -52,9 +52,29 @@ def prune(spec: PruneSpec) -> PruneResult:
             kept[uri] = current
             log.info("PRUNED %s: %d vector(s) and %d artifact file(s) of older versions removed; it is in the inbox "
                      "again, and its current version's (%s) stay", shown, removed[uri], files[uri], current)
-    return PruneResult(status="succeeded", removed=removed, kept=kept, files_removed=files, started_at=started,
-                       finished_at=now(), metrics={"sources": len(removed), "vectors_removed": sum(removed.values()),
-                                                   "files_removed": sum(files.values())})
+    expired = {doc_id: remove_unredacted(settings, storage, doc_id) for doc_id in spec.expire_doc_ids}
+    if expired:
+        log.info("EXPIRED the unredacted artifacts of %d version(s): %d file(s)", len(expired), sum(expired.values()))
+    return PruneResult(status="succeeded", removed=removed, kept=kept, files_removed=files, expired=expired,
+                       started_at=started, finished_at=now(),
+                       metrics={"sources": len(removed), "vectors_removed": sum(removed.values()),
+                                "files_removed": sum(files.values()), "unredacted_files_expired": sum(expired.values())})
+
+
+# The stages whose outputs hold the text as extracted, before the PII is redacted.
+UNREDACTED_STAGES = ("extract", "chunk")
+
+
+def remove_unredacted(settings: PipelineSettings, storage: Storage, doc_id: str) -> int:
+    """The version's unredacted artifacts (every file of its extract and chunk folders, the manifest last:
+    a retry finds the rest); how many files."""
+    removed = 0
+    for name in UNREDACTED_STAGES:
+        folder = join_uri(settings.artifacts_uri, STAGES[name].output_dir, doc_id) + "/"  # this id's, no longer one's
+        for uri in sorted(storage.list(folder), key=lambda u: u.endswith(MANIFEST_NAME)):
+            storage.delete(uri)
+            removed += 1
+    return removed
 
 
 

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRef, PruneResult, PruneSpec
@@ -79,10 +80,12 @@ def inbox_has_work(files: list[dict[str, Any]], params: dict[str, Any] | None = 
     listing, refused = taken(settings, [s3_object_info(bucket, entry) for entry in files])
     for item in refused:
         log.warning("not work: %s", item.error)
-    entries = Ledger.open(settings).entries(under=settings.inbox_uri)
+    ledger = Ledger.open(settings)
+    entries = ledger.entries(under=settings.inbox_uri)
     found = pending(listing, entries, fingerprint=pipeline_fingerprint(settings), max_attempts=settings.max_attempts)
-    log.info("Inbox: %s", found.describe())
-    return bool(found)
+    due = unredacted_due(settings, ledger)
+    log.info("Inbox: %s; %d version(s) past the retention of their unredacted artifacts", found.describe(), len(due))
+    return bool(found or due)
 
 
 def plan_run(
@@ -258,10 +261,19 @@ def prune_spec_uri(dag_id: str, run_id: str) -> str:
 
 
 def record_prune(run_id: str, result: PruneResult) -> None:
-    """The prune job's result into the ledger: those sources have no vector left in the store."""
+    """The prune job's result into the ledger: those sources have no vector left in the store, those
+    versions no unredacted artifact."""
     ledger = Ledger.open(get_control_settings())
     for uri, count in result.removed.items():
         ledger.mark_pruned(run_id, uri, count, kept_doc_id=result.kept.get(uri))
+    ledger.mark_expired(run_id, result.expired)
+
+
+def unredacted_due(settings: ControlSettings, ledger: Ledger) -> list[str]:
+    """The indexed versions past ``unredacted_retention_days`` whose unredacted artifacts are still there."""
+    if settings.unredacted_retention_days is None:
+        return []
+    return ledger.unredacted_due(datetime.now(UTC) - timedelta(days=settings.unredacted_retention_days))
 
 
 class NoPlan(LookupError):
@@ -333,9 +345,11 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
     replaced = [final.source_uri for final in finals if final.status == Status.INGESTED and not final.unchanged
                 and plan.reasons.get(final.source_uri) == Reason.CHANGED]
     to_prune = [*plan.deleted, *quarantined, *replaced]
-    if to_prune:  # the prune task runs the job that removes their vectors, where the store's credentials are
-        storage.write_json(join_uri(folder, PRUNE_SPEC), PruneSpec(run_id=run_id, source_uris=to_prune).model_dump())
     ledger = Ledger.open(settings)
+    expire = unredacted_due(settings, ledger)
+    if to_prune or expire:  # the prune task runs the job that removes them, where the store's credentials are
+        storage.write_json(join_uri(folder, PRUNE_SPEC),
+                           PruneSpec(run_id=run_id, source_uris=to_prune, expire_doc_ids=expire).model_dump())
     ledger.finish(run_id, finals)
     summary = report.summarize(dag_id, run_id, plan, stages, rows,
                                found_unchanged=sum(final.unchanged for final in finals))

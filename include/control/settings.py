@@ -75,6 +75,13 @@ class ControlSettings(PipelineSettings):
         "(not counted as attempts; the report lists them). Unset (null): no limit. The local backends cost "
         "nothing.",
     )
+    unredacted_retention_days: float | None = Field(
+        default=30.0, ge=0,
+        description="Days an ingested version keeps its unredacted artifacts (extracted/ and chunks/, which hold "
+        "the text before PII redaction) after it was ingested; then a run's prune job removes them (the sensor "
+        "counts that as work). The redacted artifacts and the vectors stay. A later reprocess that needs them "
+        "extracts again. Unset (null): kept until the document goes.",
+    )
     max_delete_fraction: float = Field(
         default=0.25, ge=0, le=1,
         description="A run removes at most this share of the ingested documents it finds gone from the inbox "

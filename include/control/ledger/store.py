@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 LEDGER_CONN_ID = "pipeline_ledger"
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The event of a version whose unredacted artifacts a prune job removed (``unredacted_due``).
+EXPIRED = "expired"
 # PostgreSQL: one migrator at a time (any constant key shared by every process).
 _MIGRATION_LOCK_KEY = 0x1ED6E2
 
@@ -447,6 +449,29 @@ class Ledger:
             row.last_run_id, row.updated_at = run_id, now()
             self._event(session, source_uri, row.doc_id, run_id, "prune", "pruned" if quarantined else "deleted",
                         {"vectors_removed": vectors_removed})
+
+    def unredacted_due(self, ingested_before: datetime) -> list[str]:
+        """Indexed versions ingested before then whose unredacted artifacts have not been expired since."""
+        ingested = (select(Event.doc_id, func.max(Event.at).label("at"))
+                    .where(Event.event == str(Status.INGESTED)).group_by(Event.doc_id).subquery())
+        expired = (select(Event.doc_id, func.max(Event.at).label("at"))
+                   .where(Event.event == EXPIRED).group_by(Event.doc_id).subquery())
+        query = (select(Document.indexed_doc_id)
+                 .join(ingested, ingested.c.doc_id == Document.indexed_doc_id)
+                 .outerjoin(expired, expired.c.doc_id == Document.indexed_doc_id)
+                 .where(Document.status == Status.INGESTED, ingested.c.at < ingested_before,
+                        (expired.c.at.is_(None)) | (expired.c.at < ingested.c.at))
+                 .order_by(Document.indexed_doc_id))
+        with self._session() as session:
+            return list(session.scalars(query).all())
+
+    def mark_expired(self, run_id: str, expired: dict[str, int]) -> None:
+        """A prune job removed these versions' unredacted artifacts (files per version)."""
+        with self._session() as session:
+            for doc_id, files in expired.items():
+                source_uri = session.scalar(select(Document.source_uri).where(Document.indexed_doc_id == doc_id))
+                if source_uri is not None:
+                    self._event(session, source_uri, doc_id, run_id, "retention", EXPIRED, {"files_removed": files})
 
     def hold(self, dag_id: str, run_id: str, source_uris: list[str],
              is_active: Callable[[str, str], bool]) -> dict[str, str]:
