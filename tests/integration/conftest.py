@@ -37,10 +37,11 @@ TEST_SETTINGS = {"PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_SENSOR_TIMEOUT_SECOND
 # the jobs asks for the resource only the worker node offers.
 TEST_CLUSTER = {"STACK_RAY_WORKER_NODES": "1", "PIPELINE_RAY_WORKER_RESOURCE": "pipeline_worker"}
 WORKER_NODE = "ray-node-1"
-# The keys the cloud backends read on the workers, from their own environment: the Ray head is
-# started with them, as a cluster's nodes would be. Fake values, for the local fakes of the APIs;
+# The keys the cloud backends (and the pseudonyms of keys that carry PII) read on the workers, from
+# their own environment: the Ray head is started with them, as a cluster's nodes would be. Fake values, for the local fakes of the APIs;
 # the tests check that no job ever carries them.
-WORKER_SECRETS = {"OPENAI_API_KEY": "sk-test-worker-only-5b1e0c", "PINECONE_API_KEY": "pc-test-worker-only-9d2c4a"}
+WORKER_SECRETS = {"OPENAI_API_KEY": "sk-test-worker-only-5b1e0c", "PINECONE_API_KEY": "pc-test-worker-only-9d2c4a",
+                  "SOURCE_PSEUDONYM_KEY": "pseudonym-test-worker-only-41d7"}
 # The ledger runs on PostgreSQL with a password, as in production: the Airflow side holds its URL,
 # no job may see it.
 LEDGER_PASSWORD = "pg-test-ledger-only-7c3e91"
