@@ -190,7 +190,8 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
     subprocess.run([airflow, "db", "migrate"], env=env, cwd=project, check=True, capture_output=True)
     saved = dict(os.environ)
     try:
-        os.environ.update({k: v for k, v in env.items() if k.startswith(("PIPELINE_", "AWS_"))})
+        # The job client below authenticates as the stack does (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH).
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("PIPELINE_", "AWS_", "RAY_"))})
         from include.control.settings import get_control_settings, reload_settings
         from include.storage import Storage, join_uri
 
