@@ -104,18 +104,21 @@ def forget(dag_id: str, run_id: str, prune_result_uri: str) -> dict[str, Any]:
     folder = run_folder(settings.artifacts_uri, dag_id, run_id)
     spec = PruneSpec.model_validate(storage.read_json(join_uri(folder, PRUNE_SPEC)))
     pruned = PruneResult.model_validate(storage.read_json(prune_result_uri))
-    rows, events, runs, other_names = ledger.forget(spec.source_uris)
+    # The run folders first, the ledger after: a retry after a failure in between finds the same traces.
+    runs, other_names = ledger.traces(spec.source_uris)
     names = sorted({*spec.source_uris, *other_names}, key=len, reverse=True)  # longest first: a URI before its id
     rewritten = sum(_scrub_folder(storage, run_folder(settings.artifacts_uri, dag, run), names) for dag, run in runs)
+    rows, events = ledger.forget(spec.source_uris)
     report = {
         "documents": [{"source": shown(uri), "vectors_removed": pruned.removed.get(uri, 0),
                        "artifact_files_removed": pruned.files_removed.get(uri, 0)} for uri in spec.source_uris],
         "ledger_rows_removed": rows, "ledger_events_removed": events,
         "run_folders_scrubbed": len(runs), "run_files_rewritten": rewritten,
     }
-    for uri in storage.list(folder):  # the spec and the job's result name the keys
-        storage.delete(uri)
     storage.write_json(join_uri(folder, REPORT), report)
+    for uri in storage.list(folder):  # the spec and the job's result name the keys
+        if not uri.endswith(REPORT):
+            storage.delete(uri)
     return report
 
 

@@ -494,9 +494,9 @@ class Ledger:
                     held[uri] = "another run (claimed just now)"
         return held
 
-    def forget(self, source_uris: list[str]) -> tuple[int, int, list[tuple[str, str]], set[str]]:
-        """Remove the sources' rows and history: the rows and events removed, the runs (DAG, run) whose
-        history named them, and the other names they had: every version's document id, the quarantine's URI."""
+    def traces(self, source_uris: list[str]) -> tuple[list[tuple[str, str]], set[str]]:
+        """Where else the sources are named: the runs (DAG, run) whose history names them, and the other
+        names they had (every version's document id, the quarantine's URI)."""
         with self._session() as session:
             events = session.execute(select(Event.run_id, Event.doc_id).where(Event.source_uri.in_(source_uris))).all()
             rows = session.scalars(select(Document).where(Document.source_uri.in_(source_uris))).all()
@@ -504,9 +504,14 @@ class Ledger:
                 name for row in rows for name in (row.doc_id, row.indexed_doc_id, row.quarantine_uri) if name}
             run_ids = {run_id for run_id, _doc in events} | {row.last_run_id for row in rows if row.last_run_id}
             runs = session.execute(select(Run.dag_id, Run.run_id).where(Run.run_id.in_(run_ids))).all()
+        return sorted((dag_id, run_id) for dag_id, run_id in runs), names
+
+    def forget(self, source_uris: list[str]) -> tuple[int, int]:
+        """Remove the sources' rows and history, in one transaction: the rows and events removed."""
+        with self._session() as session:
             removed_events = session.execute(delete(Event).where(Event.source_uri.in_(source_uris))).rowcount
             removed_rows = session.execute(delete(Document).where(Document.source_uri.in_(source_uris))).rowcount
-        return removed_rows, removed_events, sorted((dag_id, run_id) for dag_id, run_id in runs), names
+        return removed_rows, removed_events
 
     def start_run(self, dag_id: str, run_id: str, counts: dict[str, int]) -> None:
         with self._session() as session:

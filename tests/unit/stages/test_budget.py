@@ -47,3 +47,16 @@ def test_a_stage_that_pays_nothing_ignores_the_budget_and_passes_it_on(settings)
     assert [o.status for o in result.documents] == ["succeeded"] * 3 and result.budget_usd_left == 0.0
     unlimited = run_stage(_stage(pays=True), settings, _items(3), batch_id="b", executor=run_inline)
     assert len(unlimited.succeeded) == 3 and unlimited.budget_usd_left is None
+
+
+def test_on_ray_the_pipeline_stops_at_the_budget_and_the_rest_is_postponed(settings, ray_local):
+    import sys
+
+    import ray
+
+    from include.stages.execution import run_on_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module is not shipped to workers
+    result = run_stage(_stage(pays=True), settings, _items(6), batch_id="b", executor=run_on_ray, budget_usd=0.25)
+    assert [o.status for o in result.documents] == ["succeeded"] * 3 + ["postponed"] * 3
+    assert result.budget_usd_left == 0.0
