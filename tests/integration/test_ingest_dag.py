@@ -141,7 +141,8 @@ def test_xcom_holds_the_batch_result_uri_counts_and_metrics_only(env, inbox, fir
     values = _stage_xcoms(env, first_run)
     assert {task for task, _ in values} == {f"ingest_batch.{stage}" for stage in STAGES}
     for (task, _), value in values.items():
-        assert set(value) == {"stage", "batch_id", "result_uri", "documents", "succeeded", "failed", "metrics"}
+        assert set(value) == {"stage", "batch_id", "result_uri", "documents", "succeeded", "failed", "postponed",
+                              "metrics"}
         assert value["result_uri"].startswith("s3://") and value["result_uri"].endswith("-try1.json")
         assert all(isinstance(n, (int, float)) for n in value["metrics"].values())
     extract = values[("ingest_batch.extract", 0)]
