@@ -124,20 +124,19 @@ def forget(dag_id: str, run_id: str, prune_result_uri: str) -> dict[str, Any]:
 
 def _scrub_folder(storage: Storage, folder: str, names: list[str]) -> int:
     """Rewrite the folder's JSON and Markdown files that hold any of ``names``; how many were."""
+    # JSON is parsed, so a name is found however the file escapes it; Markdown is plain text.
+    formats = {".json": (storage.read_json, storage.write_json), ".md": (storage.read_text, storage.write_text)}
     rewritten = 0
     for uri in storage.list(folder):
-        if uri.endswith(".json"):
-            before = storage.read_json(uri)
-            after = _scrub(before, names)
-            if after != before:
-                storage.write_json(uri, after)
-                rewritten += 1
-        elif uri.endswith(".md"):
-            before_text = storage.read_text(uri)
-            after_text = _scrub(before_text, names)
-            if after_text != before_text:
-                storage.write_text(uri, after_text)
-                rewritten += 1
+        suffix = uri[uri.rfind("."):]
+        if suffix not in formats:
+            continue
+        read, write = formats[suffix]
+        before = read(uri)
+        after = _scrub(before, names)
+        if after != before:
+            write(uri, after)
+            rewritten += 1
     return rewritten
 
 
