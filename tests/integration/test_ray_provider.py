@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import socket
+import threading
 import time
 import uuid
 
@@ -108,14 +110,29 @@ def test_past_its_deadline_the_trigger_stops_the_job_and_says_so(hook):
     assert hook.find(job)["status"] == "STOPPED"
 
 
-def test_the_trigger_never_blocks_the_event_loop(hook, caplog):
-    """A heartbeat beside the trigger keeps ticking, and asyncio's debug mode finds no slow callback,
-    while the trigger polls and streams a job that writes fast."""
+def test_the_trigger_never_blocks_the_event_loop(hook, caplog, monkeypatch):
+    """While the trigger polls and streams a job that writes fast: no blocking call (a sync HTTP
+    request, a sync connect, a sleep) runs on the event loop's thread, a heartbeat beside the trigger
+    keeps ticking, and asyncio's debug mode finds no step anywhere near the triggerer's own warning
+    (0.2 s blocked). The step bound is loose on purpose: on a loaded 2-core machine a busy Ray job
+    alone has stretched a 20 ms step to 160 ms; the blocking calls themselves are caught exactly."""
     job = _submit(hook, f"for i in range({LINES * 5}): print('x' * 80, i, flush=True)")
     caplog.set_level(logging.WARNING, logger="asyncio")
+    blocking: list[str] = []
+    loop_thread = threading.get_ident()
+
+    def refused_on_the_loop(name: str, call):
+        def guarded(*args, **kwargs):
+            if threading.get_ident() == loop_thread:
+                blocking.append(name)
+            return call(*args, **kwargs)
+        return guarded
+
+    for owner, name in ((httpx.Client, "send"), (socket, "create_connection"), (time, "sleep")):
+        monkeypatch.setattr(owner, name, refused_on_the_loop(name, getattr(owner, name)))
 
     async def watched() -> float:
-        asyncio.get_running_loop().slow_callback_duration = 0.1
+        asyncio.get_running_loop().slow_callback_duration = 0.5
         gaps, stop = [], asyncio.Event()
 
         async def heartbeat() -> None:
@@ -134,9 +151,10 @@ def test_the_trigger_never_blocks_the_event_loop(hook, caplog):
         return max(gaps)
 
     worst_gap = asyncio.run(watched(), debug=True)
+    assert not blocking, blocking
     slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
     assert not slow, slow
-    assert worst_gap < 0.5, worst_gap
+    assert worst_gap < 1.0, worst_gap
 
 
 def test_the_job_api_refuses_a_request_without_the_right_token_and_the_connection_test_says_why(hook, stack):
