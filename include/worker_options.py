@@ -7,6 +7,8 @@ resource, which only the nodes meant for the heavy work offer, so none lands on 
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 from include.settings import PipelineSettings
@@ -30,3 +32,17 @@ def actor_options(settings: PipelineSettings) -> dict[str, Any]:
 def task_options(settings: PipelineSettings) -> dict[str, Any]:
     """Ray remote arguments of a task (``flat_map``, reading and writing Parquet)."""
     return {**task_crash_limits(settings), **on_worker_nodes(settings)}
+
+
+def worker_cpus() -> int:
+    """Threads a model in this process should run: the CPUs Ray gave this actor or task (rounded up,
+    at least one), or, outside Ray's workers (a job driver, a plain process), the machine's. A model
+    that runs more threads than its CPUs only makes the actors beside it wait."""
+    try:
+        import ray
+    except ImportError:
+        return os.cpu_count() or 1
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+        return max(1, math.ceil(assigned))
+    return os.cpu_count() or 1

