@@ -47,7 +47,7 @@ _WORDS = ("trial dose metformin site visit protocol safety endpoint patient coho
           "monitoring report adverse event investigator schedule placebo baseline week clinic review").split()
 
 
-def _pdf(path: Path, pages: int, seed: int) -> Path:
+def synthetic_pdf(path: Path, pages: int, seed: int) -> Path:
     from fpdf import FPDF
 
     rng = random.Random(seed)
@@ -77,9 +77,9 @@ def make_corpus(name: str, folder: Path, documents: int, big_pages: int) -> list
 
         return list(write_samples(folder))
     rng = random.Random(7)
-    paths = [_pdf(folder / f"report-{n:03d}.pdf", rng.choice([1, 1, 2, 3, 5, 8, 13, 20, 40]), n)
+    paths = [synthetic_pdf(folder / f"report-{n:03d}.pdf", rng.choice([1, 1, 2, 3, 5, 8, 13, 20, 40]), n)
              for n in range(documents - 3)]
-    paths.append(_pdf(folder / "big-manual.pdf", big_pages, 999))
+    paths.append(synthetic_pdf(folder / "big-manual.pdf", big_pages, 999))
     (folder / "corrupt.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << broken")
     (folder / "notes.txt").write_text("not a PDF at all")
     return [*paths, folder / "corrupt.pdf", folder / "notes.txt"]

@@ -1,0 +1,248 @@
+"""Benchmark: each stage inside Ray against the same stage in one plain process, on one large PDF,
+with the CPU each keeps busy; then the embedder's runtimes side by side.
+
+Both paths run the same stage code on the same generated document in the same invocation:
+
+- **plain**: ``include.stages.local.run_stages`` with ``run_inline``: every worker built once in one
+  process, the floor any orchestration is measured against;
+- **ray**: the same call with ``run_on_ray``, the executor of every stage job, on a local Ray of
+  this machine's CPUs (the stage jobs' own code path without Airflow: ``bench_ingest`` times the
+  whole DAG).
+
+It prints per stage: seconds of each path, their ratio (Ray / plain: 1.0 or less means Ray costs
+nothing) and the CPU each path kept busy, as a share of the machine (the Ray workers' processes
+for the Ray path, the one process for the plain path); the peak memory of each. Then the local
+embedder on a sample of the document's chunks: chunks per second of torch (sentence-transformers)
+and of ONNX Runtime (the default) with the machine's threads, and their cosine agreement; and of an
+int8 dynamically quantized export, which is not used (see ``include.backends.minilm_export``).
+
+    .venv/bin/python -m benchmarks.bench_stages                  # a 600-page document
+    .venv/bin/python -m benchmarks.bench_stages --pages 2415     # as large as the issue's manual
+    .venv/bin/python -m benchmarks.bench_stages --runtime torch  # the stages with the torch embedder
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.bench_ingest import synthetic_pdf
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": ""}
+
+
+def run_child(mode: str, pdf: Path, work: Path) -> dict:
+    """One path over the document, in a child process of the benchmark (its memory its own)."""
+    os.environ.update(OFFLINE)
+    from include.documents import discover
+    from include.settings import PipelineSettings
+    from include.stages.execution import run_inline, run_on_ray
+    from include.stages.local import run_stages
+    from include.storage import Storage
+
+    settings = PipelineSettings(work_dir=work, inbox_uri=pdf.parent.resolve().as_uri() + "/",
+                                artifacts_uri=(work / "artifacts").as_uri() + "/")
+    executor = run_inline
+    if mode == "ray":
+        import ray
+
+        from include.control.ingest import RUNTIME_EXCLUDES
+        from include.settings import PROJECT_ROOT
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
+                 _temp_dir=tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp"),
+                 runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": RUNTIME_EXCLUDES,
+                              "env_vars": {**OFFLINE, **{k: v for k, v in os.environ.items()
+                                                         if k.startswith("PIPELINE_")}}})
+        executor = run_on_ray
+    documents, _ = discover(Storage(settings), settings.inbox_uri)
+    results = run_stages(settings, documents, "load", executor=executor)
+    failed = {stage: [o.error for o in r.failed] for stage, r in results.items() if r.failed}
+    if failed:
+        raise SystemExit(f"the {mode} path failed documents: {failed}")
+    return {"stages": {stage: [r.started_at.timestamp(), r.finished_at.timestamp()] for stage, r in results.items()},
+            "chunks": results["load"].metrics.get("vectors", 0),
+            "embeddings": results["embed"].succeeded[0].manifest_uri}
+
+
+@dataclass
+class CpuSampler:
+    """CPU seconds used so far by the processes a predicate picks, sampled twice a second, and the
+    largest resident memory among them."""
+
+    picks: object  # (psutil.Process) -> bool
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    peak_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._seen: dict[int, float] = {}
+        self._total = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.5):
+            for process in psutil.process_iter():
+                try:
+                    if not self.picks(process):
+                        continue
+                    times = process.cpu_times()
+                    used = times.user + times.system
+                    self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                # A process first seen now started since the last sample: all of its CPU is new.
+                self._total += used - self._seen.get(process.pid, 0.0)
+                self._seen[process.pid] = used
+            self.samples.append((time.time(), self._total))
+
+    def busy(self, start: float, end: float) -> float:
+        """The share of the machine's CPUs these processes kept busy between two instants."""
+        def used_at(when: float) -> float:
+            return min(self.samples, key=lambda sample: abs(sample[0] - when))[1] if self.samples else 0.0
+        return (used_at(end) - used_at(start)) / max(end - start, 1e-9) / (os.cpu_count() or 1)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _cmdline(process) -> str:
+    return " ".join(process.cmdline() or [])
+
+
+def measured(mode: str, pdf: Path, scratch: Path, runtime: str) -> tuple[dict, CpuSampler]:
+    work = scratch / f"work-{mode}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "STACK_", "RAY_"))}
+    env["PIPELINE_EMBED_RUNTIME"] = runtime
+    child = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stages", "--child", mode, str(pdf), str(work)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if mode == "plain":
+        def picks(process) -> bool:
+            return process.pid == child.pid
+    else:
+        def picks(process) -> bool:
+            return _cmdline(process).startswith("ray::")
+    with CpuSampler(picks) as sampler:
+        out, err = child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the {mode} path failed:\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1]), sampler
+
+
+def embedder_runtimes(embeddings_manifest: str, sample: int) -> list[tuple[str, float, float, float]]:
+    """(runtime, chunks/s, mean cosine to torch, min cosine to torch) on the document's own chunks,
+    each runtime with the machine's threads."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from include.backends.embedders import MiniLMEmbedder, OnnxMiniLMEmbedder
+    from include.backends.minilm_export import is_current
+    from include.contract import StageManifest
+    from include.settings import PipelineSettings, default_onnx_dir
+    from include.storage import Storage
+
+    os.environ.update(OFFLINE)
+    settings = PipelineSettings()
+    storage = Storage(settings)
+    manifest = StageManifest.model_validate(storage.read_json(embeddings_manifest))
+    table = pq.read_table(io.BytesIO(storage.read_bytes(manifest.outputs["embeddings"])), columns=["text"])
+    from include.stages.chunk import embedding_text
+
+    texts = [embedding_text(row) for row in table.to_pylist()][:sample]
+    threads = os.cpu_count() or 1
+    folder = settings.embed_onnx_dir or default_onnx_dir()
+    assert is_current(folder, settings.embed_model), f"no current ONNX export in {folder}"
+    runtimes = {
+        "torch": MiniLMEmbedder(settings),
+        "onnx": OnnxMiniLMEmbedder.from_folder(folder, model=settings.embed_model,
+                                               batch_size=settings.embed_batch_size, threads=threads),
+        "onnx-int8": OnnxMiniLMEmbedder.from_folder(_quantized(folder), model=settings.embed_model,
+                                                    batch_size=settings.embed_batch_size, threads=threads),
+    }
+    rows, reference = [], None
+    for name, embedder in runtimes.items():
+        embedder.embed(texts[:8])  # warm: the first call allocates
+        clock = time.perf_counter()
+        vectors = embedder.embed(texts).vectors
+        rate = len(texts) / (time.perf_counter() - clock)
+        reference = vectors if reference is None else reference
+        cosines = np.sum(vectors * reference, axis=1)
+        rows.append((name, rate, float(cosines.mean()), float(cosines.min())))
+    return rows
+
+
+def _quantized(folder: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(tempfile.mkdtemp(prefix="minilm-int8-", dir="/tmp"))
+    for name in ("tokenizer.json", "export.json"):
+        shutil.copy(folder / name, out / name)
+    quantize_dynamic(str(folder / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_stages", description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=600)
+    parser.add_argument("--sample", type=int, default=1024, help="chunks embedded by each runtime")
+    parser.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="the stages' embedder")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        mode, pdf, work = args.child
+        print(json.dumps(run_child(mode, Path(pdf), Path(work))))
+        return 0
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-stages-", dir="/tmp"))
+    try:
+        (scratch / "inbox").mkdir()
+        pdf = synthetic_pdf(scratch / "inbox" / "manual.pdf", args.pages, seed=2415)
+        print(f"==> one {args.pages}-page PDF, {os.cpu_count()} CPUs, embedder runtime {args.runtime}", flush=True)
+        results = {}
+        for mode in ("plain", "ray"):
+            results[mode] = measured(mode, pdf, scratch, args.runtime)
+            print(f"    {mode}: done, {results[mode][0]['chunks']} chunks", flush=True)
+        (plain, plain_cpu), (ray, ray_cpu) = results["plain"], results["ray"]
+        header = f"{'stage':<9}{'plain s':>9}{'Ray s':>8}{'Ray/plain':>10}{'plain CPU':>10}{'Ray CPU':>9}"
+        print("\n" + header + "\n" + "-" * len(header))
+        for stage, (p_start, p_end) in plain["stages"].items():
+            r_start, r_end = ray["stages"][stage]
+            print(f"{stage:<9}{p_end - p_start:>9.1f}{r_end - r_start:>8.1f}{(r_end - r_start) / (p_end - p_start):>10.2f}"
+                  f"{plain_cpu.busy(p_start, p_end):>10.0%}{ray_cpu.busy(r_start, r_end):>9.0%}")
+        p_all = [min(s for s, _ in plain["stages"].values()), max(e for _, e in plain["stages"].values())]
+        r_all = [min(s for s, _ in ray["stages"].values()), max(e for _, e in ray["stages"].values())]
+        print(f"{'all':<9}{p_all[1] - p_all[0]:>9.1f}{r_all[1] - r_all[0]:>8.1f}"
+              f"{(r_all[1] - r_all[0]) / (p_all[1] - p_all[0]):>10.2f}"
+              f"{plain_cpu.busy(*p_all):>10.0%}{ray_cpu.busy(*r_all):>9.0%}")
+        print(f"peak memory: plain process {plain_cpu.peak_mb:.0f} MB, largest Ray worker {ray_cpu.peak_mb:.0f} MB")
+
+        print(f"\n{'embedder':<11}{'chunks/s':>9}{'x torch':>8}{'cos mean':>10}{'cos min':>9}")
+        rows = embedder_runtimes(plain["embeddings"], args.sample)
+        for name, rate, mean, least in rows:
+            print(f"{name:<11}{rate:>9.1f}{rate / rows[0][1]:>8.2f}{mean:>10.5f}{least:>9.5f}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
