@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -43,11 +44,19 @@ class PoolSettings(BaseModel):
     model_config = {"frozen": True}
 
     min_actors: int = Field(default=1, ge=1)
-    max_actors: int = Field(default=2, ge=1)
+    # Unset: as many actors as the worker nodes' CPUs hold when the job starts, so a long queue
+    # (a batch, or one long document's parts) keeps every core busy; Ray Data starts them only
+    # while the queue is long, and a pool whose CPUs another job holds waits with the ones it has.
+    max_actors: int | None = Field(default=None, ge=1)
     actor_cpus: float = Field(default=1.0, gt=0)
     # Ray places an actor only where this much memory is free, and counts it against the node: the
     # pools of concurrent jobs cannot overcommit a node (the largest actor measured held 1.4 GB).
     actor_memory_mb: int = Field(default=2048, ge=64)
+
+    def sized_for(self, cpus: float) -> PoolSettings:
+        """This pool with its most actors settled: ``max_actors``, or as many as ``cpus`` hold."""
+        most = self.max_actors or math.floor(cpus / self.actor_cpus)
+        return self.model_copy(update={"max_actors": max(most, self.min_actors)})
 
 
 class ModelPrice(BaseModel):
@@ -136,7 +145,7 @@ class PipelineSettings(BaseSettings):
         "own tokenizer. Unset: what the embedder reads in one window (254 word pieces for MiniLM), or "
         "400 tokens (about 1,500 characters) for an OpenAI embedder. Never more than the embedder reads.",
     )
-    chunk_pool: PoolSettings = PoolSettings(max_actors=1)
+    chunk_pool: PoolSettings = PoolSettings()
 
     # --- enrich --------------------------------------------------------------
     enricher: Literal["local", "openai"] = Field(

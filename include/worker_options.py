@@ -34,6 +34,16 @@ def task_options(settings: PipelineSettings) -> dict[str, Any]:
     return {**task_crash_limits(settings), **on_worker_nodes(settings)}
 
 
+def worker_node_cpus(settings: PipelineSettings) -> float:
+    """CPUs of the live nodes this job's actors may land on (``on_worker_nodes``), for the pools that
+    size themselves to the cluster (``PoolSettings.sized_for``). Read in the job's driver."""
+    import ray
+
+    name = settings.ray_worker_resource
+    return sum(node["Resources"].get("CPU", 0.0) for node in ray.nodes()
+               if node["Alive"] and (not name or name in node["Resources"]))
+
+
 def worker_cpus() -> int:
     """Threads a model in this process should run: the CPUs Ray gave this actor or task (rounded up,
     at least one), or, outside Ray's workers (a job driver, a plain process), the machine's. A model

@@ -18,7 +18,6 @@ tokenizer.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 
 from include.backends.openai_api import Usage, call_usage, openai_client, token_encoding
 from include.settings import PipelineSettings
+from include.worker_options import worker_cpus
 
 Messages = list[dict[str, str]]
 
@@ -149,7 +149,7 @@ class SmolLM2Generator:
             self._llm = Llama(
                 model_path=gguf_path(self.model),
                 n_ctx=settings.generator_context_tokens,
-                n_threads=math.ceil(settings.generate_pool.actor_cpus),
+                n_threads=worker_cpus(),  # the CPUs Ray gave this actor
                 verbose=False,
             )
         self._max_tokens = settings.generator_max_new_tokens

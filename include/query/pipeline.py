@@ -32,7 +32,7 @@ from include.query.steps import STEPS, BuildPrompts, EmbedQuestions, GenerateAns
 from include.settings import PipelineSettings
 from include.storage import Storage, join_uri
 from include.worker_crashes import crashes_named
-from include.worker_options import actor_options, task_options
+from include.worker_options import actor_options, task_options, worker_node_cpus
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class InlineAnswerer:
 
 # --- on Ray Data --------------------------------------------------------------------
 
+QUERY_POOLS = ("query_embed_pool", "retrieve_pool", "prompt_pool", "generate_pool")
+
 
 def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: str,
                   where: Filter | None = None) -> None:
@@ -111,6 +113,11 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
     check_size(pyarrow.dataset.dataset(path, filesystem=filesystem, format="parquet").count_rows(), questions_uri,
                settings)
 
+    # Pools sized to the cluster settle their sizes here, so the generator's actors know how many
+    # share the file's budget.
+    cpus = worker_node_cpus(settings)
+    settings = settings.model_copy(update={pool: getattr(settings, pool).sized_for(cpus) for pool in QUERY_POOLS})
+
     def step(dataset: Any, worker: type, pool: str, **kwargs: Any) -> Any:
         sizes = getattr(settings, pool)
         return dataset.map_batches(
@@ -121,10 +128,11 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
             **({"num_gpus": settings.generator_gpus} if worker is GenerateAnswers and settings.generator_gpus else {}),
         )
 
-    answers = step(questions, EmbedQuestions, "query_embed_pool")
-    answers = step(answers, RetrievePassages, "retrieve_pool", where=where)
-    answers = step(answers, BuildPrompts, "prompt_pool")
-    answers = step(answers, GenerateAnswers, "generate_pool")
+    embed_pool, retrieve_pool, prompt_pool, generate_pool = QUERY_POOLS
+    answers = step(questions, EmbedQuestions, embed_pool)
+    answers = step(answers, RetrievePassages, retrieve_pool, where=where)
+    answers = step(answers, BuildPrompts, prompt_pool)
+    answers = step(answers, GenerateAnswers, generate_pool)
     if evaluation.has_expectations(names):
         answers = answers.map_batches(evaluation.score_batch, batch_format="pyarrow", num_cpus=settings.query_io_cpus,
                                       **task_options(settings))

@@ -168,7 +168,8 @@ class GenerateAnswers:
         clock = time.perf_counter()
         self._generator = build_generator(settings)
         limit = settings.query_max_usd_per_file
-        self._budget = None if limit is None else limit / settings.generate_pool.max_actors
+        # Unsized (max_actors unset) only in one process, where this is the one generator.
+        self._budget = None if limit is None else limit / (settings.generate_pool.max_actors or 1)
         self._spent = 0.0
         log.info("generator %s ready in %.1fs", self._generator.model, time.perf_counter() - clock)
 

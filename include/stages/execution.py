@@ -5,16 +5,17 @@ payloads in part order, or the ``DocumentError`` that stopped it: any exception 
 on a document is its failure unless the infrastructure caused it (``include.failures``),
 which fails the job.
 
-On Ray (``run_on_ray``), the batch is one Ray Data pipeline::
+On Ray (``run_on_ray``), the batch is split into parts by tasks, then one Ray Data pipeline::
 
-    documents --flat_map(split)--> parts --map_batches(worker, actor pool)--> payloads
+    parts (one block each) --map_batches(worker, actor pool)--> payloads
 
-The split runs as plain tasks (it only reads a file's size in pages or chunks); the
-worker runs on an actor pool (``ActorPoolStrategy``, sizes from the stage's
-``PoolSettings``), so its model loads once per actor and the parts of every document,
-a 600-page PDF's included, spread over the pool. Order is preserved, so the driver
-sees each document's parts together and assembles it while the rest still runs: it
-holds one document's payloads at a time, never the batch's.
+The split runs as plain tasks before the pool starts (it only reads a file's size in
+pages or chunks); the worker runs on an actor pool (``ActorPoolStrategy``, sized by the
+stage's ``PoolSettings``, by default to the worker nodes' CPUs), so its model loads once
+per actor and the parts of every document, a 600-page PDF's included, spread over the
+pool. Order is preserved, so the driver sees each document's parts together and
+assembles it while the rest still runs: it holds one document's payloads at a time,
+never the batch's.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from include.stages.base import (
 )
 from include.time_limits import call_with_time_limit
 from include.worker_crashes import WorkerCrashed, crashes_named
-from include.worker_options import actor_options, task_options
+from include.worker_options import actor_options, task_options, worker_node_cpus
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,17 @@ def _crashed_alone(stage: Stage, item: StageInput, crash: WorkerCrashed) -> Docu
         f"{item.document.source_uri}: {stage.name} on this document alone: {crash}"))
 
 
+def _split_all(stage: Stage, settings: PipelineSettings, items: list[StageInput]) -> list[dict[str, Any]]:
+    """Every document's parts, split in tasks (a split reads a file's page or chunk count): a few
+    small rows per document, in the batch's order."""
+    import ray
+
+    split = ray.remote(_split_rows).options(num_cpus=settings.split_cpus, **task_options(settings))
+    refs = [split.remote({"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()},
+                         stage=stage, settings=settings) for item in items]
+    return [part for parts in ray.get(refs) for part in parts]
+
+
 def _pipeline(
     stage: Stage, settings: PipelineSettings, items: list[StageInput], progress: Progress
 ) -> Iterator[DocumentDone]:
@@ -194,21 +206,14 @@ def _pipeline(
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # a document's parts arrive together, in order
     context.enable_progress_bars = False  # the job log gets our progress lines instead
-    pool = getattr(settings, stage.pool)
-
-    rows = [{"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()} for item in items]
-    payloads = (
-        ray.data.from_items(rows, override_num_blocks=len(rows))
-        .flat_map(
-            _split_rows,
-            fn_kwargs={"stage": stage, "settings": settings},
-            num_cpus=settings.split_cpus,
-            # As many splitters as actors they feed: each is a worker process to start,
-            # and starting processes is most of a small job's time.
-            concurrency=pool.max_actors,
-            **task_options(settings),
-        )
-        .map_batches(
+    pool = getattr(settings, stage.pool).sized_for(worker_node_cpus(settings))
+    steps = {_PartWorker.__name__: (stage.name, stage.runs(settings))}
+    with crashes_named(settings, steps, default_step=f"{stage.name} (splitting)"):
+        # One block per part: an actor takes a whole block, so a document's parts in one block
+        # would run on one actor (one core) however many the pool has. Splitting before the pool
+        # starts also leaves the pool every CPU: no split task waits behind its own actors.
+        parts = _split_all(stage, settings, items)
+        payloads = ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(
             _PartWorker,
             fn_constructor_kwargs={"stage": stage, "settings": settings},
             batch_size=1,  # a part is already a bounded unit of work
@@ -217,7 +222,12 @@ def _pipeline(
             memory=pool.actor_memory_mb * 2**20,
             **actor_options(settings),
         )
-    )
+        yield from _assembled(stage, settings, items, payloads, progress)
+
+
+def _assembled(stage: Stage, settings: PipelineSettings, items: list[StageInput], payloads: Any,
+               progress: Progress) -> Iterator[DocumentDone]:
+    """Each document once, from its parts' rows as they stream in (in order)."""
     by_id = {item.document.doc_id: item for item in items}
     limit = settings.max_seconds_per_document
 
@@ -232,20 +242,18 @@ def _pipeline(
     collected: list[Any] = []
     error: DocumentError | None = None
     seconds = 0.0
-    steps = {_PartWorker.__name__: (stage.name, stage.runs(settings))}
-    with crashes_named(settings, steps, default_step=f"{stage.name} (splitting)"):
-        for row in payloads.iter_rows():
-            if row["doc_id"] != current:
-                if current is not None:
-                    yield done(current, collected, error, seconds)
-                current, collected, error, seconds = row["doc_id"], [], None, 0.0
-                seen.add(current)
-            seconds += row["seconds"]
-            if row["error"]:
-                error = error or (BadFileError if row["bad_file"] else DocumentError)(row["error"])
-            elif row["index"] != _NO_PART:
-                collected.append(json.loads(row["payload"]))
-                progress.add(units=row["units"])
+    for row in payloads.iter_rows():
+        if row["doc_id"] != current:
+            if current is not None:
+                yield done(current, collected, error, seconds)
+            current, collected, error, seconds = row["doc_id"], [], None, 0.0
+            seen.add(current)
+        seconds += row["seconds"]
+        if row["error"]:
+            error = error or (BadFileError if row["bad_file"] else DocumentError)(row["error"])
+        elif row["index"] != _NO_PART:
+            collected.append(json.loads(row["payload"]))
+            progress.add(units=row["units"])
     if current is not None:
         yield done(current, collected, error, seconds)
     if missing := set(by_id) - seen:
