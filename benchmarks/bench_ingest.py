@@ -33,10 +33,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.sampling import ProcessSampler, cmdline
 
 ROOT = Path(__file__).resolve().parents[1]
 # SeaweedFS's gRPC ports (its ports + 10000) stay below the ephemeral range (32768 and up).
@@ -138,34 +138,6 @@ def plain(corpus: Path) -> tuple[dict, float]:
 # --- dag: Airflow + Ray jobs on the local stack -------------------------------------
 
 
-@dataclass
-class RssSampler:
-    """Peak RSS of any one Ray worker or job driver process, sampled every half second."""
-
-    peak_mb: float = 0.0
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.wait(0.5):
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
-                cmdline = " ".join(process.info["cmdline"] or [])
-                if (cmdline.startswith("ray::") or "include.stages" in cmdline) and process.info["memory_info"]:
-                    self.peak_mb = max(self.peak_mb, process.info["memory_info"].rss / 2**20)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _dag_run(airflow: str, env: dict[str, str], project: Path, log: Path, conf: dict | None = None) -> tuple[str, float]:
     """One ``airflow dags test`` run: its run id and wall seconds."""
     from tools import airflow_db
@@ -200,7 +172,11 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
         storage = Storage(settings)
         for path in corpus:
             storage.write_bytes(join_uri(settings.inbox_uri, path.name), path.read_bytes())
-        with RssSampler() as sampler:
+        def ray_worker_or_driver(process) -> bool:
+            line = cmdline(process)
+            return line.startswith("ray::") or "include.stages" in line
+
+        with ProcessSampler(ray_worker_or_driver) as sampler:
             started = time.time()
             run_id, seconds = _dag_run(airflow, env, project, work / "dags-test.log")
         from ray.job_submission import JobSubmissionClient

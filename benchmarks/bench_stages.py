@@ -31,12 +31,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.bench_ingest import synthetic_pdf
+from benchmarks.sampling import ProcessSampler, cmdline
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": ""}
@@ -76,59 +75,7 @@ def run_child(mode: str, pdf: Path, work: Path) -> dict:
             "embeddings": results["embed"].succeeded[0].manifest_uri}
 
 
-@dataclass
-class CpuSampler:
-    """CPU seconds used so far by the processes a predicate picks, sampled twice a second, and the
-    largest resident memory among them."""
-
-    picks: object  # (psutil.Process) -> bool
-    samples: list[tuple[float, float]] = field(default_factory=list)
-    peak_mb: float = 0.0
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._seen: dict[int, float] = {}
-        self._total = 0.0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.wait(0.5):
-            for process in psutil.process_iter():
-                try:
-                    if not self.picks(process):
-                        continue
-                    times = process.cpu_times()
-                    used = times.user + times.system
-                    self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    continue
-                # A process first seen now started since the last sample: all of its CPU is new.
-                self._total += used - self._seen.get(process.pid, 0.0)
-                self._seen[process.pid] = used
-            self.samples.append((time.time(), self._total))
-
-    def busy(self, start: float, end: float) -> float:
-        """The share of the machine's CPUs these processes kept busy between two instants."""
-        def used_at(when: float) -> float:
-            return min(self.samples, key=lambda sample: abs(sample[0] - when))[1] if self.samples else 0.0
-        return (used_at(end) - used_at(start)) / max(end - start, 1e-9) / (os.cpu_count() or 1)
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _cmdline(process) -> str:
-    return " ".join(process.cmdline() or [])
-
-
-def measured(mode: str, pdf: Path, scratch: Path, runtime: str) -> tuple[dict, CpuSampler]:
+def measured(mode: str, pdf: Path, scratch: Path, runtime: str) -> tuple[dict, ProcessSampler]:
     work = scratch / f"work-{mode}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "STACK_", "RAY_"))}
     env["PIPELINE_EMBED_RUNTIME"] = runtime
@@ -139,8 +86,8 @@ def measured(mode: str, pdf: Path, scratch: Path, runtime: str) -> tuple[dict, C
             return process.pid == child.pid
     else:
         def picks(process) -> bool:
-            return _cmdline(process).startswith("ray::")
-    with CpuSampler(picks) as sampler:
+            return cmdline(process).startswith("ray::")
+    with ProcessSampler(picks) as sampler:
         out, err = child.communicate()
     if child.returncode != 0:
         raise RuntimeError(f"the {mode} path failed:\n{err[-4000:]}")
@@ -190,13 +137,16 @@ def embedder_runtimes(embeddings_manifest: str, sample: int) -> list[tuple[str, 
 
 
 def _quantized(folder: Path) -> Path:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(tempfile.mkdtemp(prefix="minilm-int8-", dir="/tmp"))
     for name in ("tokenizer.json", "export.json"):
         shutil.copy(folder / name, out / name)
     quantize_dynamic(str(folder / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=True)
+                     per_channel=True,
+                     # The fused graph's kernels (com.microsoft) have no inferred output types.
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out
 
 

@@ -5,7 +5,11 @@
 
 ``scripts/bootstrap.sh`` runs it after installing the worker tier (the Ray image does the same at
 build time). The graph holds the whole sentence-transformers model, transformer, mean pooling and
-normalisation, so ONNX Runtime returns the sentence vector itself; the folder also gets the model's
+normalisation, so ONNX Runtime returns the sentence vector itself. The graph is traced with eager
+attention and then fused by ONNX Runtime's transformer optimizer (one ``Attention``,
+``SkipLayerNormalization`` and ``BiasGelu`` kernel per layer, exact: no approximated GELU): the
+SDPA trace hides the attention pattern from the fusion, and the fused graph runs about 1.25x
+faster than the plain one here. The folder also gets the model's
 ``tokenizer.json`` and an ``export.json`` saying what was exported from what. The export is
 checked against the torch model before it is kept (cosine of every sample at least
 ``REQUIRED_COSINE``) and written through a temporary folder, so a half-written export never exists.
@@ -30,7 +34,7 @@ from pathlib import Path
 from include.backends.embedders import PACKAGED_MINILM, OnnxMiniLMEmbedder, resolve_model_location
 from include.settings import default_onnx_dir
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: eager attention, fused
 REQUIRED_COSINE = 0.9999
 _SAMPLES = (
     "Metformin 500 mg twice daily, taken with meals.",
@@ -55,17 +59,19 @@ def source_id(model: str) -> str:
 def export(model: str = PACKAGED_MINILM, out: Path | None = None) -> Path:
     import numpy as np
     import torch
+    from onnxruntime.transformers import optimizer
     from sentence_transformers import SentenceTransformer
 
     out = out or default_onnx_dir()
     location = resolve_model_location(model)
     if os.path.isdir(location):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    st = SentenceTransformer(location, device="cpu")
+    st = SentenceTransformer(location, device="cpu", model_kwargs={"attn_implementation": "eager"})
     pooling = st[1].get_config_dict() if len(st) > 1 else {}
     if pooling.get("pooling_mode", "mean") != "mean" or pooling.get("pooling_mode_mean_tokens") is False:
         raise SystemExit(f"{model}: only mean pooling is exported; this model pools with {pooling}")
     transformer = st[0].auto_model.eval()
+    config = transformer.config
     normalize = any(type(module).__name__ == "Normalize" for module in st)
 
     class SentenceVector(torch.nn.Module):
@@ -91,10 +97,14 @@ def export(model: str = PACKAGED_MINILM, out: Path | None = None) -> Path:
         # cosine check below is what says the export is right.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(SentenceVector(), (sample, sample, torch.zeros_like(sample)), str(staging / "model.onnx"),
+            torch.onnx.export(SentenceVector(), (sample, sample, torch.zeros_like(sample)), str(staging / "traced.onnx"),
                               input_names=list(axes), output_names=["sentence_embedding"],
                               dynamic_axes={**axes, "sentence_embedding": {0: "batch"}}, opset_version=17,
                               dynamo=False)
+        fused = optimizer.optimize_model(str(staging / "traced.onnx"), model_type="bert",
+                                         num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
+        fused.save_model_to_file(str(staging / "model.onnx"))
+        (staging / "traced.onnx").unlink()
         shutil.copy(Path(location) / "tokenizer.json", staging / "tokenizer.json")
         tokenizer = st.tokenizer
         meta = {
