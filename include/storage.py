@@ -23,7 +23,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote
@@ -138,6 +138,8 @@ class ObjectInfo:
     uri: str
     size: int
     version: str
+    # When the object was last written (Unix seconds): when it "arrived", for a run over an interval.
+    modified: float | None = field(default=None, compare=False)
 
 
 class Backend(Protocol):
@@ -177,14 +179,14 @@ class LocalBackend:
     @staticmethod
     def _info(path: Path) -> ObjectInfo:
         stat = path.stat()
-        return ObjectInfo(path.as_uri(), stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+        return ObjectInfo(path.as_uri(), stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}", stat.st_mtime)
 
     def stat(self, uri: str) -> ObjectInfo:
         path = self._path(uri)
         if not path.is_file():
             raise ObjectNotFound(f"no object at {uri}")
         info = self._info(path)
-        return ObjectInfo(uri, info.size, info.version)
+        return ObjectInfo(uri, info.size, info.version, info.modified)
 
     def _check_version(self, uri: str, version: str) -> None:
         # Not atomic with what follows: a local folder is for development; S3 checks server-side.
@@ -243,7 +245,9 @@ def _error_code(exc: ClientError) -> str | None:
 
 def s3_object_info(bucket: str, listed: dict[str, Any]) -> ObjectInfo:
     """An entry of ``list_objects_v2`` (as boto3, or Airflow's S3 hook, returns it) as an ``ObjectInfo``."""
-    return ObjectInfo(f"s3://{bucket}/{listed['Key']}", int(listed["Size"]), str(listed["ETag"]).strip('"'))
+    modified = listed.get("LastModified")
+    return ObjectInfo(f"s3://{bucket}/{listed['Key']}", int(listed["Size"]), str(listed["ETag"]).strip('"'),
+                      modified.timestamp() if modified is not None else None)
 
 
 class S3Backend:
@@ -331,7 +335,9 @@ class S3Backend:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 raise ObjectNotFound(f"no object at {uri}") from exc
             raise
-        return ObjectInfo(uri, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
+        modified = head.get("LastModified")
+        return ObjectInfo(uri, int(head["ContentLength"]), str(head["ETag"]).strip('"'),
+                          modified.timestamp() if modified is not None else None)
 
     def copy(self, source_uri: str, target_uri: str, if_version: str | None = None) -> None:
         """Server-side (multipart above 8 MB, so any size S3 holds); the bytes never pass through here.

@@ -31,6 +31,17 @@ def run_ids(airflow_home: Path, dag_id: str) -> list[str]:
     return [row[0] for row in rows]
 
 
+def runs(airflow_home: Path, dag_id: str) -> list[dict[str, Any]]:
+    """Every run of the DAG, oldest first: its id, type (manual, scheduled, asset_triggered,
+    backfill), state, when it was queued and started, and its data interval."""
+    with _connect(airflow_home) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute(
+            "SELECT run_id, run_type, state, queued_at, start_date, end_date, data_interval_start, data_interval_end "
+            "FROM dag_run WHERE dag_id = ? ORDER BY id", (dag_id,)).fetchall()
+    return [dict(row) for row in rows]
+
+
 def task_states(airflow_home: Path, dag_id: str, run_id: str) -> dict[tuple[str, int], str]:
     with _connect(airflow_home) as db:
         rows = db.execute(

@@ -25,7 +25,7 @@ from include.contract import BatchResult, BatchSpec, DocumentOutcome, DocumentRe
 from include.control import report
 from include.control.batching import Rejected, RunPlan, plan_batches, read_plan, run_folder, write_plan
 from include.control.inbox_keys import taken
-from include.control.incremental import Reason, pending, tally
+from include.control.incremental import Pending, Reason, pending, tally
 from include.control.ledger import Entry, Final, Ledger, Status
 from include.control.quarantine import quarantine
 from include.control.settings import ControlSettings, get_control_settings
@@ -76,16 +76,22 @@ def inbox_has_work(files: list[dict[str, Any]], params: dict[str, Any] | None = 
     if params.get("keys") or params.get("reprocess"):
         return True
     settings = get_control_settings()
+    ledger = Ledger.open(settings)
+    found = inbox_work(files, ledger)
+    due = unredacted_due(settings, ledger)
+    log.info("Inbox: %s; %d version(s) past the retention of their unredacted artifacts", found.describe(), len(due))
+    return bool(found or due)
+
+
+def inbox_work(files: list[dict[str, Any]], ledger: Ledger | None = None) -> Pending:
+    """What of the whole inbox, as listed (``Key``, ``Size``, ``ETag``), is work by the ledger."""
+    settings = get_control_settings()
     bucket = split_s3_uri(settings.inbox_uri)[0]
     listing, refused = taken(settings, [s3_object_info(bucket, entry) for entry in files])
     for item in refused:
         log.warning("not work: %s", item.error)
-    ledger = Ledger.open(settings)
-    entries = ledger.entries(under=settings.inbox_uri)
-    found = pending(listing, entries, fingerprint=pipeline_fingerprint(settings), max_attempts=settings.max_attempts)
-    due = unredacted_due(settings, ledger)
-    log.info("Inbox: %s; %d version(s) past the retention of their unredacted artifacts", found.describe(), len(due))
-    return bool(found or due)
+    entries = (ledger or Ledger.open(settings)).entries(under=settings.inbox_uri)
+    return pending(listing, entries, fingerprint=pipeline_fingerprint(settings), max_attempts=settings.max_attempts)
 
 
 def plan_run(
@@ -95,12 +101,14 @@ def plan_run(
     *,
     reprocess: bool = False,
     allow_mass_delete: bool = False,
+    arrived: tuple[datetime, datetime] | None = None,
     is_active: RunIsActive = _assume_active,
 ) -> list[dict[str, Any]]:
     """The run's batches; planned, claimed and written on the first call, read back on a retry.
 
     With ``keys``, only those objects (relative to the inbox, or full URIs) are looked at,
-    and nothing is deleted; with ``reprocess``, they go through every stage again even
+    and nothing is deleted; the same with ``arrived`` (a run's data interval): only the objects
+    last written in ``[start, end)``; with ``reprocess``, they go through every stage again even
     if the ledger has them ingested and unchanged; with ``allow_mass_delete``, every document
     gone from the inbox is removed, however many (see ``ControlSettings.max_delete_fraction``).
     """
@@ -111,7 +119,7 @@ def plan_run(
     if plan is not None:
         log.info("This run's plan is already written at %s: using it", folder)
     else:
-        plan = _plan(settings, storage, folder, dag_id, run_id, keys, reprocess, allow_mass_delete, is_active)
+        plan = _plan(settings, storage, folder, dag_id, run_id, keys, reprocess, allow_mass_delete, arrived, is_active)
     for item in plan.unreadable:
         log.warning("not ingested: %s", item.error)
     for uri, holder in plan.held.items():
@@ -129,20 +137,26 @@ def plan_run(
 
 
 def _plan(settings: ControlSettings, storage: Storage, folder: str, dag_id: str, run_id: str,
-          keys: list[str] | None, reprocess: bool, allow_mass_delete: bool, is_active: RunIsActive) -> RunPlan:
+          keys: list[str] | None, reprocess: bool, allow_mass_delete: bool,
+          arrived: tuple[datetime, datetime] | None, is_active: RunIsActive) -> RunPlan:
     """Decide from the listing and the ledger alone: no object is read here (the extract job
     hashes what it processes, and tells a file copied over itself from a changed one)."""
     ledger = Ledger.open(settings)
     fingerprint = pipeline_fingerprint(settings)
     listing, unreadable = listed(storage, settings.inbox_uri, keys)
+    if arrived is not None:
+        start, end = (moment.timestamp() for moment in arrived)
+        listing = [info for info in listing if info.modified is not None and start <= info.modified < end]
+        log.info("%d object(s) of the inbox arrived in [%s, %s)", len(listing), *arrived)
     listing, refused = taken(settings, listing)
     unreadable += refused
-    if keys:
+    whole_inbox = not keys and arrived is None
+    if not whole_inbox:
         entries = ledger.entries(source_uris=[info.uri for info in listing])
     else:
         entries = ledger.entries(under=settings.inbox_uri)
     first = pending(listing, entries, fingerprint=fingerprint, max_attempts=settings.max_attempts,
-                    reprocess=reprocess, whole_inbox=not keys)
+                    reprocess=reprocess, whole_inbox=whole_inbox)
     claimed, held = ledger.claim(dag_id, run_id, [planned(info) for info in first.work], fingerprint, is_active)
     rejected = [
         Rejected(document=doc, error=f"{doc.source_uri}: {doc.size_bytes} bytes is over "

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import cached_property
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 # Where a key pattern's wildcards begin: the listing is of the prefix before them.
 _WILDCARD = re.compile(r"[\[*?]")
@@ -33,17 +34,21 @@ class S3WorkSensor(BaseSensorOperator):
         pattern without a wildcard names one key, which must exist before ``has_work`` is asked.
     :param has_work: gets the listing entries matched (``Key``, ``Size``, ``ETag``) and the run's params.
     :param aws_conn_id: the connection to S3.
+    :param skip_idle_run_types: runs of these types (``asset_triggered``, ``scheduled``...) that find no work
+        skip at once instead of waiting for some: an event or a sweep that has nothing to do is done.
     """
 
     template_fields: Sequence[str] = ("bucket_keys",)
 
     def __init__(self, *, bucket_name: str, bucket_keys: str | list[str], has_work: HasWork,
-                 aws_conn_id: str | None = "aws_default", **kwargs: Any) -> None:
+                 aws_conn_id: str | None = "aws_default", skip_idle_run_types: Collection[str] = (),
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bucket_name = bucket_name
         self.bucket_keys = bucket_keys
         self.has_work = has_work
         self.aws_conn_id = aws_conn_id
+        self.skip_idle_run_types = frozenset(skip_idle_run_types)
 
     @cached_property
     def hook(self) -> S3Hook:
@@ -61,4 +66,9 @@ class S3WorkSensor(BaseSensorOperator):
                 self.log.info("Waiting for s3://%s/%s", self.bucket_name, pattern)
                 return False
             files.extend(matched)
-        return self.has_work(files, context.get("params"))
+        if self.has_work(files, context.get("params")):
+            return True
+        run_type = str(getattr(context.get("dag_run"), "run_type", ""))
+        if run_type in self.skip_idle_run_types:
+            raise AirflowSkipException(f"no work for this {run_type} run: an earlier run took it, or there was none")
+        return False

@@ -9,6 +9,7 @@ same environment: ``PIPELINE_LEDGER_URL``, ``PIPELINE_BATCH_MAX_DOCUMENTS``...
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -24,7 +25,38 @@ class ControlSettings(PipelineSettings):
         "the Airflow connection 'pipeline_ledger' if there is one, else a SQLite file <work_dir>/ledger.sqlite.",
     )
     ingest_schedule: str | None = Field(
-        default="@hourly", description="Cron or preset for document_ingest; empty = manual only."
+        default="@hourly",
+        description="Cron or preset of document_ingest's sweep: a run over the whole inbox that catches whatever "
+        "no event announced (and retries what failed); empty = no sweep. With PIPELINE_INGEST_EVENTS on, drops "
+        "start runs of their own within seconds.",
+    )
+    ingest_events: Literal["watch", "sqs", "off"] = Field(
+        default="watch",
+        description="What starts a document_ingest run besides the sweep and a person. watch: Airflow's "
+        "triggerer lists the inbox and starts a run when it holds work (new, changed or deleted documents, "
+        "from the ledger) no earlier event announced. sqs: S3 event notifications in the queue "
+        "PIPELINE_INGEST_QUEUE_URL start runs (on AWS: no listing between sweeps). off: only the sweep and "
+        "manual runs.",
+    )
+    ingest_queue_url: str | None = Field(
+        default=None, description="The SQS queue the inbox bucket notifies (PIPELINE_INGEST_EVENTS=sqs)."
+    )
+    inbox_watch_seconds: float = Field(default=5.0, gt=0, description="How often the watcher lists the inbox.")
+    inbox_settle_seconds: float = Field(
+        default=3.0, ge=0,
+        description="The watcher announces work once the listing has stayed the same this long, so a burst of "
+        "uploads starts one run, not one per file.",
+    )
+    inbox_settle_max_seconds: float = Field(
+        default=60.0, ge=0,
+        description="...but no later than this after the listing first changed: a steady trickle of uploads "
+        "still starts runs.",
+    )
+    ingest_interval_schedule: str = Field(
+        default="@daily",
+        description="The data intervals of document_ingest_interval (a cron or preset): each of its runs, "
+        "and each run of a backfill of it, takes the inbox objects last written in its interval (what events "
+        "already ingested costs a listing and no Ray job).",
     )
     query_schedule: str | None = Field(
         default="@hourly", description="Cron or preset for rag_batch_query; empty = manual only."

@@ -184,15 +184,24 @@ def _crashed_alone(stage: Stage, item: StageInput, crash: WorkerCrashed) -> Docu
         f"{item.document.source_uri}: {stage.name} on this document alone: {crash}"))
 
 
-def _split_all(stage: Stage, settings: PipelineSettings, items: list[StageInput]) -> list[dict[str, Any]]:
+def _split_all(stage: Stage, settings: PipelineSettings, items: list[StageInput], cpus: float) -> list[dict[str, Any]]:
     """Every document's parts, split in tasks (a split reads a file's page or chunk count): a few
-    small rows per document, in the batch's order."""
+    small rows per document, in the batch's order. One task per CPU of the worker nodes, each over a
+    run of the batch: a task per document would start a worker process per concurrent task (four per
+    CPU at a quarter CPU each), and each imports the stage's libraries, which costs more than the split."""
     import ray
 
-    split = ray.remote(_split_rows).options(num_cpus=settings.split_cpus, **task_options(settings))
-    refs = [split.remote({"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()},
-                         stage=stage, settings=settings) for item in items]
+    split = ray.remote(_split_slice).options(num_cpus=settings.split_cpus, **task_options(settings))
+    rows = [{"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()} for item in items]
+    tasks = max(1, min(len(rows), int(cpus)))
+    size = -(-len(rows) // tasks)  # ceiling: the runs in order, the last one shorter
+    refs = [split.remote(rows[start : start + size], stage=stage, settings=settings)
+            for start in range(0, len(rows), size)]
     return [part for parts in ray.get(refs) for part in parts]
+
+
+def _split_slice(rows: list[dict[str, Any]], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
+    return [part for row in rows for part in _split_rows(row, stage=stage, settings=settings)]
 
 
 def _pipeline(
@@ -206,13 +215,14 @@ def _pipeline(
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # a document's parts arrive together, in order
     context.enable_progress_bars = False  # the job log gets our progress lines instead
-    pool = getattr(settings, stage.pool).sized_for(worker_node_cpus(settings))
+    cpus = worker_node_cpus(settings)
+    pool = getattr(settings, stage.pool).sized_for(cpus)
     steps = {_PartWorker.__name__: (stage.name, stage.runs(settings))}
     with crashes_named(settings, steps, default_step=f"{stage.name} (splitting)"):
         # One block per part: an actor takes a whole block, so a document's parts in one block
         # would run on one actor (one core) however many the pool has. Splitting before the pool
         # starts also leaves the pool every CPU: no split task waits behind its own actors.
-        parts = _split_all(stage, settings, items)
+        parts = _split_all(stage, settings, items, cpus)
         payloads = ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(
             _PartWorker,
             fn_constructor_kwargs={"stage": stage, "settings": settings},

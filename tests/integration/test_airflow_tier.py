@@ -24,7 +24,8 @@ DATA_PLANE = ("docling", "torch", "transformers", "presidio_analyzer", "spacy", 
 # What runs in Airflow besides the DAG files: operators, sensors' checks, planning, ledger, report.
 AIRFLOW_SIDE = ("include.control.ingest", "include.control.operators", "include.control.dag_parts",
                 "include.control.query_planning", "include.control.ledger", "include.control.report",
-                "include.control.quarantine", "include.control.settings", "include.query.report",
+                "include.control.quarantine", "include.control.settings", "include.control.inbox_events",
+                "include.query.report",
                 "ray_operators.operators.ray_job", "ray_operators.hooks.ray_job", "ray_operators.triggers.ray_job",
                 "ray_operators.links.ray_job", "ray_operators.get_provider_info")
 
@@ -66,7 +67,7 @@ def test_every_dag_imports_without_error_where_only_the_airflow_side_is_installe
     dags = subprocess.run([airflow_tier["airflow"], "dags", "list", "--local", "-o", "json"],
                           env=json.loads(airflow_tier["env"]), capture_output=True, text=True, timeout=600)
     assert {dag["dag_id"] for dag in json.loads(dags.stdout.strip().splitlines()[-1])} >= {
-        "document_ingest", "rag_batch_query"}
+        "document_ingest", "document_ingest_interval", "rag_batch_query"}
 
 
 def test_every_module_the_airflow_side_runs_imports_there(airflow_tier):

@@ -1,12 +1,13 @@
 """``document_ingest`` under Airflow's real services (``airflow standalone``: API server, scheduler,
-DAG processor, triggerer, LocalExecutor), not ``airflow dags test``: with one worker slot, each stage
-task is DEFERRED while its Ray job runs, so more mapped batches than worker slots still have their
-jobs running on Ray at the same time.
+DAG processor, triggerer, LocalExecutor), not ``airflow dags test``: files dropped into the inbox
+start a run with nobody triggering it (the triggerer's inbox watcher); with one worker slot, each
+stage task is DEFERRED while its Ray job runs, so more mapped batches than worker slots still have
+their jobs running on Ray at the same time; a backfill of ``document_ingest_interval`` takes the
+documents that arrived in each of its intervals.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from tests.integration.conftest import AIRFLOW, DAG_ID, isolated_env, ray_jobs_o
 from tools import airflow_db
 
 BATCHES = 3
+INTERVAL_DAG_ID = "document_ingest_interval"
 RUN_TIMEOUT = 900
 
 
@@ -42,7 +44,9 @@ def services(stack, tmp_path_factory, sample_pdfs):
              for field, value in (("MAX_ACTORS", "1"), ("ACTOR_CPUS", "0.4"))}
     settings = {**pools, "PIPELINE_SPLIT_CPUS": "0.1",
                 "PIPELINE_BATCH_MAX_DOCUMENTS": "1", "PIPELINE_MAX_PARALLEL_BATCHES": str(BATCHES),
-                "PIPELINE_QUERY_SCHEDULE": "", "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__PARALLELISM": "1",
+                "PIPELINE_QUERY_SCHEDULE": "", "PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_INBOX_WATCH_SECONDS": "1",
+                "PIPELINE_INBOX_SETTLE_SECONDS": "2", "PIPELINE_INGEST_INTERVAL_SCHEDULE": "* * * * *",
+                "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__PARALLELISM": "1",
                 "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__HOST": "127.0.0.1",
                 # The workers and the triggerer reach the API server here, not on the default :8080.
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
@@ -54,10 +58,13 @@ def services(stack, tmp_path_factory, sample_pdfs):
                                     start_new_session=True)
         try:
             deadline = time.monotonic() + 300
-            while run(env, AIRFLOW, "dags", "details", DAG_ID, "-o", "json", check=False).returncode != 0:
-                assert services.poll() is None, (home / "standalone.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "the DAG processor never parsed document_ingest"
-                time.sleep(3)
+            for dag_id in (DAG_ID, INTERVAL_DAG_ID):
+                while run(env, AIRFLOW, "dags", "details", dag_id, "-o", "json", check=False).returncode != 0:
+                    assert services.poll() is None, (home / "standalone.log").read_text()[-4000:]
+                    assert time.monotonic() < deadline, f"the DAG processor never parsed {dag_id}"
+                    time.sleep(3)
+            # Its runs every minute would take the one worker slot; the backfill test unpauses it.
+            run(env, AIRFLOW, "dags", "pause", INTERVAL_DAG_ID)
             yield env
         finally:
             os.killpg(services.pid, signal.SIGTERM)
@@ -70,19 +77,23 @@ def services(stack, tmp_path_factory, sample_pdfs):
 
 @pytest.fixture(scope="module")
 def watched_run(services, sample_pdfs):
-    """One triggered run over three documents, its task states sampled until it ends."""
+    """Three documents dropped into the inbox, nothing triggered: the run the watcher starts, its task
+    states sampled until it ends."""
     from include.control.settings import get_control_settings
     from include.storage import Storage, join_uri
 
     settings = get_control_settings()
-    names = sorted(sample_pdfs)[:BATCHES]
-    for name in names:
-        Storage(settings).write_bytes(join_uri(settings.inbox_uri, name), sample_pdfs[name].read_bytes())
-    triggered = run(services, AIRFLOW, "dags", "trigger", DAG_ID, "-c", json.dumps({"keys": names}), "-o", "json")
-    run_id = json.loads(triggered.stdout.strip().splitlines()[-1])[0]["dag_run_id"]
     home = Path(services["AIRFLOW_HOME"])
-    seen: dict[tuple[str, int], set[str]] = {}
+    for name in sorted(sample_pdfs)[:BATCHES]:
+        Storage(settings).write_bytes(join_uri(settings.inbox_uri, name), sample_pdfs[name].read_bytes())
+    dropped = time.time()
     deadline = time.monotonic() + RUN_TIMEOUT
+    while not (started := [r for r in airflow_db.runs(home, DAG_ID) if r["run_type"] == "asset_triggered"]):
+        assert time.monotonic() < deadline, "no run started after the drop"
+        time.sleep(0.3)
+    run_id = started[0]["run_id"]
+    print(f"the drop's run was queued {_unix(started[0]['queued_at']) - dropped:.1f}s after the upload")
+    seen: dict[tuple[str, int], set[str]] = {}
     while True:
         states = airflow_db.task_states(home, DAG_ID, run_id)
         for key, state in states.items():
@@ -92,6 +103,20 @@ def watched_run(services, sample_pdfs):
         assert time.monotonic() < deadline, states
         time.sleep(0.3)
     return run_id, seen, states
+
+
+def _unix(stamp: str) -> float:
+    """A time as Airflow's SQLite database holds it (UTC, with or without its offset)."""
+    from datetime import UTC, datetime
+
+    moment = datetime.fromisoformat(stamp)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def test_a_drop_starts_exactly_one_run_with_nobody_triggering_it(services, watched_run):
+    time.sleep(5)  # several polls of the watcher over the unchanged, now ingested inbox
+    runs = airflow_db.runs(Path(services["AIRFLOW_HOME"]), DAG_ID)
+    assert [r["run_type"] for r in runs] == ["asset_triggered"], runs
 
 
 def test_the_run_succeeds_under_the_scheduler_with_one_worker_slot(watched_run):
@@ -115,3 +140,44 @@ def test_more_batches_than_worker_slots_run_their_jobs_on_ray_at_once(services, 
     # Ray's start and end times, in ms: all three were running at one moment, with one worker slot.
     assert max(job.start_time for job in extract) < min(job.end_time for job in extract), [
         (job.start_time, job.end_time) for job in extract]
+
+
+def test_a_backfill_takes_exactly_the_documents_that_arrived_in_each_interval(services, watched_run, sample_pdfs):
+    from include.contract import BatchSpec
+    from include.control.batching import read_plan, run_folder
+    from include.control.settings import get_control_settings
+    from include.storage import Storage, join_uri
+
+    settings = get_control_settings()
+    storage = Storage(settings)
+    home = Path(services["AIRFLOW_HOME"])
+    run(services, AIRFLOW, "dags", "pause", DAG_ID)  # the watcher's runs would take the late file first
+    late = join_uri(settings.inbox_uri, "late/arrival.pdf")
+    storage.write_bytes(late, sample_pdfs[sorted(sample_pdfs)[0]].read_bytes())
+    arrivals = {info.uri: info.modified for info in storage.list_objects(settings.inbox_uri)}
+    minute = lambda stamp: int(stamp // 60) * 60  # noqa: E731 - the interval (one minute) a time falls in
+    first, last = minute(min(arrivals.values())), minute(arrivals[late])
+    time.sleep(max(0.0, last + 61 - time.time()))  # the last interval has ended
+    iso = lambda stamp: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))  # noqa: E731
+    run(services, AIRFLOW, "dags", "unpause", INTERVAL_DAG_ID)  # Airflow runs no backfill of a paused DAG
+    run(services, AIRFLOW, "backfill", "create", "--dag-id", INTERVAL_DAG_ID, "--from-date", iso(first),
+        "--to-date", iso(last), "--reprocess-behavior", "completed")
+    intervals = (last - first) // 60 + 1
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while len(done := [r for r in airflow_db.runs(home, INTERVAL_DAG_ID)
+                       if r["run_type"] == "backfill" and r["state"] in ("success", "failed")]) < intervals:
+        assert time.monotonic() < deadline, airflow_db.runs(home, INTERVAL_DAG_ID)
+        time.sleep(1)
+    assert {r["state"] for r in done} == {"success"}, done
+    covered = 0
+    for interval in done:
+        start, end = _unix(interval["data_interval_start"]), _unix(interval["data_interval_end"])
+        arrived = {uri for uri, modified in arrivals.items() if start <= modified < end}
+        plan = read_plan(storage, run_folder(settings.artifacts_uri, INTERVAL_DAG_ID, interval["run_id"]))
+        planned = {doc.source_uri for batch in plan.batches
+                   for doc in BatchSpec.model_validate(storage.read_json(batch.batch_uri)).documents}
+        # The late file is new; the watcher's run ingested the rest, which the ledger finds unchanged.
+        assert planned == arrived & {late}, (interval, planned, arrived)
+        assert plan.unchanged == len(arrived - {late}), (interval, plan.unchanged, arrived)
+        covered += len(arrived)
+    assert covered == len(arrivals) == BATCHES + 1  # every arrival fell in one of the intervals run

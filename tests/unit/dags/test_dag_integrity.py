@@ -19,7 +19,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"document_ingest", "rag_batch_query", "document_erase"} <= set(dagbag.dag_ids)
+    assert {"document_ingest", "document_ingest_interval", "rag_batch_query", "document_erase"} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_has_tags_and_every_task_retries(dagbag):
@@ -42,6 +42,27 @@ def test_ingest_dag_maps_the_five_stages_over_batches_in_order(dagbag):
     # A run has at most this many Ray jobs of one stage on the cluster at once.
     assert all(dag.get_task(s).max_active_tis_per_dagrun == 2 for s in stages)
     assert set(dag.params.get_param("recompute").schema["items"]["enum"]) == {"all", *(s.split(".")[1] for s in stages)}
+
+
+def test_ingest_runs_start_on_inbox_events_and_on_the_sweep_and_skip_when_an_event_finds_no_work(dagbag):
+    from include.control.inbox_events import InboxWorkTrigger
+
+    dag = dagbag.dags["document_ingest"]
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert type(dag.timetable.timetable).__name__ == "CronTriggerTimetable"  # the sweep, hourly
+    (inbox,) = dag.timetable.asset_condition.objects
+    (watcher,) = inbox.watchers
+    assert isinstance(watcher.trigger, InboxWorkTrigger) and inbox.uri.rstrip("/") == "s3://documents/inbox"
+    sensor = dag.get_task("wait_for_documents")
+    assert sensor.skip_idle_run_types == {"asset_triggered", "scheduled"}  # a person's run waits
+
+
+def test_the_interval_dag_has_data_intervals_and_runs_the_same_tasks(dagbag):
+    dag, events = dagbag.dags["document_ingest_interval"], dagbag.dags["document_ingest"]
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"  # periodic: it can be backfilled
+    assert dag.is_paused_upon_creation is False  # Airflow starts no backfill run of a paused DAG
+    assert set(dag.task_ids) == set(events.task_ids) - {"wait_for_documents"}
+    assert "keys" not in dag.params and "allow_mass_delete" not in dag.params  # an interval deletes nothing
 
 
 def test_erase_dag_claims_and_unlinks_then_removes_vectors_in_a_ray_job_then_forgets(dagbag):
@@ -90,7 +111,8 @@ def test_every_ray_task_defers_while_its_job_runs(dagbag):
     plain = [task for task in tasks if isinstance(task, RayJobOperator)]
     mapped = [task for task in tasks if not isinstance(task, RayJobOperator)
               and issubclass(getattr(task, "operator_class", object), RayJobOperator)]
-    assert (len(plain), len(mapped)) == (5 + 1 + 1, 1)  # the stages, the prune and the erasure; the questions, mapped
+    # Each ingest DAG's stages and prune, the erasure's; the questions, mapped.
+    assert (len(plain), len(mapped)) == (2 * (5 + 1) + 1, 1)
     assert all(task.deferrable for task in plain) and all(task.partial_kwargs["deferrable"] for task in mapped)
 
 
