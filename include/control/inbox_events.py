@@ -70,9 +70,10 @@ class InboxWorkTrigger(BaseEventTrigger):
     def _listing(self) -> list[dict[str, Any]]:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        from include.control.sensors import listing_entries
+
         bucket, prefix = split_s3_uri(self.inbox_uri)
-        return [{"Key": entry["Key"], "Size": entry["Size"], "ETag": entry["ETag"]}
-                for entry in S3Hook(aws_conn_id=self.aws_conn_id).iter_file_metadata(prefix, bucket)]
+        return listing_entries(S3Hook(aws_conn_id=self.aws_conn_id), bucket, prefix)
 
     @staticmethod
     def _work(listing: list[dict[str, Any]]) -> set[str]:

@@ -23,6 +23,12 @@ _WILDCARD = re.compile(r"[\[*?]")
 # A key's own '*', '?' and '[' as a pattern spells them.
 _ESCAPED = re.compile(r"\[[*?\[]\]")
 
+def listing_entries(hook: S3Hook, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """The objects under a prefix as the work checks read them: ``Key``, ``Size`` and ``ETag``."""
+    return [{"Key": entry["Key"], "Size": entry["Size"], "ETag": entry["ETag"]}
+            for entry in hook.iter_file_metadata(prefix, bucket)]
+
+
 HasWork = Callable[[list[dict[str, Any]], dict[str, Any] | None], bool]
 
 
@@ -59,8 +65,7 @@ class S3WorkSensor(BaseSensorOperator):
         files: list[dict[str, Any]] = []
         for pattern in patterns:
             prefix = _WILDCARD.split(pattern, maxsplit=1)[0]
-            matched = [{"Key": entry["Key"], "Size": entry["Size"], "ETag": entry["ETag"]}
-                       for entry in self.hook.iter_file_metadata(prefix, self.bucket_name)
+            matched = [entry for entry in listing_entries(self.hook, self.bucket_name, prefix)
                        if fnmatch.fnmatchcase(entry["Key"], pattern)]
             if not matched and not _WILDCARD.search(_ESCAPED.sub("", pattern)):
                 self.log.info("Waiting for s3://%s/%s", self.bucket_name, pattern)
