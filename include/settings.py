@@ -379,6 +379,22 @@ class PipelineSettings(BaseSettings):
         description="CPUs of the light task that splits a document into parts (it reads a page "
         "or chunk count): small, so it never waits behind a full actor pool.",
     )
+    warm_idle_seconds: float = Field(
+        default=300.0, ge=0,
+        description="How long a warm stage's workers keep their models loaded after their last part "
+        "(include.stages.warm): the next job within that time loads no model. 0: no warm workers; each job "
+        "starts an actor pool of its own and loads the models again.",
+    )
+    warm_place_seconds: float = Field(
+        default=10.0, gt=0,
+        description="How long a warm pool waits to be placed before the idle warm workers of other stages "
+        "are asked to retire and free the memory they reserve.",
+    )
+    warm_stages: frozenset[Literal["extract", "chunk", "enrich", "embed", "load"]] = Field(
+        default=frozenset({"extract", "chunk", "enrich", "embed", "load"}),
+        description="The stages whose workers stay warm (a JSON list): each keeps its pool's actors and "
+        "their memory (actor_memory_mb each) while it is not idle.",
+    )
     progress_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a stage's job logs its progress."
     )

@@ -31,8 +31,9 @@ _NATIVE_CRASHES = {"SIGSEGV", "SIGABRT", "SIGILL", "SIGBUS", "SIGFPE"}
 _FAULTHANDLER_NAMES = {"Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Illegal instruction": "SIGILL",
                        "Bus error": "SIGBUS", "Floating-point exception": "SIGFPE"}
 _SIGNAL_LINE = re.compile(r"\*\*\* (SIG[A-Z]+) received|Fatal Python error: ([A-Za-z -]+)")
-# Ray names a map actor after its callable class: class_name: MapWorker(MapBatches(GenerateAnswers)).
-_WORKER_CLASS = re.compile(r"MapBatches\((\w+)\)")
+# Ray names a map actor after its callable class: class_name: MapWorker(MapBatches(GenerateAnswers)),
+# and any other actor by its class: class_name: WarmPartWorker.
+_WORKER_CLASSES = (re.compile(r"MapBatches\((\w+)\)"), re.compile(r"class_name: (\w+)"))
 _LOG_TAIL_LINES = 400
 
 
@@ -81,8 +82,8 @@ def crashes_named(settings: PipelineSettings, steps: Mapping[str, tuple[str, str
     try:
         yield
     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-        match = _WORKER_CLASS.search(str(exc))
-        step, model = steps.get(match.group(1), (match.group(1), "")) if match else (default_step, "")
+        name = next((match.group(1) for pattern in _WORKER_CLASSES if (match := pattern.search(str(exc)))), None)
+        step, model = steps.get(name, (name, "")) if name else (default_step, "")
         signals = _signals_since(started_ms)
         deaths = sum(signals.values()) or settings.worker_crash_retries + 1
         signal = signals.most_common(1)[0][0] if signals else None

@@ -14,6 +14,9 @@ from typing import Any
 from include.settings import PipelineSettings
 from include.worker_crashes import actor_crash_limits, task_crash_limits
 
+# Threads of a model in a warm worker, which reserves no CPU (``include.stages.warm``).
+THREADS_ENV = "PIPELINE_WARM_WORKER_THREADS"
+
 # What one actor or task asks for. The nodes offer many (1000): this places work without
 # bounding it; their CPUs and the pool sizes bound it.
 UNITS_PER_WORKER = 1
@@ -47,7 +50,10 @@ def worker_node_cpus(settings: PipelineSettings) -> float:
 def worker_cpus() -> int:
     """Threads a model in this process should run: the CPUs Ray gave this actor or task (rounded up,
     at least one), or, outside Ray's workers (a job driver, a plain process), the machine's. A model
-    that runs more threads than its CPUs only makes the actors beside it wait."""
+    that runs more threads than its CPUs only makes the actors beside it wait. A warm worker says
+    its own (``THREADS_ENV``)."""
+    if threads := os.environ.get(THREADS_ENV):
+        return int(threads)
     try:
         import ray
     except ImportError:

@@ -108,6 +108,25 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _no_warm_workers_left(request):
+    """A test on ``ray_local`` leaves no warm worker (include.stages.warm) behind: the next test
+    finds the memory free and loads its own models."""
+    yield
+    if "ray_local" not in request.fixturenames:
+        return
+    import ray
+
+    from include.stages.warm import NAMESPACE
+
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] == NAMESPACE:
+            try:
+                ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE), no_restart=True)
+            except ValueError:
+                pass  # retired meanwhile
+
+
 @pytest.fixture
 def shared_testdata() -> Path:
     if not SHARED_TESTDATA.is_dir():

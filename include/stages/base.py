@@ -419,9 +419,12 @@ def run_stage(
 
     order = {item.document.doc_id: n for n, item in enumerate(items)}
     outcomes.sort(key=lambda o: order[o.doc_id])
+    metrics = total_metrics(o.metrics for o in outcomes if o.status == "succeeded")
+    if "model_loads" in progress.counts:  # the job's own, not its documents': what warm workers saved
+        metrics["model_loads"] = float(progress.counts["model_loads"])
     return BatchResult(
         stage=stage.name, batch_id=batch_id, submission_id=submission_id, status="succeeded",
-        documents=[*(settled or []), *outcomes], metrics=total_metrics(o.metrics for o in outcomes if o.status == "succeeded"),
+        documents=[*(settled or []), *outcomes], metrics=metrics,
         libraries=libraries, started_at=started, finished_at=now(),
         budget_usd_left=None if budget_usd is None else round(max(budget_usd - spent, 0.0), 6),
     )

@@ -15,7 +15,8 @@ stage's ``PoolSettings``, by default to the worker nodes' CPUs), so its model lo
 per actor and the parts of every document, a 600-page PDF's included, spread over the
 pool. Order is preserved, so the driver sees each document's parts together and
 assembles it while the rest still runs: it holds one document's payloads at a time,
-never the batch's.
+never the batch's. A warm stage (``include.stages.warm``) sends the parts to its named
+actors instead, which keep their models loaded from one job to the next.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -58,7 +59,9 @@ def run_inline(
     for item in items:
         doc = item.doc_input()
         clock = time.perf_counter()
-        worker = worker or stage.worker(settings)  # a model that cannot load fails the job, not a document
+        if worker is None:
+            worker = stage.worker(settings)  # a model that cannot load fails the job, not a document
+            progress.add(model_loads=1)
         over_time = partial(OverTimeLimit.of, stage.name, item.document, settings)
         try:
             parts = stage.split(doc, settings)
@@ -101,8 +104,9 @@ def _split_rows(row: dict[str, Any], *, stage: Stage, settings: PipelineSettings
     ]
 
 
-class _PartWorker:
-    """Ray Data callable class around a stage's worker: one per actor, model loaded once."""
+class PartWorker:
+    """Ray Data callable class around a stage's worker: one per actor, model loaded once (a warm
+    worker, ``include.stages.warm``, is one of these that outlives its job)."""
 
     def __init__(self, stage: Stage, settings: PipelineSettings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -212,30 +216,35 @@ def _pipeline(
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
+    from include.stages import warm
+
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # a document's parts arrive together, in order
     context.enable_progress_bars = False  # the job log gets our progress lines instead
     cpus = worker_node_cpus(settings)
     pool = getattr(settings, stage.pool).sized_for(cpus)
-    steps = {_PartWorker.__name__: (stage.name, stage.runs(settings))}
+    steps = {name: (stage.name, stage.runs(settings)) for name in (PartWorker.__name__, "WarmPartWorker")}
     with crashes_named(settings, steps, default_step=f"{stage.name} (splitting)"):
         # One block per part: an actor takes a whole block, so a document's parts in one block
         # would run on one actor (one core) however many the pool has. Splitting before the pool
         # starts also leaves the pool every CPU: no split task waits behind its own actors.
         parts = _split_all(stage, settings, items, cpus)
-        payloads = ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(
-            _PartWorker,
-            fn_constructor_kwargs={"stage": stage, "settings": settings},
-            batch_size=1,  # a part is already a bounded unit of work
-            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-            num_cpus=pool.actor_cpus,
-            memory=pool.actor_memory_mb * 2**20,
-            **actor_options(settings),
-        )
-        yield from _assembled(stage, settings, items, payloads, progress)
+        if warm.is_warm(stage, settings):
+            rows = warm.run_parts(stage, settings, parts, cpus, progress)
+        else:
+            rows = ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(
+                PartWorker,
+                fn_constructor_kwargs={"stage": stage, "settings": settings},
+                batch_size=1,  # a part is already a bounded unit of work
+                compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+                num_cpus=pool.actor_cpus,
+                memory=pool.actor_memory_mb * 2**20,
+                **actor_options(settings),
+            ).iter_rows()
+        yield from _assembled(stage, settings, items, rows, progress)
 
 
-def _assembled(stage: Stage, settings: PipelineSettings, items: list[StageInput], payloads: Any,
+def _assembled(stage: Stage, settings: PipelineSettings, items: list[StageInput], rows: Iterable[dict[str, Any]],
                progress: Progress) -> Iterator[DocumentDone]:
     """Each document once, from its parts' rows as they stream in (in order)."""
     by_id = {item.document.doc_id: item for item in items}
@@ -252,7 +261,7 @@ def _assembled(stage: Stage, settings: PipelineSettings, items: list[StageInput]
     collected: list[Any] = []
     error: DocumentError | None = None
     seconds = 0.0
-    for row in payloads.iter_rows():
+    for row in rows:
         if row["doc_id"] != current:
             if current is not None:
                 yield done(current, collected, error, seconds)

@@ -1,0 +1,179 @@
+"""Warm workers: a stage's models stay loaded between its jobs.
+
+With ``PIPELINE_WARM_IDLE_SECONDS`` above 0, the workers of the stages in ``PIPELINE_WARM_STAGES``
+are named detached actors (namespace ``pipeline-warm``), not a Ray Data pool that lives and dies
+with its job. The first job of a stage creates them and each loads its model once; later jobs of
+any batch or run find them by name and send them parts (``ray.util.ActorPool``: each part to the
+next free actor, results in order), so a small drop pays the job's start-up and no model load.
+The stage jobs stay one Ray job per stage and batch.
+
+- **Which actors.** A pool's name holds a hash of the job's settings and of the code it shipped
+  (the working_dir package Ray names by its content): a job with other settings or other code gets
+  other actors, and the old ones retire once idle. Its size is the stage's ``PoolSettings``
+  (by default the worker nodes' CPUs over ``actor_cpus``).
+- **Resources.** A warm actor reserves its memory (``actor_memory_mb``) but no CPU, and runs
+  ``actor_cpus`` threads: idle it uses none, and the pools of all five stages, kept side by side,
+  would otherwise hold every CPU of a small cluster and leave the next stage's job waiting.
+- **Idle scale-down.** An actor that ran no part for ``warm_idle_seconds`` kills itself (its name
+  is then free). A job first *leases* each actor, which restarts its idle clock, so an actor never
+  retires between being found and being used; one found retiring is replaced.
+- **Memory.** A pool that cannot be placed within ``warm_place_seconds`` (the node's memory is
+  reserved by the idle pools of other stages) asks those idle workers to retire, as a cache evicts:
+  the stage that runs now gets the memory, and the evicted ones load again when next needed.
+- **Crashes.** As in a Ray Data pool: a dead actor is restarted (a model load) and its part
+  retried, up to ``worker_crash_retries``; past that the job's crash handling takes over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+from ray.util import ActorPool
+
+from include.settings import PipelineSettings
+from include.stages.base import Progress, Stage
+from include.stages.execution import PartWorker
+from include.worker_options import THREADS_ENV, actor_options
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "pipeline-warm"
+# Leasing an actor that is retiring fails; a new one takes its name once Ray has it dead.
+_LEASE_ATTEMPTS = 20
+_LEASE_PAUSE_SECONDS = 0.5
+# A worker that ran a part this recently is in use by a job (its next part is on its way).
+_EVICTION_GRACE_SECONDS = 2.0
+
+
+@ray.remote
+class WarmPartWorker(PartWorker):
+    """A stage's worker that outlives its job. Its calls run one at a time on the process's main
+    thread, as a Ray Data actor's do (a native crash in a part kills it then and there): a lease
+    waits for the part in flight, at most one per job sharing the actor."""
+
+    def __init__(self, stage: Stage, settings: PipelineSettings, threads: int) -> None:
+        os.environ[THREADS_ENV] = str(threads)  # no CPU is reserved: the threads it was sized for
+        super().__init__(stage, settings)
+        self._idle_seconds = settings.warm_idle_seconds
+        self._lock = threading.Lock()
+        self._last_used = time.monotonic()
+        self._busy = 0
+        self._loads_unreported = 1  # the load this __init__ did (again after a restart)
+        threading.Thread(target=self._retire_when_idle, name="retire-when-idle", daemon=True).start()
+
+    def lease(self) -> int:
+        """Restart the idle clock; the model loads no lease has reported yet (1 for a new actor)."""
+        with self._lock:
+            self._last_used = time.monotonic()
+            loads, self._loads_unreported = self._loads_unreported, 0
+        return loads
+
+    def run(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One part's row (as ``PartWorker`` takes a batch of one)."""
+        with self._lock:
+            self._busy += 1
+        try:
+            out = self({name: [value] for name, value in row.items()})
+            return {name: values[0] for name, values in out.items()}
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._last_used = time.monotonic()
+
+    def retire_if_idle(self) -> bool:
+        """Retire now unless a job is using it (a part within the last moment): another stage's
+        pool needs the memory it holds."""
+        return self._retire(_EVICTION_GRACE_SECONDS, "its memory is wanted by another stage's pool")
+
+    def _retire_when_idle(self) -> None:
+        while not self._retire(self._idle_seconds, f"idle for {self._idle_seconds:.0f}s"):
+            time.sleep(min(self._idle_seconds, 5.0) / 2)
+
+    def _retire(self, idle_seconds: float, why: str) -> bool:
+        with self._lock:
+            if self._busy or time.monotonic() - self._last_used < idle_seconds:
+                return False
+            log.info("%s worker retiring (%s): its model unloads", self._stage.name, why)
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            return True
+
+
+def is_warm(stage: Stage, settings: PipelineSettings) -> bool:
+    return settings.warm_idle_seconds > 0 and stage.name in settings.warm_stages
+
+
+def pool_name(stage: Stage, settings: PipelineSettings) -> str:
+    """``<stage>-<hash>``: the same settings, shipped code and worker class, the same actors."""
+    shipped = ray.get_runtime_context().runtime_env.get("working_dir", "")
+    worker = f"{stage.worker.__module__}.{stage.worker.__qualname__}"
+    blob = f"{settings.model_dump_json()}\n{shipped}\n{worker}".encode()
+    return f"{stage.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def leased_pool(stage: Stage, settings: PipelineSettings, cpus: float,
+                progress: Progress) -> list[ray.actor.ActorHandle]:
+    """The stage's warm actors, found or created, each leased; new model loads counted in ``progress``."""
+    pool = getattr(settings, stage.pool).sized_for(cpus)
+    name = pool_name(stage, settings)
+    options = dict(namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
+                   memory=pool.actor_memory_mb * 2**20, **actor_options(settings))
+    names = [f"{name}-{number}" for number in range(pool.max_actors)]
+
+    def lease(actor_name: str) -> tuple[ray.actor.ActorHandle, ray.ObjectRef]:
+        actor = WarmPartWorker.options(name=actor_name, **options).remote(
+            stage, settings, max(1, math.ceil(pool.actor_cpus)))
+        return actor, actor.lease.remote()
+
+    leases = dict(zip(names, map(lease, names), strict=True))
+    waiting = [ref for _, ref in leases.values()]
+    while waiting:
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=settings.warm_place_seconds)
+        if waiting:
+            # Idle pools of other stages may hold the memory this one waits for: they retire (and load
+            # again when next needed). Asked again each time, as a pool in use now is idle later.
+            asked = _evict_idle_pools(except_names=set(names))
+            log.info("%s: %d of %d warm worker(s) not ready after %.0fs more: %d warm worker(s) of other pools "
+                     "asked to retire if idle", stage.name, len(waiting), len(leases), settings.warm_place_seconds,
+                     asked)
+    actors, loads = [], 0
+    for actor_name, (actor, ref) in leases.items():
+        for attempt in range(_LEASE_ATTEMPTS):
+            try:
+                loads += ray.get(ref)
+                break
+            except ray.exceptions.RayActorError:
+                if attempt == _LEASE_ATTEMPTS - 1:
+                    raise
+                time.sleep(_LEASE_PAUSE_SECONDS)  # it was retiring: its name frees in a moment
+                actor, ref = lease(actor_name)
+        actors.append(actor)
+    log.info("%s: %d warm worker(s) (%s), %d model load(s) this job", stage.name, len(actors), name, loads)
+    progress.add(model_loads=loads)
+    return actors
+
+
+def _evict_idle_pools(except_names: set[str]) -> int:
+    """Ask every warm worker outside ``except_names`` to retire if idle; how many were asked."""
+    others = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
+              if entry["namespace"] == NAMESPACE and entry["name"] not in except_names]
+    for other in others:
+        try:
+            ray.get_actor(other, namespace=NAMESPACE).retire_if_idle.remote()
+        except ValueError:
+            pass  # retired meanwhile
+    return len(others)
+
+
+def run_parts(stage: Stage, settings: PipelineSettings, parts: list[dict[str, Any]], cpus: float,
+              progress: Progress) -> Iterator[dict[str, Any]]:
+    """Each part's result row, in the parts' order, from the stage's warm actors."""
+    actors = leased_pool(stage, settings, cpus, progress)
+    yield from ActorPool(actors).map(lambda actor, row: actor.run.remote(row), parts)

@@ -1,0 +1,107 @@
+"""Warm workers: a stage's second job finds its workers loaded (the loads counted by the workers
+themselves), jobs with other settings get other workers, and an idle pool retires."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import replace
+
+from include.contract import DocumentRef
+from include.settings import PoolSettings
+from include.stages import STAGES
+from include.stages.base import Progress, StageInput
+from include.stages.execution import run_on_ray
+
+
+class SlowToLoad:
+    """A stage worker whose model takes a moment to load; it says which process ran each part."""
+
+    def __init__(self, settings) -> None:
+        time.sleep(0.5)
+
+    def __call__(self, doc, part):
+        return {"part": part["n"], "pid": os.getpid()}
+
+
+def _run(settings, stage, name: str):
+    item = StageInput(DocumentRef(doc_id=name, source_uri=f"s3://documents/inbox/{name}.pdf",
+                                  content_sha256="0" * 64, size_bytes=1))
+    with Progress(stage.name, "chunks", 1, 60) as progress:
+        [done] = run_on_ray(stage, settings, [item], progress)
+    assert done.error is None, done.error
+    assert [payload["part"] for payload in done.payloads] == list(range(4))
+    return progress.counts["model_loads"], {payload["pid"] for payload in done.payloads}
+
+
+def _pool_actors(name_start: str) -> set[str]:
+    import ray
+
+    from include.stages.warm import NAMESPACE
+
+    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == NAMESPACE and actor["name"].startswith(name_start)}
+
+
+def test_a_second_job_loads_no_model_and_an_idle_pool_retires(settings, ray_local):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module is not shipped to workers
+    stage = replace(STAGES["embed"], split=lambda doc, settings: [{"units": 1, "n": n} for n in range(4)],
+                    worker=SlowToLoad)
+    warm = settings.model_copy(update={"warm_idle_seconds": 4.0, "warm_stages": frozenset({"embed"}),
+                                       "embed_pool": PoolSettings(max_actors=2, actor_memory_mb=256)})
+
+    first_loads, first_pids = _run(warm, stage, "first")
+    assert first_loads == 2 and len(first_pids) == 2  # a cold pool: each actor loads once
+    second_loads, second_pids = _run(warm, stage, "second")
+    assert second_loads == 0 and second_pids == first_pids  # the same processes, nothing loaded again
+    assert len(_pool_actors("embed-")) == 2
+
+    # Other settings shape other workers: their own pool, loaded once.
+    other = warm.model_copy(update={"embed_batch_size": warm.embed_batch_size + 1})
+    other_loads, other_pids = _run(other, stage, "other")
+    assert other_loads == 2 and not other_pids & first_pids
+
+    deadline = time.monotonic() + 60
+    while _pool_actors("embed-"):
+        assert time.monotonic() < deadline, _pool_actors("embed-")
+        time.sleep(0.5)
+    # Retired, not lost: the next job starts the pool again.
+    again_loads, again_pids = _run(warm, stage, "again")
+    assert again_loads == 2 and not again_pids & first_pids
+
+
+def test_with_warm_workers_off_a_job_starts_its_own_pool_and_leaves_no_actor(settings, ray_local):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stage = replace(STAGES["embed"], split=lambda doc, settings: [{"units": 1, "n": n} for n in range(4)],
+                    worker=SlowToLoad)
+    cold = settings.model_copy(update={"warm_idle_seconds": 0.0,
+                                       "embed_pool": PoolSettings(max_actors=1, actor_memory_mb=256)})
+    before = _pool_actors("embed-")
+    _run(cold, stage, "cold")
+    assert not _pool_actors("embed-") - before
+
+
+def test_a_pool_with_no_room_makes_the_idle_pools_of_other_stages_retire(settings, ray_local):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Each pool's one actor reserves over half of the cluster's memory: two cannot be placed at once.
+    most = int(ray.cluster_resources()["memory"] / 2**20 * 0.6)
+    big = PoolSettings(max_actors=1, actor_memory_mb=most)
+    warm = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_place_seconds": 1.0,
+                                       "warm_stages": frozenset({"embed", "enrich"}),
+                                       "embed_pool": big, "enrich_pool": big})
+    parts = lambda doc, settings: [{"units": 1, "n": n} for n in range(4)]  # noqa: E731
+    embed = replace(STAGES["embed"], split=parts, worker=SlowToLoad)
+    enrich = replace(STAGES["enrich"], split=parts, worker=SlowToLoad)
+
+    assert _run(warm, embed, "embedded")[0] == 1
+    assert _pool_actors("embed-")
+    assert _run(warm, enrich, "enriched")[0] == 1  # placed once the idle embed worker retired
+    assert not _pool_actors("embed-") and _pool_actors("enrich-")
+    assert _run(warm, embed, "embedded again")[0] == 1  # and back: loaded once more
