@@ -50,7 +50,9 @@ class PoolSettings(BaseModel):
     max_actors: int | None = Field(default=None, ge=1)
     actor_cpus: float = Field(default=1.0, gt=0)
     # Ray places an actor only where this much memory is free, and counts it against the node: the
-    # pools of concurrent jobs cannot overcommit a node (the largest actor measured held 1.4 GB).
+    # pools of concurrent jobs cannot overcommit a node. The stages' defaults are about 1.5x what
+    # their actors were measured to hold (extract 1.4 GB at most, enrich 1.0, chunk 0.45, embed and
+    # load 0.3), so the warm pools of every stage fit on one 16 GB node beside each other.
     actor_memory_mb: int = Field(default=2048, ge=64)
 
     def sized_for(self, cpus: float) -> PoolSettings:
@@ -145,7 +147,7 @@ class PipelineSettings(BaseSettings):
         "own tokenizer. Unset: what the embedder reads in one window (254 word pieces for MiniLM), or "
         "400 tokens (about 1,500 characters) for an OpenAI embedder. Never more than the embedder reads.",
     )
-    chunk_pool: PoolSettings = PoolSettings()
+    chunk_pool: PoolSettings = PoolSettings(actor_memory_mb=768)
 
     # --- enrich --------------------------------------------------------------
     enricher: Literal["local", "openai"] = Field(
@@ -174,7 +176,7 @@ class PipelineSettings(BaseSettings):
         "and stored as 'people' entities in the vector store's metadata.",
     )
     key_phrases_per_chunk: int = Field(default=8, ge=0)
-    enrich_pool: PoolSettings = PoolSettings()
+    enrich_pool: PoolSettings = PoolSettings(actor_memory_mb=1536)
 
     # --- embed ---------------------------------------------------------------
     embedder: Literal["minilm", "openai"] = Field(
@@ -208,7 +210,7 @@ class PipelineSettings(BaseSettings):
         default=None, description="OpenAI-compatible endpoint (…/v1) of the embeddings and enrichment calls; "
         "unset = api.openai.com."
     )
-    embed_pool: PoolSettings = PoolSettings()
+    embed_pool: PoolSettings = PoolSettings(actor_memory_mb=1024)
 
     # --- load ----------------------------------------------------------------
     vector_store: Literal["chroma", "pinecone"] = Field(
@@ -227,7 +229,7 @@ class PipelineSettings(BaseSettings):
         default=None, description="Persistent Chroma folder; default <work_dir>/chroma."
     )
     chroma_collection: str = "documents"
-    load_pool: PoolSettings = PoolSettings(max_actors=1)
+    load_pool: PoolSettings = PoolSettings(max_actors=1, actor_memory_mb=512)
     chroma_url: str | None = Field(
         default=None,
         description="URL of a Chroma server (http://host:port); unset = an embedded database "

@@ -44,7 +44,8 @@ SIZE_LIMIT = int(TEST_SETTINGS["PIPELINE_MAX_DOCUMENT_BYTES"])
 
 @pytest.fixture(scope="module")
 def env(stack):
-    yield from isolated_env(stack, "ingest")
+    # Warm workers outlast the tests between the first run and the drop that checks they are warm.
+    yield from isolated_env(stack, "ingest", PIPELINE_WARM_IDLE_SECONDS="1200")
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +205,7 @@ def test_no_secret_reaches_the_job_api_rendered_fields_xcom_task_logs_or_the_rep
 
 
 def test_the_stage_actors_and_drivers_ran_on_the_worker_node_and_none_on_the_head(env, first_run):
-    """Two nodes, as a cluster has: every actor pool of every stage, and every job's driver (which
+    """Two nodes, as a cluster has: every worker of every stage, and every job's driver (which
     assembles the documents), was placed on the worker node, by the resource it asks for."""
     from ray.util.state import list_actors, list_nodes
 
@@ -214,9 +215,10 @@ def test_the_stage_actors_and_drivers_ran_on_the_worker_node_and_none_on_the_hea
     jobs = ray_jobs_of(env, first_run)
     assert jobs and {job.driver_node_id for job in jobs} == {nodes[WORKER_NODE].node_id}
     job_ids = {job.job_id for job in jobs if job.job_id}
+    # Every stage's workers are warm (include.stages.warm): named actors the run's jobs created.
     pools = [actor for actor in list_actors(address=address, detail=True, limit=10_000)
-             if actor.job_id in job_ids and actor.class_name.startswith("MapWorker(")]
-    assert {actor.class_name for actor in pools} >= {"MapWorker(MapBatches(_PartWorker))"}
+             if actor.job_id in job_ids and actor.class_name == "WarmPartWorker"]
+    assert {actor.name.split("-")[0] for actor in pools} == set(STAGES)
     # An actor the pool asked for while the node's CPUs were taken, then no longer needed, was
     # never placed (no node): every placed one is on the worker node.
     assert {actor.node_id for actor in pools if actor.node_id} == {nodes[WORKER_NODE].node_id}
@@ -263,6 +265,20 @@ def test_rerunning_a_finished_run_gives_the_same_vectors_and_changes_nothing_in_
 
     assert sorted(chroma(inbox.settings).get(include=[])["ids"]) == stored_before
     assert {uri: e.model_dump(exclude={"last_seen"}) for uri, e in ledger.entries().items()} == rows_before
+
+
+def test_a_small_drop_after_a_run_finds_every_stage_warm_and_loads_no_model(env, inbox, first_run, sample_pdfs):
+    """The stages' workers stay loaded between jobs (include.stages.warm). Counted by the workers: each
+    reports its model load to the first job that leases it, into the batch result's metrics."""
+    from include.storage import join_uri
+
+    assert all(value["metrics"]["model_loads"] >= 1 for value in _stage_xcoms(env, first_run).values())
+    key = "later/one-more.pdf"
+    inbox.storage.write_bytes(join_uri(inbox.settings.inbox_uri, key), sample_pdfs["adverse_event_guide.pdf"].read_bytes())
+    run_id = dag_test(env, json.dumps({"keys": [key]}))
+    values = _stage_xcoms(env, run_id)
+    assert {task: (value["succeeded"], value["metrics"].get("model_loads")) for (task, _), value in values.items()} == {
+        f"ingest_batch.{stage}": (1, 0) for stage in STAGES}
 
 
 def test_a_retry_reattaches_to_the_running_batch_job_of_the_previous_try(env, inbox):
