@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -407,6 +407,12 @@ class PipelineSettings(BaseSettings):
         "part still running is stopped at its next Python step (a single native call runs to its end). "
         "Unset (PIPELINE_MAX_SECONDS_PER_DOCUMENT=null): no limit.",
     )
+
+    @field_serializer("warm_stages")
+    def _sorted(self, stages: frozenset[str]) -> list[str]:
+        # A set's order changes from process to process (string hashing is salted): a settings dump,
+        # which names a warm pool, must not.
+        return sorted(stages)
 
     @model_validator(mode="after")
     def _quarantine_outside_inbox(self) -> PipelineSettings:

@@ -7,9 +7,9 @@ any batch or run find them by name and send them parts (``ray.util.ActorPool``: 
 next free actor, results in order), so a small drop pays the job's start-up and no model load.
 The stage jobs stay one Ray job per stage and batch.
 
-- **Which actors.** A pool's name holds a hash of the job's settings and of the code it shipped
-  (the working_dir package Ray names by its content): a job with other settings or other code gets
-  other actors, and the old ones retire once idle. Its size is the stage's ``PoolSettings``
+- **Which actors.** A pool's name holds a hash of the job's settings, of its Python code (the
+  ``include`` package) and of the worker class: a job with other settings or other code gets other
+  actors, and the old ones retire once idle. Its size is the stage's ``PoolSettings``
   (by default the worker nodes' CPUs over ``actor_cpus``).
 - **Resources.** A warm actor reserves its memory (``actor_memory_mb``) but no CPU, and runs
   ``actor_cpus`` threads: idle it uses none, and the pools of all five stages, kept side by side,
@@ -26,6 +26,7 @@ The stage jobs stay one Ray job per stage and batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -33,11 +34,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util import ActorPool
 
+import include
 from include.settings import PipelineSettings
 from include.stages.base import Progress, Stage
 from include.stages.execution import PartWorker
@@ -110,11 +113,21 @@ def is_warm(stage: Stage, settings: PipelineSettings) -> bool:
     return settings.warm_idle_seconds > 0 and stage.name in settings.warm_stages
 
 
+@functools.cache
+def _code_digest() -> str:
+    """A digest of the job's Python code (the ``include`` package it shipped): a deploy that changes
+    it gets new workers; one that changes only documents or DAGs keeps them."""
+    package = Path(include.__file__).parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(f"{source.relative_to(package)}\n".encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
 def pool_name(stage: Stage, settings: PipelineSettings) -> str:
-    """``<stage>-<hash>``: the same settings, shipped code and worker class, the same actors."""
-    shipped = ray.get_runtime_context().runtime_env.get("working_dir", "")
+    """``<stage>-<hash>``: the same settings, code and worker class, the same actors."""
     worker = f"{stage.worker.__module__}.{stage.worker.__qualname__}"
-    blob = f"{settings.model_dump_json()}\n{shipped}\n{worker}".encode()
+    blob = f"{settings.model_dump_json()}\n{_code_digest()}\n{worker}".encode()
     return f"{stage.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 

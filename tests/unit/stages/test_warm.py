@@ -105,3 +105,16 @@ def test_a_pool_with_no_room_makes_the_idle_pools_of_other_stages_retire(setting
     assert _run(warm, enrich, "enriched")[0] == 1  # placed once the idle embed worker retired
     assert not _pool_actors("embed-") and _pool_actors("enrich-")
     assert _run(warm, embed, "embedded again")[0] == 1  # and back: loaded once more
+
+
+def test_a_pools_name_is_the_same_in_every_process_and_changes_with_a_setting():
+    import subprocess
+
+    code = ("from include.settings import PipelineSettings; from include.stages import STAGES; "
+            "from include.stages.warm import pool_name; import sys; "
+            "print(pool_name(STAGES['embed'], PipelineSettings(embed_batch_size=int(sys.argv[1]))))")
+    names = {(seed, size): subprocess.run([sys.executable, "-c", code, size], capture_output=True, text=True,
+                                          check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+             for seed in ("1", "2") for size in ("32", "16")}
+    assert names[("1", "32")] == names[("2", "32")] != names[("1", "16")] == names[("2", "16")]
+    assert names[("1", "32")].startswith("embed-")
