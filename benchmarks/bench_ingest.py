@@ -13,9 +13,13 @@ orchestration costs nothing), Ray jobs the run submitted, pages per second, and 
 peak resident memory of the plain process and of the largest Ray worker (sampled).
 Then the DAG runs a second time over the unchanged inbox, naming its files as a person
 triggering it would: the seconds and Ray jobs of that run are what an unchanged inbox costs.
+Last, one more document is dropped and run: its seconds, seconds inside Ray jobs and model
+loads are what a small drop costs with the models loaded (warm workers); ``--cold-too`` runs the
+DAG again with warm workers off, the baseline.
 
     .venv/bin/python -m benchmarks.bench_ingest                 # demo corpus and 50 mixed documents
     .venv/bin/python -m benchmarks.bench_ingest --corpus demo   # only the three demo PDFs
+    .venv/bin/python -m benchmarks.bench_ingest --corpus demo --cold-too  # and warm workers off
 
 Corpora: ``demo`` is the three sample PDFs of ``make demo``; ``mixed`` is generated:
 ``--documents`` PDFs of 1 to 40 pages, one of ``--big-pages`` pages, one corrupt file
@@ -149,9 +153,11 @@ def _dag_run(airflow: str, env: dict[str, str], project: Path, log: Path, conf: 
     return airflow_db.latest_run_id(Path(env["AIRFLOW_HOME"]), DAG_ID), time.perf_counter() - clock
 
 
-def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
-    """The DAG of ``project`` (this checkout, or an older one for a before/after comparison)."""
-    base = {**os.environ, **BENCH_PORTS, "PIPELINE_WORK_DIR": str(work), "PIPELINE_INGEST_SCHEDULE": ""}
+def dag(corpus: list[Path], work: Path, project: Path = ROOT, overrides: dict[str, str] | None = None) -> dict:
+    """The DAG of ``project`` (this checkout, or an older one for a before/after comparison), with
+    ``overrides`` (``PIPELINE_*`` variables) on top of this process's environment."""
+    base = {**os.environ, **BENCH_PORTS, "PIPELINE_WORK_DIR": str(work), "PIPELINE_INGEST_SCHEDULE": "",
+            **(overrides or {})}
     stack_vars = subprocess.run(
         [sys.executable, "-c", "import json; from tools.stack import stack_env; print(json.dumps(stack_env()))"],
         env=base, cwd=project, capture_output=True, text=True, check=True,
@@ -196,6 +202,15 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
         keys = [uri.removeprefix(settings.inbox_uri) for uri in storage.list(settings.inbox_uri)]
         rerun_id, rerun_seconds = _dag_run(airflow, env, project, work / "dags-test-rerun.log", {"keys": keys})
         rerun_jobs = [j for j in client.list_jobs() if j.metadata.get("run_id") == rerun_id]
+        # One more document dropped after the run: what a small drop costs once the models are loaded
+        # (warm workers) or loaded again by each job (PIPELINE_WARM_IDLE_SECONDS=0).
+        storage.write_bytes(join_uri(settings.inbox_uri, "later/one-more.pdf"), corpus[0].read_bytes())
+        drop_id, drop_seconds = _dag_run(airflow, env, project, work / "dags-test-drop.log",
+                                         {"keys": ["later/one-more.pdf"]})
+        drop_jobs = [j for j in client.list_jobs() if j.metadata.get("run_id") == drop_id]
+        drop_loads = sum(value["metrics"].get("model_loads", 0)
+                         for (task, _), value in airflow_db.xcoms(Path(env["AIRFLOW_HOME"]), DAG_ID, drop_id).items()
+                         if task.startswith("ingest_batch.") and isinstance(value, dict))
     finally:
         subprocess.run([sys.executable, "-m", "tools.stack", "down"], env=env, cwd=project, capture_output=True)
         os.environ.clear()
@@ -203,9 +218,16 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT) -> dict:
     return {"seconds": seconds, "jobs": len(jobs), "peak_worker_mb": sampler.peak_mb, "stages": stages,
             "rerun_seconds": rerun_seconds, "rerun_jobs": len(rerun_jobs),
             "first_job_after": first_job,
+            "drop_seconds": drop_seconds, "drop_jobs": len(drop_jobs), "drop_loads": int(drop_loads),
+            "drop_job_seconds": sum((j.end_time - j.start_time) / 1000 for j in drop_jobs),
             "batches": summary.get("batches", 0) if summary else 0,
             "succeeded": summary["succeeded"] if summary else 0,
             "failed": len(summary["failed"]) if summary else -1}
+
+
+def _print_drop(workers: str, result: dict) -> None:
+    print(f"    one more drop ({workers} workers): {result['drop_seconds']:.1f}s, {result['drop_jobs']} Ray jobs "
+          f"({result['drop_job_seconds']:.1f}s in them), {result['drop_loads']} model loads", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=Path, default=ROOT,
                         help="run the DAG of this checkout instead (e.g. a git worktree of an older commit): "
                         "the before of a before/after comparison")
+    parser.add_argument("--cold-too", action="store_true",
+                        help="run the DAG a second time with warm workers off (PIPELINE_WARM_IDLE_SECONDS=0): "
+                        "the baseline of what warm workers save")
     parser.add_argument("--plain-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_child:
@@ -236,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    again, unchanged: {dag_result['rerun_seconds']:.1f}s, {dag_result['rerun_jobs']} Ray jobs", flush=True)
         for stage, plain_seconds in plain_result["stages"].items():
             print(f"    {stage:<8} plain {plain_seconds:7.1f}s   Ray jobs {dag_result['stages'].get(stage, 0):7.1f}s",
+                  flush=True)
+        _print_drop("warm", dag_result)
+        if args.cold_too:
+            cold = dag(corpus, scratch / "w-cold", args.project.resolve(), {"PIPELINE_WARM_IDLE_SECONDS": "0"})
+            print(f"    dag, warm workers off: {cold['seconds']:.1f}s ({dag_result['seconds'] / cold['seconds']:.2f}x "
+                  "the cold run's time with them on)", flush=True)
+            _print_drop("cold", cold)
+            print(f"    one more drop, warm / cold: {dag_result['drop_seconds'] / cold['drop_seconds']:.2f}x the run's "
+                  f"seconds, {dag_result['drop_job_seconds'] / cold['drop_job_seconds']:.2f}x the seconds in Ray jobs",
                   flush=True)
         rows.append((name, len(corpus), pages, plain_result, plain_mb, dag_result))
         shutil.rmtree(scratch, ignore_errors=True)
