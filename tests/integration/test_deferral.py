@@ -43,6 +43,10 @@ def services(stack, tmp_path_factory, sample_pdfs):
              for stage in ("extract", "chunk", "enrich", "embed", "load")
              for field, value in (("MAX_ACTORS", "1"), ("ACTOR_CPUS", "0.4"))}
     settings = {**pools, "PIPELINE_SPLIT_CPUS": "0.1",
+                # Each job starts its own actors, so a one-document job runs long enough (about ten
+                # seconds) for the next task to take the one worker slot and submit its job meanwhile:
+                # on warm workers it ends in about two, before another task could start.
+                "PIPELINE_WARM_IDLE_SECONDS": "0",
                 "PIPELINE_BATCH_MAX_DOCUMENTS": "1", "PIPELINE_MAX_PARALLEL_BATCHES": str(BATCHES),
                 "PIPELINE_QUERY_SCHEDULE": "", "PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_INBOX_WATCH_SECONDS": "1",
                 "PIPELINE_INBOX_SETTLE_SECONDS": "2", "PIPELINE_INGEST_INTERVAL_SCHEDULE": "* * * * *",
