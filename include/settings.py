@@ -389,9 +389,11 @@ class PipelineSettings(BaseSettings):
         "default for now): no warm workers; each job starts an actor pool of its own and loads the models again.",
     )
     warm_place_seconds: float = Field(
-        default=10.0, gt=0,
-        description="How long a warm pool waits to be placed before the idle warm workers of other stages "
-        "are asked to retire and free the memory they reserve.",
+        # Longer than any model takes to load: a new worker's lease waits for its load too, and a
+        # shorter wait took loading for lack of room and evicted pools that were needed next.
+        default=120.0, gt=0,
+        description="How long a warm pool waits to be placed (and its models to load) before the idle warm "
+        "workers of other stages are asked to retire and free the memory they reserve.",
     )
     warm_stages: frozenset[Literal["extract", "chunk", "enrich", "embed", "load"]] = Field(
         default=frozenset({"extract", "chunk", "enrich", "embed", "load"}),

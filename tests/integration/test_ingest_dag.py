@@ -267,9 +267,6 @@ def test_rerunning_a_finished_run_gives_the_same_vectors_and_changes_nothing_in_
     assert {uri: e.model_dump(exclude={"last_seen"}) for uri, e in ledger.entries().items()} == rows_before
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, not fixed yet: the drop's jobs find the first run's pools by "
-                   "name, but their workers were started again in between (every stage loads again); see the "
-                   "README's warm workers")
 def test_a_small_drop_after_a_run_finds_every_stage_warm_and_loads_no_model(env, inbox, first_run, sample_pdfs):
     """The stages' workers stay loaded between jobs (include.stages.warm). Counted by the workers: each
     reports its model load to the first job that leases it, into the batch result's metrics."""
