@@ -117,14 +117,13 @@ def _no_warm_workers_left(request):
         return
     import ray
 
-    from include.stages.warm import NAMESPACE
+    from include.stages.warm import NAMESPACE, worker_names
 
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == NAMESPACE:
-            try:
-                ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE), no_restart=True)
-            except ValueError:
-                pass  # retired meanwhile
+    for name in worker_names():
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass  # retired meanwhile
 
 
 @pytest.fixture

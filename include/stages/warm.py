@@ -173,10 +173,15 @@ def leased_pool(stage: Stage, settings: PipelineSettings, cpus: float,
     return actors
 
 
+def worker_names() -> set[str]:
+    """The names of the warm workers alive in the cluster (every pool's)."""
+    return {entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["namespace"] == NAMESPACE}
+
+
 def _evict_idle_pools(except_names: set[str]) -> int:
     """Ask every warm worker outside ``except_names`` to retire if idle; how many were asked."""
-    others = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
-              if entry["namespace"] == NAMESPACE and entry["name"] not in except_names]
+    others = worker_names() - except_names
     for other in others:
         try:
             ray.get_actor(other, namespace=NAMESPACE).retire_if_idle.remote()

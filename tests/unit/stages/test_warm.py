@@ -36,12 +36,9 @@ def _run(settings, stage, name: str):
 
 
 def _pool_actors(name_start: str) -> set[str]:
-    import ray
+    from include.stages.warm import worker_names
 
-    from include.stages.warm import NAMESPACE
-
-    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == NAMESPACE and actor["name"].startswith(name_start)}
+    return {name for name in worker_names() if name.startswith(name_start)}
 
 
 def test_a_second_job_loads_no_model_and_an_idle_pool_retires(settings, ray_local):
