@@ -395,10 +395,11 @@ class PipelineSettings(BaseSettings):
         description="How long a warm pool waits to be placed (and its models to load) before the idle warm "
         "workers of other stages are asked to retire and free the memory they reserve.",
     )
-    warm_stages: frozenset[Literal["extract", "chunk", "enrich", "embed", "load"]] = Field(
-        default=frozenset({"extract", "chunk", "enrich", "embed", "load"}),
-        description="The stages whose workers stay warm (a JSON list): each keeps its pool's actors and "
-        "their memory (actor_memory_mb each) while it is not idle.",
+    warm_stages: frozenset[Literal["extract", "chunk", "enrich", "embed", "load", "generate"]] = Field(
+        default=frozenset({"extract", "chunk", "enrich", "embed", "load", "generate"}),
+        description="The stages whose workers stay warm (a JSON list), and 'generate', the query side's "
+        "local generator (a paid API has no model to keep): each keeps its pool's actors and their memory "
+        "(actor_memory_mb each) while it is not idle.",
     )
     progress_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a stage's job logs its progress."

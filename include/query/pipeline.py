@@ -6,7 +6,9 @@ On Ray, one Dataset::
                  [-> score_batch, when the questions carry expectations] -> write_parquet
 
 each step a callable class on ``map_batches`` with its own actor pool (sizes and CPUs in
-the settings; the generator's actors ask for ``generator_gpus``). The answers are written
+the settings; the generator's actors ask for ``generator_gpus``). With warm workers on (``generate``
+in ``PIPELINE_WARM_STAGES``) a local generator's model stays loaded between jobs in
+``WarmGenerator`` actors (``include.stages.warm``), and ``GenerateAnswers`` sends them its prompts. The answers are written
 by the dataset into a folder of this job, then published: the ``_answers.json`` marker,
 written last in one PUT, names them, and the older jobs' parts are removed
 (``include.query.answers``). So a retried or repeated job replaces the answers, it never adds
@@ -23,13 +25,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset
+import ray
 
-from include.backends.generators import generator_model
+from include.backends.generators import Generation, build_generator, generator_model
 from include.backends.vector_stores import Filter
 from include.query import evaluation
 from include.query.answers import MARKER, answers_uri_for, job_folder
 from include.query.steps import STEPS, BuildPrompts, EmbedQuestions, GenerateAnswers, RetrievePassages
 from include.settings import PipelineSettings
+from include.stages import warm
 from include.storage import Storage, join_uri
 from include.worker_crashes import crashes_named
 from include.worker_options import actor_options, task_options, worker_node_cpus
@@ -89,12 +93,35 @@ class InlineAnswerer:
 
 # --- on Ray Data --------------------------------------------------------------------
 
+
+class WarmGenerator(warm.KeptWarm):
+    """The query side's local model, loaded once and kept between query jobs."""
+
+    def __init__(self, settings: PipelineSettings, threads: int) -> None:
+        warm.use_threads(threads)
+        self._generator = build_generator(settings)
+        warm.KeptWarm.__init__(self, "generate", settings.warm_idle_seconds)
+
+    def generate(self, messages: list[dict[str, str]]) -> Generation:
+        with self.working():
+            return self._generator.generate(messages)
+
+
+def warm_generators(settings: PipelineSettings) -> tuple[list[Any] | None, int | None]:
+    """The leased warm generators and the model loads they did for this job; ``(None, None)`` when the
+    generator is not kept warm (warm workers off, or a paid API, which has no model to keep)."""
+    if settings.generator == "openai" or not warm.is_warm("generate", settings):
+        return None, None
+    name = warm.pool_name("generate", settings, WarmGenerator)
+    return warm.leased_pool(WarmGenerator, name, settings.generate_pool, settings, settings)
+
+
 QUERY_POOLS = ("query_embed_pool", "retrieve_pool", "prompt_pool", "generate_pool")
 
 
 def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: str,
-                  where: Filter | None = None) -> None:
-    import ray
+                  where: Filter | None = None) -> int | None:
+    """Write the answers into ``output_uri``; the model loads of warm generators (None when cold)."""
     from ray.data import ActorPoolStrategy, DataContext
 
     context = DataContext.get_current()
@@ -132,7 +159,8 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
     answers = step(questions, EmbedQuestions, embed_pool)
     answers = step(answers, RetrievePassages, retrieve_pool, where=where)
     answers = step(answers, BuildPrompts, prompt_pool)
-    answers = step(answers, GenerateAnswers, generate_pool)
+    generators, loads = warm_generators(settings)
+    answers = step(answers, GenerateAnswers, generate_pool, warm_generators=generators)
     if evaluation.has_expectations(names):
         answers = answers.map_batches(evaluation.score_batch, batch_format="pyarrow", num_cpus=settings.query_io_cpus,
                                       **task_options(settings))
@@ -140,6 +168,7 @@ def answer_on_ray(settings: PipelineSettings, questions_uri: str, output_uri: st
     with crashes_named(settings, step_models(settings), default_step="reading or writing Parquet"):
         answers.write_parquet(out_path, filesystem=out_filesystem,
                               ray_remote_args={"num_cpus": settings.query_io_cpus, **task_options(settings)})
+    return loads
 
 
 def step_models(settings: PipelineSettings) -> dict[str, tuple[str, str]]:
@@ -149,7 +178,8 @@ def step_models(settings: PipelineSettings) -> dict[str, tuple[str, str]]:
             RetrievePassages: f"the {settings.vector_store} client and BM25",
             BuildPrompts: f"the {generator_model(settings)} tokenizer",
             GenerateAnswers: f"{generator_model(settings)} on {backend}"}
-    return {step.__name__: (step.__name__, model) for step, model in runs.items()}
+    named = {step.__name__: (step.__name__, model) for step, model in runs.items()}
+    return {**named, WarmGenerator.__name__: named[GenerateAnswers.__name__]}
 
 
 # --- results ------------------------------------------------------------------------
@@ -219,13 +249,15 @@ def run_job(settings: PipelineSettings, questions_uri: str, *, answers_uri: str 
     version = storage.stat(questions_uri).version  # which version of the questions these answers are for
     job_uri = job_folder(answers_uri, job_id)
     clock = time.perf_counter()
-    answer_on_ray(settings, questions_uri, job_uri, where)
+    model_loads = answer_on_ray(settings, questions_uri, job_uri, where)
     wall = time.perf_counter() - clock
     # Parts are named in the order the dataset wrote them.
     parts = sorted(info.uri for info in storage.list_objects(job_uri) if info.uri.endswith(".parquet"))
     if not parts:
         raise QuestionsError(f"{questions_uri} holds no questions")
     metrics = answer_metrics(_read_parts(storage, parts, _metric_columns(storage, parts[0])), wall)
+    if model_loads is not None:
+        metrics["model_loads"] = model_loads  # what the warm generator saved (0: it was loaded)
     publish(storage, job_uri, answers_uri, parts, {"questions_uri": questions_uri, "questions_version": version,
                                                     "job": job_id, "metrics": metrics})
     log.info("answered %d question(s) in %.1fs into %s", metrics["questions"], wall, answers_uri)

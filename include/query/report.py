@@ -44,4 +44,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
                  f"({metrics['questions_per_second']:.2f}/s); generation {metrics.get('generated_tokens_per_second', 0):.1f} "
                  f"tokens/s; {metrics['prompt_tokens']:.0f} prompt + {metrics['completion_tokens']:.0f} answer tokens, "
                  f"${metrics['cost_usd']:.4f}")
+    if "model_loads" in metrics:  # a warm generator (include.query.pipeline.WarmGenerator)
+        loads = metrics["model_loads"]
+        lines.append(f"warm generator: {f'{loads:.0f} model load(s)' if loads else 'already loaded, no model load'}")
     return "\n".join(lines)

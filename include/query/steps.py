@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
 from include.backends.embedders import build_embedder, embedder_info
-from include.backends.generators import build_generator, build_token_counter
+from include.backends.generators import Generation, build_generator, build_token_counter
 from include.backends.vector_stores import Filter, build_vector_store, check_embedder
 from include.query.prompts import NO_PASSAGES, QuestionTooLong, build_prompt, cited
 from include.retrieval import Passage, Retriever
@@ -162,21 +163,38 @@ class BuildPrompts:
 
 class GenerateAnswers:
     """The model's answer to each prompt. On a paid model, each actor keeps to its share of the file's
-    budget (``query_max_usd_per_file``): actors share no state, so each is given an equal part."""
+    budget (``query_max_usd_per_file``): actors share no state, so each is given an equal part.
 
-    def __init__(self, settings: PipelineSettings) -> None:
+    Given ``warm_generators`` (actor handles of ``include.query.pipeline.WarmGenerator``, which keep a
+    local model loaded between jobs), it loads no model: a batch's prompts go to those actors, each
+    to the next free one."""
+
+    def __init__(self, settings: PipelineSettings, warm_generators: list[Any] | None = None) -> None:
         clock = time.perf_counter()
-        self._generator = build_generator(settings)
+        self._warm = warm_generators
+        self._generator = None if warm_generators else build_generator(settings)
         limit = settings.query_max_usd_per_file
-        # Unsized (max_actors unset) only in one process, where this is the one generator.
-        self._budget = None if limit is None else limit / (settings.generate_pool.max_actors or 1)
+        # Unsized (max_actors unset) only in one process, where this is the one generator. Warm
+        # generators are local models, which cost nothing: no budget.
+        self._budget = None if limit is None or warm_generators else limit / (settings.generate_pool.max_actors or 1)
         self._spent = 0.0
-        log.info("generator %s ready in %.1fs", self._generator.model, time.perf_counter() - clock)
+        if self._generator:
+            log.info("generator %s ready in %.1fs", self._generator.model, time.perf_counter() - clock)
 
     def close(self) -> None:
         getattr(self._generator, "close", lambda: None)()
 
+    def _generations(self, table: pa.Table) -> Iterator[Generation]:
+        """The warm generators' answers to the batch's askable prompts, in order (all sent at once)."""
+        from ray.util import ActorPool
+
+        asked = [messages for messages, error in zip(table.column("messages").to_pylist(),
+                                                     table.column("error").to_pylist()) if not error and messages]
+        return ActorPool(self._warm).map(lambda actor, messages: actor.generate.remote(messages), asked)
+
     def __call__(self, table: pa.Table) -> pa.Table:
+        # No budget can stop a warm generator (a local model), so its prompts go out together.
+        warm = self._generations(table) if self._warm else None
         columns: dict[str, list[Any]] = {name: [] for name in (
             "answer", "cited", "model", "finish_reason", "prompt_tokens", "completion_tokens", "retries",
             "cost_usd", "generate_seconds", "error")}
@@ -192,7 +210,7 @@ class GenerateAnswers:
                        "prompt_tokens": 0, "completion_tokens": 0, "retries": 0, "cost_usd": 0.0,
                        "generate_seconds": 0.0, "error": error}
             else:
-                generation = self._generator.generate(messages)
+                generation = next(warm) if warm else self._generator.generate(messages)
                 usage = generation.usage
                 self._spent += usage.cost_usd
                 row = {"answer": generation.text, "cited": cited(generation.text, context),

@@ -229,7 +229,7 @@ def _pipeline(
         # would run on one actor (one core) however many the pool has. Splitting before the pool
         # starts also leaves the pool every CPU: no split task waits behind its own actors.
         parts = _split_all(stage, settings, items, cpus)
-        if warm.is_warm(stage, settings):
+        if warm.is_warm(stage.name, settings):
             rows = warm.run_parts(stage, settings, parts, cpus, progress)
         else:
             rows = ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(

@@ -1,15 +1,17 @@
-"""Warm workers: a stage's models stay loaded between its jobs.
+"""Warm workers: a stage's models (and the query side's generator) stay loaded between jobs.
 
 With ``PIPELINE_WARM_IDLE_SECONDS`` above 0, the workers of the stages in ``PIPELINE_WARM_STAGES``
 are named detached actors (namespace ``pipeline-warm``), not a Ray Data pool that lives and dies
 with its job. The first job of a stage creates them and each loads its model once; later jobs of
 any batch or run find them by name and send them parts (``ray.util.ActorPool``: each part to the
 next free actor, results in order), so a small drop pays the job's start-up and no model load.
-The stage jobs stay one Ray job per stage and batch.
+The stage jobs stay one Ray job per stage and batch. The query job's generator is kept warm the
+same way (``include.query.pipeline.WarmGenerator``, by the name ``generate`` in the warm stages).
 
 - **Which actors.** A pool's name holds a hash of the job's settings, of its Python code (the
-  ``include`` package) and of the worker class: a job with other settings or other code gets other
-  actors, and the old ones retire once idle. Its size is the stage's ``PoolSettings``
+  ``include`` package), of its runtime environment (but the working_dir and variables) and of the
+  worker class: a job with other settings, code or environment gets other actors, and the old
+  ones retire once idle. Its size is the stage's ``PoolSettings``
   (by default the worker nodes' CPUs over ``actor_cpus``).
 - **Resources.** A warm actor reserves its memory (``actor_memory_mb``) but no CPU, and runs
   ``actor_cpus`` threads: idle it uses none, and the pools of all five stages, kept side by side,
@@ -28,12 +30,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,7 @@ import ray
 from ray.util import ActorPool
 
 import include
-from include.settings import PipelineSettings
+from include.settings import PipelineSettings, PoolSettings
 from include.stages.base import Progress, Stage
 from include.stages.execution import PartWorker
 from include.worker_options import THREADS_ENV, actor_options
@@ -56,20 +60,20 @@ _LEASE_PAUSE_SECONDS = 0.5
 _EVICTION_GRACE_SECONDS = 2.0
 
 
-@ray.remote
-class WarmPartWorker(PartWorker):
-    """A stage's worker that outlives its job. Its calls run one at a time on the process's main
-    thread, as a Ray Data actor's do (a native crash in a part kills it then and there): a lease
-    waits for the part in flight, at most one per job sharing the actor."""
+class KeptWarm:
+    """What makes an actor a warm worker: the lease, the idle clock and retiring. Mixed into an actor
+    class whose ``__init__`` loads its model, then calls ``KeptWarm.__init__``, and whose work runs in
+    ``self.working()``. Its calls run one at a time on the process's main thread, as a Ray Data
+    actor's do (a native crash in a call kills it then and there): a lease waits for the call in
+    flight, at most one per job sharing the actor."""
 
-    def __init__(self, stage: Stage, settings: PipelineSettings, threads: int) -> None:
-        os.environ[THREADS_ENV] = str(threads)  # no CPU is reserved: the threads it was sized for
-        super().__init__(stage, settings)
-        self._idle_seconds = settings.warm_idle_seconds
+    def __init__(self, what: str, idle_seconds: float) -> None:
+        self._what = what
+        self._idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._last_used = time.monotonic()
         self._busy = 0
-        self._loads_unreported = 1  # the load this __init__ did (again after a restart)
+        self._loads_unreported = 1  # the load its __init__ did (again after a restart)
         threading.Thread(target=self._retire_when_idle, name="retire-when-idle", daemon=True).start()
 
     def lease(self) -> int:
@@ -79,22 +83,21 @@ class WarmPartWorker(PartWorker):
             loads, self._loads_unreported = self._loads_unreported, 0
         return loads
 
-    def run(self, row: dict[str, Any]) -> dict[str, Any]:
-        """One part's row (as ``PartWorker`` takes a batch of one)."""
+    @contextmanager
+    def working(self) -> Iterator[None]:
         with self._lock:
             self._busy += 1
         try:
-            out = self({name: [value] for name, value in row.items()})
-            return {name: values[0] for name, values in out.items()}
+            yield
         finally:
             with self._lock:
                 self._busy -= 1
                 self._last_used = time.monotonic()
 
     def retire_if_idle(self) -> bool:
-        """Retire now unless a job is using it (a part within the last moment): another stage's
-        pool needs the memory it holds."""
-        return self._retire(_EVICTION_GRACE_SECONDS, "its memory is wanted by another stage's pool")
+        """Retire now unless a job is using it (a call within the last moment): another pool needs
+        the memory it holds."""
+        return self._retire(_EVICTION_GRACE_SECONDS, "its memory is wanted by another pool")
 
     def _retire_when_idle(self) -> None:
         while not self._retire(self._idle_seconds, f"idle for {self._idle_seconds:.0f}s"):
@@ -104,13 +107,35 @@ class WarmPartWorker(PartWorker):
         with self._lock:
             if self._busy or time.monotonic() - self._last_used < idle_seconds:
                 return False
-            log.info("%s worker retiring (%s): its model unloads", self._stage.name, why)
+            log.info("%s worker retiring (%s): its model unloads", self._what, why)
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
             return True
 
 
-def is_warm(stage: Stage, settings: PipelineSettings) -> bool:
-    return settings.warm_idle_seconds > 0 and stage.name in settings.warm_stages
+def use_threads(threads: int) -> None:
+    """A warm worker reserves no CPU: its model runs the threads its pool was sized for. Called
+    before the model loads."""
+    os.environ[THREADS_ENV] = str(threads)
+
+
+class WarmPartWorker(PartWorker, KeptWarm):
+    """A stage's worker that outlives its job."""
+
+    def __init__(self, stage: Stage, settings: PipelineSettings, threads: int) -> None:
+        use_threads(threads)
+        PartWorker.__init__(self, stage, settings)
+        KeptWarm.__init__(self, stage.name, settings.warm_idle_seconds)
+
+    def run(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One part's row (as ``PartWorker`` takes a batch of one)."""
+        with self.working():
+            out = self({name: [value] for name, value in row.items()})
+            return {name: values[0] for name, values in out.items()}
+
+
+def is_warm(name: str, settings: PipelineSettings) -> bool:
+    """Whether the workers of ``name`` (a stage, or the query side's ``generate``) are kept warm."""
+    return settings.warm_idle_seconds > 0 and name in settings.warm_stages
 
 
 @functools.cache
@@ -124,25 +149,36 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def pool_name(stage: Stage, settings: PipelineSettings) -> str:
-    """``<stage>-<hash>``: the same settings, code and worker class, the same actors."""
-    worker = f"{stage.worker.__module__}.{stage.worker.__qualname__}"
-    blob = f"{settings.model_dump_json()}\n{_code_digest()}\n{worker}".encode()
-    return f"{stage.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+def _job_environment() -> str:
+    """The job's runtime environment but its ``working_dir`` and variables: a job with other modules,
+    packages or a worker setup hook must not use workers started without them. The code digest
+    stands for the working_dir (whose hash changes with any file in it, a document or a log), the
+    settings for the variables (the others name the job: its submission id, its result's URI)."""
+    environment = dict(ray.get_runtime_context().runtime_env) if ray.is_initialized() else {}
+    for per_job in ("working_dir", "env_vars"):
+        environment.pop(per_job, None)
+    return json.dumps(environment, sort_keys=True, default=str)
 
 
-def leased_pool(stage: Stage, settings: PipelineSettings, cpus: float,
-                progress: Progress) -> list[ray.actor.ActorHandle]:
-    """The stage's warm actors, found or created, each leased; new model loads counted in ``progress``."""
-    pool = getattr(settings, stage.pool).sized_for(cpus)
-    name = pool_name(stage, settings)
+def pool_name(name: str, settings: PipelineSettings, worker: type) -> str:
+    """``<name>-<hash>``: the same settings, code, runtime environment and worker class, the same actors."""
+    blob = (f"{settings.model_dump_json()}\n{_code_digest()}\n{_job_environment()}\n"
+            f"{worker.__module__}.{worker.__qualname__}").encode()
+    return f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings: PipelineSettings,
+                *args: Any) -> tuple[list[ray.actor.ActorHandle], int]:
+    """``pool.max_actors`` warm actors of ``worker`` (a ``KeptWarm`` class) named ``name-<n>``,
+    found or created with ``args`` and their threads, each leased; and how many models they loaded
+    since the last lease (a job's model loads)."""
     options = dict(namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
                    memory=pool.actor_memory_mb * 2**20, **actor_options(settings))
     names = [f"{name}-{number}" for number in range(pool.max_actors)]
+    actor_class = ray.remote(worker)
 
     def lease(actor_name: str) -> tuple[ray.actor.ActorHandle, ray.ObjectRef]:
-        actor = WarmPartWorker.options(name=actor_name, **options).remote(
-            stage, settings, max(1, math.ceil(pool.actor_cpus)))
+        actor = actor_class.options(name=actor_name, **options).remote(*args, threads=max(1, math.ceil(pool.actor_cpus)))
         return actor, actor.lease.remote()
 
     leases = dict(zip(names, map(lease, names), strict=True))
@@ -150,12 +186,11 @@ def leased_pool(stage: Stage, settings: PipelineSettings, cpus: float,
     while waiting:
         _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=settings.warm_place_seconds)
         if waiting:
-            # Idle pools of other stages may hold the memory this one waits for: they retire (and load
+            # Idle pools of others may hold the memory this one waits for: they retire (and load
             # again when next needed). Asked again each time, as a pool in use now is idle later.
             asked = _evict_idle_pools(except_names=set(names))
             log.info("%s: %d of %d warm worker(s) not ready after %.0fs more: %d warm worker(s) of other pools "
-                     "asked to retire if idle", stage.name, len(waiting), len(leases), settings.warm_place_seconds,
-                     asked)
+                     "asked to retire if idle", name, len(waiting), len(leases), settings.warm_place_seconds, asked)
     actors, loads = [], 0
     for actor_name, (actor, ref) in leases.items():
         for attempt in range(_LEASE_ATTEMPTS):
@@ -168,9 +203,8 @@ def leased_pool(stage: Stage, settings: PipelineSettings, cpus: float,
                 time.sleep(_LEASE_PAUSE_SECONDS)  # it was retiring: its name frees in a moment
                 actor, ref = lease(actor_name)
         actors.append(actor)
-    log.info("%s: %d warm worker(s) (%s), %d model load(s) this job", stage.name, len(actors), name, loads)
-    progress.add(model_loads=loads)
-    return actors
+    log.info("%d warm worker(s) (%s), %d model load(s) this job", len(actors), name, loads)
+    return actors, loads
 
 
 def worker_names() -> set[str]:
@@ -193,5 +227,8 @@ def _evict_idle_pools(except_names: set[str]) -> int:
 def run_parts(stage: Stage, settings: PipelineSettings, parts: list[dict[str, Any]], cpus: float,
               progress: Progress) -> Iterator[dict[str, Any]]:
     """Each part's result row, in the parts' order, from the stage's warm actors."""
-    actors = leased_pool(stage, settings, cpus, progress)
+    pool = getattr(settings, stage.pool).sized_for(cpus)
+    actors, loads = leased_pool(WarmPartWorker, pool_name(stage.name, settings, stage.worker), pool, settings,
+                                stage, settings)
+    progress.add(model_loads=loads)
     yield from ActorPool(actors).map(lambda actor, row: actor.run.remote(row), parts)

@@ -199,6 +199,28 @@ def test_the_ray_job_writes_answers_once_and_a_rerun_replaces_them(ingested, ray
     assert second["metrics"]["questions"] == 3 and second["metrics"]["eval_questions"] == 3
 
 
+def test_a_warm_generator_loads_its_model_once_and_answers_as_a_cold_one(ingested, ray_local):
+    from include.stages.warm import worker_names
+
+    storage = Storage(ingested)
+    questions = evaluation.load_question_set(evaluation.QUESTION_SETS / "samples.jsonl").slice(0, 2)
+    uri = _write_questions(ingested, "warm.parquet", questions)
+    answers_uri = answers_uri_for(ingested, uri)
+
+    def answers(settings, job_id):
+        metrics = run_job(settings, uri, job_id=job_id)["metrics"]
+        return metrics, read_answers(storage, answers_uri, ["id", "answer", "model"]).to_pylist()
+
+    cold_metrics, cold = answers(ingested.model_copy(update={"warm_idle_seconds": 0.0}), "cold")
+    assert "model_loads" not in cold_metrics and not {n for n in worker_names() if n.startswith("generate-")}
+    warm = ingested.model_copy(update={"warm_idle_seconds": 600.0})
+    first_metrics, first = answers(warm, "warm-1")
+    second_metrics, second = answers(warm, "warm-2")
+    assert first_metrics["model_loads"] == 1 and second_metrics["model_loads"] == 0
+    assert {n for n in worker_names() if n.startswith("generate-")}  # kept, loaded, for the next job
+    assert first == second == cold and all(row["answer"] and row["model"] for row in cold)
+
+
 def test_a_questions_file_without_prompts_is_a_clear_error_that_no_retry_can_fix(ingested, ray_local):
     uri = _write_questions(ingested, "no-prompt.parquet", pa.table({"question": ["Where?"]}))
     with pytest.raises(QuestionsError, match="no-prompt.parquet has no 'prompt' column") as raised:

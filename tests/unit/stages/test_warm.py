@@ -109,7 +109,8 @@ def test_a_pools_name_is_the_same_in_every_process_and_changes_with_a_setting():
 
     code = ("from include.settings import PipelineSettings; from include.stages import STAGES; "
             "from include.stages.warm import pool_name; import sys; "
-            "print(pool_name(STAGES['embed'], PipelineSettings(embed_batch_size=int(sys.argv[1]))))")
+            "stage = STAGES['embed']; "
+            "print(pool_name(stage.name, PipelineSettings(embed_batch_size=int(sys.argv[1])), stage.worker))")
     names = {(seed, size): subprocess.run([sys.executable, "-c", code, size], capture_output=True, text=True,
                                           check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
              for seed in ("1", "2") for size in ("32", "16")}
