@@ -382,18 +382,18 @@ class PipelineSettings(BaseSettings):
         "or chunk count): small, so it never waits behind a full actor pool.",
     )
     warm_idle_seconds: float = Field(
-        # Off by default until the whole integration suite has run with it on: see the README.
-        default=0.0, ge=0,
+        default=300.0, ge=0,
         description="How long a warm stage's workers keep their models loaded after their last part "
-        "(include.stages.warm): the next job within that time loads no model (300 is a good value). 0 (the "
-        "default for now): no warm workers; each job starts an actor pool of its own and loads the models again.",
+        "(include.stages.warm): the next job within that time loads no model. 0: no warm workers; each job "
+        "starts an actor pool of its own and loads the models again.",
     )
     warm_place_seconds: float = Field(
         # Longer than any model takes to load: a new worker's lease waits for its load too, and a
         # shorter wait took loading for lack of room and evicted pools that were needed next.
         default=120.0, gt=0,
-        description="How long a warm pool waits to be placed (and its models to load) before the idle warm "
-        "workers of other stages are asked to retire and free the memory they reserve.",
+        description="Where Ray's state API cannot tell a warm worker waiting for room from one loading its "
+        "model: how long a pool waits to be ready before the idle warm workers of other pools are asked to "
+        "retire and free the memory they reserve (with the state API, that is done as soon as one waits).",
     )
     warm_stages: frozenset[Literal["extract", "chunk", "enrich", "embed", "load", "generate"]] = Field(
         default=frozenset({"extract", "chunk", "enrich", "embed", "load", "generate"}),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -186,11 +187,19 @@ class GenerateAnswers:
 
     def _generations(self, table: pa.Table) -> Iterator[Generation]:
         """The warm generators' answers to the batch's askable prompts, in order (all sent at once)."""
+        import ray
         from ray.util import ActorPool
 
         asked = [messages for messages, error in zip(table.column("messages").to_pylist(),
                                                      table.column("error").to_pylist()) if not error and messages]
-        return ActorPool(self._warm).map(lambda actor, messages: actor.generate.remote(messages), asked)
+        try:
+            yield from ActorPool(self._warm).map(lambda actor, messages: actor.generate.remote(messages), asked)
+        except ray.exceptions.RayActorError as exc:
+            # A warm generator died past its restarts. Raised here, its death would reach the job as
+            # this step's error; this actor dies with it instead, so Ray Data bounds its restarts and
+            # the job names the crash (step, model, signal) as a pool actor's (include.worker_crashes).
+            log.error("the warm generator died: %s", exc)
+            os._exit(1)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         # No budget can stop a warm generator (a local model), so its prompts go out together.

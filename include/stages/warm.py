@@ -19,9 +19,11 @@ same way (``include.query.pipeline.WarmGenerator``, by the name ``generate`` in 
 - **Idle scale-down.** An actor that ran no part for ``warm_idle_seconds`` kills itself (its name
   is then free). A job first *leases* each actor, which restarts its idle clock, so an actor never
   retires between being found and being used; one found retiring is replaced.
-- **Memory.** A pool that cannot be placed within ``warm_place_seconds`` (the node's memory is
-  reserved by the idle pools of other stages) asks those idle workers to retire, as a cache evicts:
-  the stage that runs now gets the memory, and the evicted ones load again when next needed.
+- **Memory.** A pool whose new workers no node takes (the nodes' memory is reserved by the idle
+  pools of other stages: Ray's state API shows them with no worker process yet) asks those idle
+  workers to retire, as a cache evicts: the stage that runs now gets the memory, and the evicted
+  ones load again when next needed. Where the state API cannot tell waiting for room from loading
+  a model, that is done after ``warm_place_seconds``.
 - **Crashes.** As in a Ray Data pool: a dead actor is restarted (a model load) and its part
   retried, up to ``worker_crash_retries``; past that the job's crash handling takes over.
 """
@@ -58,6 +60,8 @@ _LEASE_ATTEMPTS = 20
 _LEASE_PAUSE_SECONDS = 0.5
 # A worker that ran a part this recently is in use by a job (its next part is on its way).
 _EVICTION_GRACE_SECONDS = 2.0
+# How often a pool whose workers are not all ready checks whether they wait for room.
+_PLACEMENT_POLL_SECONDS = 2.0
 
 
 class KeptWarm:
@@ -178,19 +182,24 @@ def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings:
     actor_class = ray.remote(worker)
 
     def lease(actor_name: str) -> tuple[ray.actor.ActorHandle, ray.ObjectRef]:
-        actor = actor_class.options(name=actor_name, **options).remote(*args, threads=max(1, math.ceil(pool.actor_cpus)))
+        threads = max(1, math.ceil(pool.actor_cpus))
+        actor = actor_class.options(name=actor_name, **options).remote(*args, threads=threads)
         return actor, actor.lease.remote()
 
     leases = dict(zip(names, map(lease, names), strict=True))
-    waiting = [ref for _, ref in leases.values()]
+    waiting = {ref: actor_name for actor_name, (_, ref) in leases.items()}
+    started = time.monotonic()
     while waiting:
-        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=settings.warm_place_seconds)
-        if waiting:
-            # Idle pools of others may hold the memory this one waits for: they retire (and load
-            # again when next needed). Asked again each time, as a pool in use now is idle later.
+        _, pending = ray.wait(list(waiting), num_returns=len(waiting), timeout=_PLACEMENT_POLL_SECONDS)
+        waiting = {ref: waiting[ref] for ref in pending}
+        unplaced = _unplaced(set(waiting.values()))
+        if unplaced or (unplaced is None and waiting and time.monotonic() - started > settings.warm_place_seconds):
+            # Idle pools of others may hold the memory these wait for: they retire (and load again
+            # when next needed). Asked again each time, as a pool in use now is idle later.
             asked = _evict_idle_pools(except_names=set(names))
-            log.info("%s: %d of %d warm worker(s) not ready after %.0fs more: %d warm worker(s) of other pools "
-                     "asked to retire if idle", name, len(waiting), len(leases), settings.warm_place_seconds, asked)
+            log.info("%s: %s of %d warm worker(s) wait for room: %d warm worker(s) of other pools asked to retire "
+                     "if idle", name, unplaced or len(waiting), len(leases), asked)
+            started = time.monotonic()
     actors, loads = [], 0
     for actor_name, (actor, ref) in leases.items():
         for attempt in range(_LEASE_ATTEMPTS):
@@ -205,6 +214,23 @@ def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings:
         actors.append(actor)
     log.info("%d warm worker(s) (%s), %d model load(s) this job", len(actors), name, loads)
     return actors, loads
+
+
+def _unplaced(actor_names: set[str]) -> int | None:
+    """How many of these actors no node has taken yet (no worker process: they wait for room, while a
+    placed one may be loading its model); None when the cluster cannot tell (no state API)."""
+    from ray.util.state import list_actors
+
+    if not actor_names:
+        return 0
+    try:
+        actors = list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000, detail=True,
+                             filters=[("ray_namespace", "=", NAMESPACE), ("state", "=", "PENDING_CREATION")],
+                             raise_on_missing_output=False)
+    except Exception as exc:  # the dashboard's state API is down or absent: the placement wait decides
+        log.debug("cannot list actors: %s", exc)
+        return None
+    return sum(1 for actor in actors if actor.name in actor_names and not actor.pid)
 
 
 def worker_names() -> set[str]:

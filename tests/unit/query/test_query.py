@@ -5,7 +5,10 @@ generator against a local fake, the Ray Data job and its publication, and which 
 from __future__ import annotations
 
 import io
+import os
 import shlex
+import signal
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,13 +19,14 @@ from include.backends.vector_stores import ChromaStore, EmbedderInfo, EmbedderMi
 from include.control import query_planning
 from include.query import evaluation
 from include.query.answers import MARKER, answers_uri_for
-from include.query.pipeline import InlineAnswerer, QuestionsError, read_answers, run_job
+from include.query.pipeline import InlineAnswerer, QuestionsError, WarmGenerator, read_answers, run_job
 from include.query.prompts import NO_PASSAGES, build_prompt, cited, render
 from include.query.steps import ANSWER_SCHEMA, PASSAGE, EmbedQuestions
 from include.retrieval import Passage
 from include.settings import PipelineSettings
 from include.stages.local import run_stages
 from include.storage import Storage, join_uri
+from include.worker_crashes import WorkerCrashed
 from tests.helpers import drop
 
 
@@ -219,6 +223,29 @@ def test_a_warm_generator_loads_its_model_once_and_answers_as_a_cold_one(ingeste
     assert first_metrics["model_loads"] == 1 and second_metrics["model_loads"] == 0
     assert {n for n in worker_names() if n.startswith("generate-")}  # kept, loaded, for the next job
     assert first == second == cold and all(row["answer"] and row["model"] for row in cold)
+
+
+class SegfaultingGenerator(WarmGenerator):
+    """A warm generator whose model dies by SIGSEGV when asked, as llama.cpp's AMX kernel once did."""
+
+    def generate(self, messages):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_warm_generator_that_dies_by_signal_fails_the_job_naming_the_step_model_and_signal(
+        ingested, ray_local, monkeypatch):
+    from include.query import pipeline
+
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module is not shipped
+    monkeypatch.setattr(pipeline, "WarmGenerator", SegfaultingGenerator)
+    uri = _write_questions(ingested, "warm-crash.parquet", pa.table({"prompt": ["What is the daily dose?"]}))
+    warm = ingested.model_copy(update={"warm_idle_seconds": 600.0})
+    with pytest.raises(WorkerCrashed) as crashed:
+        run_job(warm, uri, job_id="warm-crash")
+    deaths = warm.worker_crash_retries + 1
+    assert crashed.value.retryable is False
+    assert (f"GenerateAnswers (packaged:SmolLM2-135M-Instruct on llama.cpp): the worker process died with "
+            f"SIGSEGV {deaths} time(s)") in str(crashed.value)
 
 
 def test_a_questions_file_without_prompts_is_a_clear_error_that_no_retry_can_fix(ingested, ray_local):

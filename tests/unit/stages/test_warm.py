@@ -83,14 +83,15 @@ def test_with_warm_workers_off_a_job_starts_its_own_pool_and_leaves_no_actor(set
     assert not _pool_actors("embed-") - before
 
 
-def test_a_pool_with_no_room_makes_the_idle_pools_of_other_stages_retire(settings, ray_local):
+def test_a_pool_with_no_room_makes_the_idle_pools_of_other_stages_retire(settings, ray_local, caplog):
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     # Each pool's one actor reserves over half of the cluster's memory: two cannot be placed at once.
     most = int(ray.cluster_resources()["memory"] / 2**20 * 0.6)
     big = PoolSettings(max_actors=1, actor_memory_mb=most)
-    warm = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_place_seconds": 1.0,
+    # A worker that no node takes is seen waiting for room (the state API): no placement wait (600 s).
+    warm = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_place_seconds": 600.0,
                                        "warm_stages": frozenset({"embed", "enrich"}),
                                        "embed_pool": big, "enrich_pool": big})
     parts = lambda doc, settings: [{"units": 1, "n": n} for n in range(4)]  # noqa: E731
@@ -99,7 +100,9 @@ def test_a_pool_with_no_room_makes_the_idle_pools_of_other_stages_retire(setting
 
     assert _run(warm, embed, "embedded")[0] == 1
     assert _pool_actors("embed-")
+    caplog.set_level("INFO", logger="include.stages.warm")
     assert _run(warm, enrich, "enriched")[0] == 1  # placed once the idle embed worker retired
+    assert "1 of 1 warm worker(s) wait for room: 1 warm worker(s) of other pools asked" in caplog.text
     assert not _pool_actors("embed-") and _pool_actors("enrich-")
     assert _run(warm, embed, "embedded again")[0] == 1  # and back: loaded once more
 
