@@ -19,9 +19,9 @@ same way (``include.query.pipeline.WarmGenerator``, by the name ``generate`` in 
 - **Idle scale-down.** An actor that ran no part for ``warm_idle_seconds`` kills itself (its name
   is then free). A job first *leases* each actor, which restarts its idle clock, so an actor never
   retires between being found and being used; one found retiring is replaced.
-- **Memory.** A pool whose new workers no node takes (the nodes' memory is reserved by the idle
-  pools of other stages: Ray's state API shows them with no worker process yet) asks those idle
-  workers to retire, as a cache evicts: the stage that runs now gets the memory, and the evicted
+- **Memory.** A pool whose new workers no node takes (Ray's state API shows them with no worker
+  process yet, and no node has the memory they ask for left: the idle pools of other stages
+  reserve it) asks those idle workers to retire, as a cache evicts: the stage that runs now gets the memory, and the evicted
   ones load again when next needed. Where the state API cannot tell waiting for room from loading
   a model, that is done after ``warm_place_seconds``.
 - **Crashes.** As in a Ray Data pool: a dead actor is restarted (a model load) and its part
@@ -193,7 +193,10 @@ def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings:
         _, pending = ray.wait(list(waiting), num_returns=len(waiting), timeout=_PLACEMENT_POLL_SECONDS)
         waiting = {ref: waiting[ref] for ref in pending}
         unplaced = _unplaced(set(waiting.values()))
-        if unplaced or (unplaced is None and waiting and time.monotonic() - started > settings.warm_place_seconds):
+        # A worker with no process yet may be starting one (its memory already taken on a node):
+        # it waits for room only if the nodes have none left for it.
+        short = bool(unplaced) and not _room_for(unplaced, options["memory"], settings)
+        if short or (unplaced is None and waiting and time.monotonic() - started > settings.warm_place_seconds):
             # Idle pools of others may hold the memory these wait for: they retire (and load again
             # when next needed). Asked again each time, as a pool in use now is idle later.
             asked = _evict_idle_pools(except_names=set(names))
@@ -231,6 +234,17 @@ def _unplaced(actor_names: set[str]) -> int | None:
         log.debug("cannot list actors: %s", exc)
         return None
     return sum(1 for actor in actors if actor.name in actor_names and not actor.pid)
+
+
+def _room_for(actors: int, memory: int, settings: PipelineSettings) -> bool:
+    """Whether ``actors`` more actors of ``memory`` bytes each fit now on the nodes they may use."""
+    # Per node: Ray's public call sums the cluster, the head's memory with it. Ray's own utilities
+    # read this one (check it on upgrading Ray).
+    from ray._private.state import available_resources_per_node
+
+    resource = settings.ray_worker_resource
+    return sum(int(free.get("memory", 0) // memory) for free in available_resources_per_node().values()
+               if not resource or resource in free) >= actors
 
 
 def worker_names() -> set[str]:

@@ -83,6 +83,22 @@ def test_with_warm_workers_off_a_job_starts_its_own_pool_and_leaves_no_actor(set
     assert not _pool_actors("embed-") - before
 
 
+def test_a_new_pool_with_room_leaves_the_idle_pools_of_other_stages_warm(settings, ray_local):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Its workers have no process for a moment while they start: that is not waiting for room.
+    small = PoolSettings(max_actors=2, actor_memory_mb=256)
+    warm = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_stages": frozenset({"embed", "enrich"}),
+                                       "embed_pool": small, "enrich_pool": small})
+    parts = lambda doc, settings: [{"units": 1, "n": n} for n in range(4)]  # noqa: E731
+    embed_loads, embed_pids = _run(warm, replace(STAGES["embed"], split=parts, worker=SlowToLoad), "embedded")
+    assert embed_loads == 2
+    assert _run(warm, replace(STAGES["enrich"], split=parts, worker=SlowToLoad), "enriched")[0] == 2
+    assert len(_pool_actors("embed-")) == 2 and len(_pool_actors("enrich-")) == 2
+    assert _run(warm, replace(STAGES["embed"], split=parts, worker=SlowToLoad), "embedded again") == (0, embed_pids)
+
+
 def test_a_pool_with_no_room_makes_the_idle_pools_of_other_stages_retire(settings, ray_local, caplog):
     import ray
 
