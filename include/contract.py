@@ -35,6 +35,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def validations_uri(result_uri: str | None) -> str | None:
+    """Where a stage's job writes its quality gate's validation results: beside its result."""
+    return f"{result_uri.removesuffix('.json')}.quality.json" if result_uri else None
+
+
 class DocumentRef(BaseModel):
     """A version of a source document: planned from the inbox's listing, hashed by the extract job.
 
@@ -120,6 +125,9 @@ class DocumentOutcome(BaseModel):
     retryable: bool = True
     # The file itself is bad (``BadFileError``): it goes to quarantine.
     bad_file: bool = False
+    # Why it failed, for people to filter on (``DocumentError.cause``): document, bad_file, time_limit,
+    # stale, quality_gate (its output failed a stage's quality gate), store_check.
+    cause: str | None = None
     reused: bool = False
     metrics: Metrics = {}
 

@@ -61,6 +61,49 @@ class PoolSettings(BaseModel):
         return self.model_copy(update={"max_actors": max(most, self.min_actors)})
 
 
+GateMode = Literal["fail", "warn", "off"]
+
+
+class QualitySettings(BaseModel):
+    """The data-quality gates between the stages (``include.quality``): what each checks is in
+    ``include/quality/suites.py``; here, what a failed expectation does and the gates' bounds.
+
+    Set one field with ``PIPELINE_QUALITY__<FIELD>``, e.g. ``PIPELINE_QUALITY__ENRICH=warn``.
+    ``fail``: a document whose output fails an expectation fails alone, named with it; ``warn``: it
+    goes on, the failure is logged, counted (``quality_warnings``) and shown in the Data Docs;
+    ``off``: the suite does not run.
+    """
+
+    model_config = {"frozen": True}
+
+    chunk: GateMode = "fail"
+    enrich: GateMode = "fail"
+    embed: GateMode = "fail"
+    load: GateMode = "fail"
+    # The run's totals, checked on the Airflow side once the run is summarized: ``fail`` fails the
+    # run's ``validate_run`` task (the run shows failed in the UI), after its Data Docs are written.
+    run: GateMode = "fail"
+    max_chunks_per_page: int = Field(
+        default=200, ge=1,
+        description="Most chunks a document may have per page: more means the chunker shredded it (a page "
+        "of 4,000 characters at the smallest useful chunk size makes about 40).",
+    )
+    norm_tolerance: float = Field(
+        default=1e-3, gt=0, lt=1, description="How far a vector's length may be from 1 (every embedder here "
+        "normalizes its vectors: the store compares them by cosine).",
+    )
+    load_settle_seconds: float = Field(
+        default=10.0, ge=0,
+        description="How long the load gate waits for the store to show what was just written (Pinecone is "
+        "eventually consistent) before it takes a missing vector for a failure.",
+    )
+    data_docs_max_passed: int = Field(
+        default=500, ge=0,
+        description="Most passed validations a run's Data Docs render (every failed or warned one is "
+        "rendered): each is a page, and a run of thousands of documents would spend minutes on them.",
+    )
+
+
 class ModelPrice(BaseModel):
     """What a paid model costs, in USD per million tokens read and written."""
 
@@ -411,6 +454,7 @@ class PipelineSettings(BaseSettings):
         "part still running is stopped at its next Python step (a single native call runs to its end). "
         "Unset (PIPELINE_MAX_SECONDS_PER_DOCUMENT=null): no limit.",
     )
+    quality: QualitySettings = QualitySettings()
 
     @field_serializer("warm_stages")
     def _sorted(self, stages: frozenset[str]) -> list[str]:

@@ -55,7 +55,7 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
     infrastructure (``include.failures``) pushes no result and skips the later stages of its batch,
     as the DAG's failed task does; any other exception out of a job is a bug, and raised. Returns the
     run's summary."""
-    from include.contract import BatchSpec
+    from include.contract import BatchSpec, validations_uri
     from include.control import ingest
     from include.control.settings import get_control_settings
     from include.failures import is_infrastructure
@@ -73,14 +73,15 @@ def ingest_like_the_dag(run_id: str, *, keys: list[str] | None = None, reprocess
         items, settled = first_stage_inputs(storage, spec.documents, spec.ingested_sha256)
         budget = spec.budget_usd
         for stage in ingest.STAGE_ORDER:
+            uri = join_uri(ingest.stage_result_prefix(DAG_ID, run_id, spec.batch_id, stage), "inline.json")
             try:
                 result = run_stage(STAGES[stage], settings, items, batch_id=spec.batch_id, executor=run_inline,
-                                   recompute=reprocess, settled=settled, budget_usd=budget)
+                                   recompute=reprocess, settled=settled, budget_usd=budget,
+                                   validations_uri=validations_uri(uri))
             except Exception as exc:
                 if not is_infrastructure(exc):
                     raise
                 break
-            uri = join_uri(ingest.stage_result_prefix(DAG_ID, run_id, spec.batch_id, stage), "inline.json")
             storage.write_json(uri, result.model_dump(mode="json"))
             ingest.record_stage(run_id, result)
             results[stage].append({"result_uri": uri})

@@ -124,6 +124,8 @@ class VectorStore(Protocol):
     # Removes the source's vectors but those in ``keep_ids`` and those of the version ``keep_doc_id``.
     def delete_stale(self, source_uri: str, keep_ids: set[str], keep_doc_id: str | None = None) -> int: ...
     def count(self, doc_id: str | None = None) -> int: ...
+    # A document version's records as the store holds them: id -> metadata, with the text as "text".
+    def document_records(self, doc_id: str) -> dict[str, Metadata]: ...
     def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]: ...
     def scan(self) -> Iterator[tuple[str, str, Metadata]]: ...
     def similarities(self, vector: list[float], ids: list[str]) -> dict[str, float]: ...
@@ -212,6 +214,11 @@ class ChromaStore:
         if doc_id is None:
             return self._collection.count()
         return len(self._collection.get(where={"doc_id": doc_id}, include=[])["ids"])
+
+    def document_records(self, doc_id: str) -> dict[str, Metadata]:
+        found = self._collection.get(where={"doc_id": doc_id}, include=["documents", "metadatas"])
+        return {i: {**(meta or {}), "text": text} for i, text, meta in
+                zip(found["ids"], found["documents"], found["metadatas"])}
 
     def scan(self, page: int = 500) -> Iterator[tuple[str, str, Metadata]]:
         """Every record's id, text and metadata, a page at a time (the leak audit reads them all)."""
@@ -391,6 +398,9 @@ class PineconeStore:
 
     def count(self, doc_id: str | None = None) -> int:
         return len(self._ids(f"{doc_id}#" if doc_id else ""))
+
+    def document_records(self, doc_id: str) -> dict[str, Metadata]:
+        return {vector_id: metadata for vector_id, metadata, _ in self._fetch(self._ids(f"{doc_id}#"))}
 
     def scan(self) -> Iterator[tuple[str, str, Metadata]]:
         for vector_id, metadata, _ in self._fetch(self._ids("")):

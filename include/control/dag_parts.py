@@ -130,9 +130,13 @@ def ingest_tasks(start: Any = None, *, by_interval: bool = False) -> None:
             raise AirflowFailException(str(exc)) from exc
         print(report.markdown(summary))
         ti.xcom_push(key="summary", value=report.for_xcom(summary))  # kept even when the run fails below
-        if summary["failed"]:
+        problems = [f"{len(summary['failed'])} document(s) failed"] if summary["failed"] else []
+        quality = summary.get("quality") or {}
+        if quality.get("run_failures") and quality.get("run_mode") == "fail":
+            problems.append("the run's quality checks failed (PIPELINE_QUALITY__RUN=fail)")
+        if problems:
             # Fail the run so nobody misses it, without retries: the same summary would fail again.
-            raise AirflowFailException(f"{len(summary['failed'])} document(s) failed: see the summary above")
+            raise AirflowFailException(f"{' and '.join(problems)}: see the summary above")
 
     batches = plan_batches()
     summary = summarize()

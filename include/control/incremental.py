@@ -28,9 +28,13 @@ class Reason(StrEnum):
     RETRY = "retry"
     REPROCESS = "reprocess"
     UNCHANGED = "unchanged"
-    GAVE_UP = "gave_up"  # failed max_attempts times: waits for a changed file or a reprocess
+    # Failed max_attempts times, or its output failed a quality gate under the pipeline of now (the same
+    # pipeline would fail it the same way): waits for a changed file (or pipeline) or a reprocess.
+    GAVE_UP = "gave_up"
 
 
+# The cause of a failure the same pipeline repeats (``include.stages.base.QualityGateFailed``).
+QUALITY_GATE = "quality_gate"
 WORK = frozenset({Reason.NEW, Reason.CHANGED, Reason.STALE, Reason.RETRY, Reason.REPROCESS})
 # How the ledger's runs and the run report count the documents processed for each reason.
 COUNTED_AS = {Reason.NEW: "new", Reason.CHANGED: "changed", Reason.STALE: "stale", Reason.RETRY: "retried",
@@ -61,6 +65,8 @@ def decide(entry: Entry | None, *, same_bytes: bool, fingerprint: str, max_attem
         return Reason.CHANGED
     if entry.status == Status.INGESTED:
         return Reason.UNCHANGED if entry.pipeline_fingerprint == fingerprint else Reason.STALE
+    if entry.status == Status.FAILED and entry.error_cause == QUALITY_GATE:
+        return Reason.GAVE_UP if entry.pipeline_fingerprint == fingerprint else Reason.RETRY
     if entry.status == Status.FAILED and entry.attempts >= max_attempts:
         return Reason.GAVE_UP
     # Failed with attempts left; quarantined but put back in the inbox by someone; or

@@ -27,6 +27,7 @@ from include.control.batching import Rejected, RunPlan, plan_batches, read_plan,
 from include.control.inbox_keys import taken
 from include.control.incremental import Pending, Reason, pending, tally
 from include.control.ledger import Entry, Final, Ledger, Status
+from include.control.quality import check_run
 from include.control.quarantine import quarantine
 from include.control.settings import ControlSettings, get_control_settings
 from include.documents import key_uris, listed, planned
@@ -302,6 +303,7 @@ class _Ending:
     stage: str | None = None
     error: str | None = None
     bad_file: bool = False
+    cause: str | None = None
     # The extract job found the bytes the ledger has ingested: nothing was redone.
     unchanged: bool = False
     # False when the stage's job failed (the infrastructure's doing, see ``include.failures``), or the
@@ -324,11 +326,11 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
     plan = read_plan(storage, folder)
     if plan is None:
         raise NoPlan(f"run {run_id} has no plan at {folder}: its planning task did not finish")
-    outcomes, stages = _stage_results(storage, results)
+    outcomes, stages, validation_uris = _stage_results(storage, results)
     endings = [_ending(doc, batch.batch_id, outcomes)
                for batch in plan.batches
                for doc in BatchSpec.model_validate(storage.read_json(batch.batch_uri)).documents]
-    endings += [_Ending(item.document, "plan", item.error, bad_file=True) for item in plan.rejected]
+    endings += [_Ending(item.document, "plan", item.error, bad_file=True, cause="bad_file") for item in plan.rejected]
 
     finals: list[Final] = []
     rows: list[dict[str, Any]] = []
@@ -346,14 +348,15 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
                 status = Status.QUARANTINED
                 quarantined.append(document.source_uri)  # its key left the inbox: older vectors go too
         finals.append(Final(document, status, stage_reached=_stage_reached(end), error=end.error,
-                            error_stage=end.stage, quarantine_uri=moved, unchanged=end.unchanged,
-                            counts_attempt=end.counts_attempt,
+                            error_stage=end.stage, error_cause=end.cause, quarantine_uri=moved,
+                            unchanged=end.unchanged, counts_attempt=end.counts_attempt,
                             counts={k: int(v) for k, v in end.metrics.items() if k in ("pages", "chunks", "vectors")}))
         if end.unchanged:
             continue  # counted with the unchanged, not among the documents the run processed
         rows.append({"source_uri": document.source_uri, "doc_id": document.doc_id,
                      "reason": plan.reasons.get(document.source_uri, "reprocess"), "status": str(status),
-                     "stage": end.stage, "error": end.error, "quarantine_uri": moved, **end.metrics})
+                     "stage": end.stage, "error": end.error, "cause": end.cause, "quarantine_uri": moved,
+                     **end.metrics})
 
     # Replaced files too: the prune job removes their older versions' artifacts (load removed the vectors).
     replaced = [final.source_uri for final in finals if final.status == Status.INGESTED and not final.unchanged
@@ -367,6 +370,9 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
     ledger.finish(run_id, finals)
     summary = report.summarize(dag_id, run_id, plan, stages, rows,
                                found_unchanged=sum(final.unchanged for final in finals))
+    entries = ledger.entries(source_uris=[row["source_uri"] for row in rows]).values()
+    still_claimed = {entry.source_uri for entry in entries if entry.claim_run_id == run_id}
+    summary["quality"] = check_run(settings, storage, folder, run_id, rows, still_claimed, validation_uris)
     summary["report_uri"] = report.write(storage, folder, summary)
     ledger.finish_run(dag_id, run_id, report.run_totals(summary))
     return summary
@@ -374,15 +380,18 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
 
 def _stage_results(
     storage: Storage, results: dict[str, list[dict[str, Any] | None]]
-) -> tuple[dict[str, dict[str, DocumentOutcome]], dict[str, dict[str, float]]]:
-    """Each stage's outcome per document id, and each stage's totals over its batches."""
+) -> tuple[dict[str, dict[str, DocumentOutcome]], dict[str, dict[str, float]], list[str]]:
+    """Each stage's outcome per document id, each stage's totals over its batches, and the files of
+    its quality gate's validation results."""
     outcomes: dict[str, dict[str, DocumentOutcome]] = {}
     stages: dict[str, dict[str, float]] = {}
+    validation_uris: list[str] = []
     for stage in STAGE_ORDER:
         # A skipped or failed task pushed nothing: its entry is None.
         batch_results = [BatchResult.model_validate(storage.read_json(x["result_uri"]))
                          for x in results.get(stage) or [] if x]
         outcomes[stage] = {o.doc_id: o for result in batch_results for o in result.documents}
+        validation_uris += [result.outputs["quality"] for result in batch_results if "quality" in result.outputs]
         totals: dict[str, float] = {"batches": len(batch_results)}
         totals["documents"] = sum(len(r.succeeded) for r in batch_results)
         totals["failed"] = sum(len(r.failed) for r in batch_results)
@@ -390,7 +399,7 @@ def _stage_results(
             for name, value in result.metrics.items():
                 totals[name] = totals.get(name, 0.0) + value
         stages[stage] = totals
-    return outcomes, stages
+    return outcomes, stages, validation_uris
 
 
 def _stage_reached(end: _Ending) -> str | None:
@@ -417,12 +426,12 @@ def _ending(planned: DocumentRef, batch_id: str, outcomes: dict[str, dict[str, D
         if outcome is None:
             return _Ending(document, stage, f"the {stage} job of {batch_id} failed (not this document's doing: "
                            "it is tried again next run, and this run is not counted among its attempts); see "
-                           "that task's log", counts_attempt=False, metrics=metrics)
+                           "that task's log", cause="infrastructure", counts_attempt=False, metrics=metrics)
         if outcome.status == "postponed":
             return _Ending(document, stage, outcome.error, counts_attempt=False, postponed=True, metrics=metrics)
         if outcome.status == "failed":
             return _Ending(document, stage, (outcome.error or "failed").splitlines()[0], outcome.bad_file,
-                           metrics=metrics)
+                           cause=outcome.cause, metrics=metrics)
         metrics.update({k: int(v) for k, v in outcome.metrics.items() if k in report.DOCUMENT_METRICS})
         metrics["cost_usd"] += outcome.metrics.get("cost_usd", 0.0)  # enrich and embed, on a paid API
     metrics["cost_usd"] = round(metrics["cost_usd"], 6)

@@ -72,7 +72,7 @@ def for_xcom(summary: dict[str, Any], max_failed: int = 50) -> dict[str, Any]:
     """The summary without per-document rows (those are in the report): numbers, the report's
     URI, and the first failures so the UI shows why a run failed."""
     compact = {key: summary[key] for key in ("report_uri", "documents", "batches", "succeeded", "counts", "cost",
-                                             "stages")}
+                                             "stages", "quality") if key in summary}
     compact["failed"] = summary["failed"][:max_failed]
     compact["failed_total"] = len(summary["failed"])
     return compact
@@ -151,8 +151,33 @@ def markdown(summary: dict[str, Any]) -> str:
                          ("Held by another run", [f"{uri} (run {run})" for uri, run in summary["held"].items()])):
         if items:
             lines += [f"## {title}", "", *(f"- {item}" for item in items), ""]
+    lines += _quality(summary.get("quality"))
     for item in summary["failed"]:
         # Errors name their document already; older ones may not.
         cause = item["error"] if item["error"].startswith(item["source_uri"]) else f"{item['source_uri']}: {item['error']}"
         lines.append(f"FAILED at {item['stage']}: {cause}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _quality(quality: dict[str, Any] | None) -> list[str]:
+    """The quality gates' section: what they checked, what failed, where the Data Docs are."""
+    if not quality or not (quality["validations"] or quality["run_failures"]):
+        return []
+    lines = ["## Quality gates", "",
+             f"{quality['validations']} document validation(s) by the stage gates: {quality['failed']} failed the "
+             f"document, {quality['warned']} only warned (PIPELINE_QUALITY__<STAGE>=warn)."]
+    if quality["run_mode"] != "off":
+        verdict = "passed" if not quality["run_failures"] else (
+            "FAILED" if quality["run_mode"] == "fail" else "failed (warn only)")
+        lines.append(f"The run's own checks (vectors = chunks per ingested document, every document settled and "
+                     f"released): {verdict}.")
+        lines += [f"- {failure}" for failure in quality["run_failures"]]
+    if "data_docs_uri" in quality:
+        omitted = quality["passed_not_rendered"]
+        lines.append(f"Data Docs: {quality['data_docs_uri']} ({quality['rendered']} validation page(s)"
+                     + (f"; {omitted} passed one(s) not rendered, PIPELINE_QUALITY__DATA_DOCS_MAX_PASSED)" if omitted
+                        else ")"))
+    if "data_docs_error" in quality:
+        lines.append(f"Data Docs not rendered: {quality['data_docs_error']}")
+    return [*lines, ""]
+

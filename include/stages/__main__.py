@@ -19,7 +19,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from include.contract import BatchResult, BatchSpec, DocumentOutcome, JobResult, StageManifest, now
+from include.contract import (
+    BatchResult,
+    BatchSpec,
+    DocumentOutcome,
+    JobResult,
+    StageManifest,
+    now,
+    validations_uri,
+)
 from include.fingerprints import STAGE_ORDER
 from include.settings import PipelineSettings, get_settings
 from include.stages import STAGES
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_stage(
             STAGES[args.stage], settings, inputs.items, batch_id=batch_id, recompute=args.recompute,
             submission_id=submission_id, executor=run_inline if args.inline else run_on_ray,
-            settled=inputs.settled, budget_usd=inputs.budget_usd,
+            settled=inputs.settled, budget_usd=inputs.budget_usd, validations_uri=validations_uri(args.result),
         )
     except Exception as exc:
         log.error("%s of %s failed: %s", args.stage, batch_id, exc)

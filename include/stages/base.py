@@ -25,6 +25,7 @@ another job's.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import threading
@@ -35,7 +36,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -55,6 +56,9 @@ from include.fingerprints import StageSpec, check_installed, stage_fingerprint
 from include.settings import PipelineSettings
 from include.storage import ObjectNotFound, Storage, join_uri
 
+if TYPE_CHECKING:
+    from include.quality.expectations import Checks
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.json"
@@ -72,6 +76,8 @@ class DocumentError(Exception):
 
     bad_file = False
     infrastructure = False  # see ``include.failures``
+    # What a person filters the ledger on (``ledger documents --cause``): why the document failed.
+    cause = "document"
 
 
 class BadFileError(DocumentError):
@@ -79,10 +85,13 @@ class BadFileError(DocumentError):
     help, so the orchestrator moves it to quarantine until a fixed file is dropped."""
 
     bad_file = True
+    cause = "bad_file"
 
 
 class OverTimeLimit(BadFileError):
     """A stage worked on the document for longer than ``max_seconds_per_document``."""
+
+    cause = "time_limit"
 
     @classmethod
     def of(cls, stage: str, document: DocumentRef, settings: PipelineSettings) -> OverTimeLimit:
@@ -95,6 +104,26 @@ class StaleVersion(DocumentError):
     """The inbox holds another version of the document now (or none): a stage that writes to the
     vector store does nothing for it, so an old run (a cleared one, or one whose claim was taken
     over) never overwrites or deletes what a newer run loaded."""
+
+    cause = "stale"
+
+
+class QualityGateFailed(DocumentError):
+    """The stage's output for this document fails an expectation of the stage's quality gate
+    (``include.quality.suites``). The file is not shown bad, the pipeline's output is: the document
+    is not quarantined. The same pipeline would make the same output from the same file, so it is
+    not tried again until either changes (a fix is a new pipeline fingerprint), or a person asks
+    for a reprocess (``include.control.incremental.decide``)."""
+
+    cause = "quality_gate"
+
+
+class StoreCheckFailed(QualityGateFailed):
+    """The load gate: the vector store does not hold what the load wrote for the document. That is
+    the store's doing (a lost write, a lagging read), not the output's: the document is tried again
+    next run, like any failed document."""
+
+    cause = "store_check"
 
 
 def check_current(storage: Storage, document: DocumentRef) -> None:
@@ -179,17 +208,46 @@ def first_stage_inputs(
 
 @dataclass
 class AssembleContext:
-    """Where ``assemble`` writes one document's outputs; every write is digested."""
+    """Where ``assemble`` writes one document's outputs (every write is digested), and where it has
+    them checked by its stage's quality gate."""
 
     settings: PipelineSettings
     storage: Storage
     doc: DocInput
     prefix: str
+    stage: str = ""
+    # This document's validation results (``Validation.record``), kept for the run's Data Docs.
+    validations: list[dict[str, Any]] = field(default_factory=list)
+    # Expectations failed under a gate set to warn.
+    quality_warnings: int = 0
     _digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def document(self) -> DocumentRef:
         return self.doc.document
+
+    @property
+    def gated(self) -> bool:
+        """Does this stage's gate run (``PIPELINE_QUALITY__<STAGE>`` is not ``off``)?"""
+        return getattr(self.settings.quality, self.stage, "off") != "off"
+
+    def check(self, checks: Checks, failure: type[QualityGateFailed] | None = None) -> None:
+        """Validate the document's output with its stage's suite: a failed expectation raises
+        ``failure`` (the document fails alone), or is logged and counted when the gate warns."""
+        from include.quality.expectations import failures, validate
+
+        mode = getattr(self.settings.quality, self.stage)
+        result = validate(checks)
+        self.validations.append({"stage": self.stage, "suite": checks.suite, "doc_id": self.document.doc_id,
+                                 "mode": mode, "success": result["success"], "result": result})
+        if result["success"]:
+            return
+        failed = failures(result)
+        message = f"{self.document.source_uri}: {self.stage}'s quality gate: {'; '.join(failed)}"
+        if mode == "fail":
+            raise (failure or QualityGateFailed)(message)
+        self.quality_warnings += len(failed)
+        log.warning("%s (PIPELINE_QUALITY__%s=warn: it goes on)", message, self.stage.upper())
 
     def write(self, name: str, data: bytes) -> str:
         uri = join_uri(self.prefix, name)
@@ -360,6 +418,7 @@ def run_stage(
     submission_id: str | None = None,
     settled: list[DocumentOutcome] | None = None,
     budget_usd: float | None = None,
+    validations_uri: str | None = None,
 ) -> BatchResult:
     """Run one stage over a batch; write each document's manifest as it finishes.
 
@@ -370,6 +429,9 @@ def run_stage(
     A stage that pays for its calls stops once the documents it finished cost ``budget_usd``:
     the parts in flight finish (Ray Data runs a few ahead), the documents not done are
     ``postponed``, and what is left of the budget goes to the next stage.
+
+    The validation results of the stage's quality gate, one per document it assembled, go to
+    ``validations_uri`` (the batch result names it as its ``quality`` output).
     """
     storage = Storage(settings)
     started = now()
@@ -401,11 +463,15 @@ def run_stage(
 
         budget = budget_usd if stage.pays(settings) else None
         spent = 0.0
+        validations: list[dict[str, Any]] = []
+        if pending and getattr(settings.quality, stage.name, "off") != "off":
+            # GX takes about 2 s to import: while the executor starts its workers, not after.
+            threading.Thread(target=importlib.import_module, args=("include.quality.suites",), daemon=True).start()
         if pending and (budget is None or budget > 0):
             with closing(executor(stage, settings, pending, progress)) as finished:
                 for done in finished:
                     outcome = _finish(stage, settings, storage, done, fingerprints[done.item.document.doc_id],
-                                      started, submission_id)
+                                      started, submission_id, validations)
                     outcomes.append(outcome)
                     progress.add(**{outcome.status: 1})
                     spent += outcome.metrics.get("cost_usd", 0.0)
@@ -422,9 +488,13 @@ def run_stage(
     metrics = total_metrics(o.metrics for o in outcomes if o.status == "succeeded")
     if "model_loads" in progress.counts:  # the job's own, not its documents': what warm workers saved
         metrics["model_loads"] = float(progress.counts["model_loads"])
+    outputs: Outputs = {}
+    if validations and validations_uri:
+        storage.write_json(validations_uri, validations)
+        outputs["quality"] = validations_uri
     return BatchResult(
         stage=stage.name, batch_id=batch_id, submission_id=submission_id, status="succeeded",
-        documents=[*(settled or []), *outcomes], metrics=metrics,
+        documents=[*(settled or []), *outcomes], metrics=metrics, outputs=outputs,
         libraries=libraries, started_at=started, finished_at=now(),
         budget_usd_left=None if budget_usd is None else round(max(budget_usd - spent, 0.0), 6),
     )
@@ -440,8 +510,9 @@ def _postponed(stage: Stage, document: DocumentRef, budget: float) -> DocumentOu
 
 
 def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: DocumentDone, fingerprint: str,
-            started: datetime, submission_id: str | None) -> DocumentOutcome:
-    """Assemble one document's outputs (or record its failure) and write its manifest."""
+            started: datetime, submission_id: str | None, validations: list[dict[str, Any]]) -> DocumentOutcome:
+    """Assemble one document's outputs (or record its failure) and write its manifest; its quality
+    gate's validation results go to ``validations``."""
     item, document = done.item, done.item.document
     target = manifest_uri(settings, stage, document.doc_id)
     base = dict(
@@ -452,13 +523,16 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
     )
     error = done.error
     if error is None:
-        ctx = AssembleContext(settings, storage, item.doc_input(), stage_prefix(settings, stage, document.doc_id))
+        ctx = AssembleContext(settings, storage, item.doc_input(), stage_prefix(settings, stage, document.doc_id),
+                              stage=stage.name)
         try:
             outputs, metrics = stage.assemble(ctx, done.payloads)
         except Exception as exc:
             error = as_document_error(stage.name, document.source_uri, exc)
             if error is None:
                 raise
+        finally:
+            validations += ctx.validations
     if error is not None:
         log.warning("%s: %s", stage.name, error)
         manifest = StageManifest(status="failed", error=str(error), retryable=False, bad_file=error.bad_file,
@@ -466,8 +540,10 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
         storage.write_json(target, manifest.model_dump(mode="json"))
         return DocumentOutcome(doc_id=document.doc_id, source_uri=document.source_uri, status="failed",
                                manifest_uri=target, error=str(error), retryable=False, bad_file=error.bad_file,
-                               content_sha256=document.content_sha256)
+                               cause=error.cause, content_sha256=document.content_sha256)
     metrics = {**metrics, "seconds": round(done.seconds, 3)}
+    if ctx.quality_warnings:
+        metrics["quality_warnings"] = float(ctx.quality_warnings)
     manifest = StageManifest(status="succeeded", outputs=outputs, metrics=metrics, output_digest=ctx.digest(),
                              finished_at=now(), **base)
     storage.write_json(target, manifest.model_dump(mode="json"))

@@ -2,6 +2,7 @@
 
     python -m include.control.ledger                      # documents per status, the last runs
     python -m include.control.ledger documents --status failed
+    python -m include.control.ledger documents --cause quality_gate   # outputs a quality gate stopped
     python -m include.control.ledger show "reports/q3.pdf"  # one document: its row and its history
     python -m include.control.ledger runs | daily
     python -m include.control.ledger conf --status failed   # a DAG conf that reprocesses those documents
@@ -30,6 +31,10 @@ def _first_line(text: str | None, width: int = 90) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+# ``DocumentOutcome.cause``, and "infrastructure" for a document whose stage's job failed.
+CAUSES = ("document", "bad_file", "time_limit", "stale", "quality_gate", "store_check", "infrastructure")
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     cells = [header, *[["" if v is None else str(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -40,8 +45,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _documents(entries: list[Entry], inbox: str) -> str:
     rows = [[e.status, e.stage_reached, e.pages, e.chunks, e.vectors, e.attempts, e.last_run_id,
-             _key(inbox, e.source_uri), _first_line(e.error)] for e in entries]
-    return _table(["status", "stage", "pages", "chunks", "vectors", "tries", "last run", "key", "last error"], rows)
+             _key(inbox, e.source_uri), e.error_cause, _first_line(e.error)] for e in entries]
+    return _table(["status", "stage", "pages", "chunks", "vectors", "tries", "last run", "key", "cause",
+                   "last error"], rows)
 
 
 def _key(inbox: str, uri: str) -> str:
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     listing = commands.add_parser("documents", help="one line per document")
     listing.add_argument("--status", choices=[s.value for s in Status])
+    listing.add_argument("--cause", choices=CAUSES, help="why they failed (quality_gate: a stage's quality gate)")
     show = commands.add_parser("show", help="one document's row and history")
     show.add_argument("key", help="inbox key or full URI")
     runs = commands.add_parser("runs", help="the last runs' totals")
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("daily", help="totals per day")
     conf = commands.add_parser("conf", help="print a DAG conf that reprocesses documents")
     conf.add_argument("--status", choices=[s.value for s in Status], default=Status.FAILED.value)
+    conf.add_argument("--cause", choices=CAUSES)
     commands.add_parser("upgrade", help="bring the schema to this code's revision (a deploy step)")
     args = parser.parse_args(argv)
 
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = Ledger.open(settings)
     inbox = settings.inbox_uri
     if args.command == "documents":
-        print(_documents(list(ledger.entries(status=args.status).values()), inbox))
+        print(_documents(list(ledger.entries(status=args.status, cause=args.cause).values()), inbox))
     elif args.command == "show":
         [uri] = key_uris(inbox, [args.key])
         entry = ledger.entries(source_uris=[uri]).get(uri)
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         days = ledger.daily()
         print(_table(list(days[0]) if days else ["day"], [list(day.values()) for day in days]))
     elif args.command == "conf":
-        keys = [_key(inbox, uri) for uri in ledger.entries(under=inbox, status=Status(args.status))]
+        keys = [_key(inbox, uri) for uri in ledger.entries(under=inbox, status=Status(args.status), cause=args.cause)]
         print(json.dumps({"keys": keys, "reprocess": True}))
     else:
         counts = ledger.counts()

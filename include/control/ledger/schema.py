@@ -53,6 +53,8 @@ class Document(Base):
     indexed_doc_id: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
     error_stage: Mapped[str | None] = mapped_column(String(16))
+    # Why it failed (``DocumentOutcome.cause``; "infrastructure" when its stage's job failed).
+    error_cause: Mapped[str | None] = mapped_column(String(16), index=True)
     quarantine_uri: Mapped[str | None] = mapped_column(String(2048))
     # Runs that tried the current version (reset when the version changes).
     attempts: Mapped[int] = mapped_column(Integer, default=0)

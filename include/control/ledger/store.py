@@ -58,6 +58,7 @@ class Entry(BaseModel):
     indexed_doc_id: str | None
     error: str | None
     error_stage: str | None
+    error_cause: str | None = None
     quarantine_uri: str | None
     attempts: int
     claim_dag_id: str | None
@@ -90,6 +91,7 @@ class Final:
     stage_reached: str | None = None
     error: str | None = None
     error_stage: str | None = None
+    error_cause: str | None = None
     quarantine_uri: str | None = None
     unchanged: bool = False
     # False when the run failed the document through no fault of its own (its stage's job failed).
@@ -242,13 +244,16 @@ class Ledger:
     # --- reading -------------------------------------------------------------
 
     def entries(self, *, under: str | None = None, source_uris: Iterable[str] | None = None,
-                status: Status | None = None) -> dict[str, Entry]:
-        """Rows by source URI: those under a prefix, or named, or all; optionally of one status."""
+                status: Status | None = None, cause: str | None = None) -> dict[str, Entry]:
+        """Rows by source URI: those under a prefix, or named, or all; optionally of one status, or of
+        one failure cause."""
         query = select(Document)
         if under is not None:
             query = query.where(Document.source_uri.startswith(under, autoescape=True))
         if status is not None:
             query = query.where(Document.status == status)
+        if cause is not None:
+            query = query.where(Document.error_cause == cause)
         wanted = None if source_uris is None else set(source_uris)
         with self._session() as session:
             rows = session.scalars(query.order_by(Document.source_uri)).all()
@@ -385,7 +390,7 @@ class Ledger:
                     if stage in counted and counted[stage] in outcome.metrics:
                         values[counted[stage]] = int(outcome.metrics[counted[stage]])
                 else:
-                    values.update(error=outcome.error, error_stage=stage)
+                    values.update(error=outcome.error, error_stage=stage, error_cause=outcome.cause)
                 session.execute(
                     update(Document)
                     .where(Document.source_uri == outcome.source_uri, Document.claim_run_id == run_id)
@@ -402,7 +407,7 @@ class Ledger:
                 values: dict[str, Any] = dict(
                     status=final.status, claim_run_id=None, claim_dag_id=None, claimed_at=None,
                     last_run_id=run_id, updated_at=stamp, error=final.error, error_stage=final.error_stage,
-                    quarantine_uri=final.quarantine_uri, object_version=document.object_version,
+                    error_cause=final.error_cause, quarantine_uri=final.quarantine_uri, object_version=document.object_version,
                 )
                 if not final.unchanged:
                     values.update(doc_id=document.doc_id, size_bytes=document.size_bytes,

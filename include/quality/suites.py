@@ -1,0 +1,144 @@
+"""What each stage's output must hold before the next stage takes it: one GX suite per stage.
+
+Every suite runs on one document's output, in the stage's job, just before its outputs are
+recorded (``AssembleContext.check``): a document that fails fails alone, named with the failed
+expectation and what was observed. The frames hold derived, safe columns only (sizes, counts,
+ids, digests, the *kind* of a PII shape found), never a chunk's text: a result shows its
+unexpected values, and it is kept among the run's artifacts and rendered in its Data Docs.
+
+- **chunk**: text that is not blank; tokens within the embedder's window (the chunker's own
+  count, the one it kept to); unique chunk ids; page spans inside the document, end not before
+  start; between 1 and ``max_chunks_per_page`` chunks per page.
+- **enrich**: no email, phone, SSN or card shape left in the text, heading, entities or key
+  phrases (``include.pii_shapes``: the leak audit's rules); entities and key phrases of the
+  expected form.
+- **embed**: every vector of the embedder's dimension, finite, of unit length (every embedder
+  here normalizes), and no two distinct texts with the same vector (an embedder that lost its
+  input gives one vector to everything).
+- **load**: the store holds exactly the chunk ids this load wrote for the document, each with the
+  metadata the retriever reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+
+from include.pii_shapes import find_pii
+from include.quality.expectations import Checks
+from include.settings import PipelineSettings
+
+# What the retriever and the filters read of a stored vector (``include.retrieval``), besides its text.
+RETRIEVED_METADATA = ("doc_id", "source_uri", "document", "page_start", "page_end")
+
+_ENTITIES_SCHEMA = {
+    "type": "object",
+    "properties": {group: {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True}
+                   for group in ("people", "organizations", "medications")},
+    "required": ["people", "organizations", "medications"],
+    "additionalProperties": False,
+}
+
+
+def chunk_checks(rows: list[dict[str, Any]], *, token_limit: int, pages: int,
+                 settings: PipelineSettings) -> Checks:
+    frame = pd.DataFrame({
+        "chunk_id": [row["chunk_id"] for row in rows],
+        "text_characters": [len(row["text"].strip()) for row in rows],
+        "tokens": [row["tokens"] for row in rows],
+        "page_start": [row["page_start"] for row in rows],
+        "page_end": [row["page_end"] for row in rows],
+    })
+    return Checks("chunk", frame, [
+        gxe.ExpectColumnValuesToBeBetween(column="text_characters", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="tokens", min_value=1, max_value=token_limit),
+        gxe.ExpectColumnValuesToBeUnique(column="chunk_id"),
+        gxe.ExpectColumnValuesToBeBetween(column="page_start", min_value=1, max_value=pages),
+        gxe.ExpectColumnValuesToBeBetween(column="page_end", min_value=1, max_value=pages),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="page_end", column_B="page_start", or_equal=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=settings.quality.max_chunks_per_page * pages),
+    ])
+
+
+def enrich_checks(rows: list[dict[str, Any]], *, settings: PipelineSettings) -> Checks:
+    frame = pd.DataFrame({
+        "chunk_id": [row["chunk_id"] for row in rows],
+        "pii_shape_left": [_pii_kinds(row) for row in rows],
+        "entities": [json.dumps(row["entities"]) for row in rows],
+        "key_phrases": [json.dumps(row["key_phrases"]) for row in rows],
+    })
+    key_phrases_schema = {"type": "array", "items": {"type": "string", "minLength": 1},
+                          "maxItems": settings.key_phrases_per_chunk}
+    return Checks("enrich", frame, [
+        gxe.ExpectColumnValuesToBeNull(column="pii_shape_left"),
+        gxe.ExpectColumnValuesToMatchJsonSchema(column="entities", json_schema=_ENTITIES_SCHEMA),
+        gxe.ExpectColumnValuesToMatchJsonSchema(column="key_phrases", json_schema=key_phrases_schema),
+    ])
+
+
+def _pii_kinds(row: dict[str, Any]) -> str | None:
+    """The kinds of PII shape left in what goes downstream of a chunk (as the leak audit reads it),
+    or None."""
+    fields = (row["text"], row.get("heading") or "", json.dumps(row["entities"]), json.dumps(row["key_phrases"]))
+    kinds = sorted({span.kind for text in fields for span in find_pii(text)})
+    return ",".join(kinds) or None
+
+
+def embed_checks(rows: list[dict[str, Any]], *, dimension: int, settings: PipelineSettings) -> Checks:
+    tolerance = settings.quality.norm_tolerance
+    vectors = [np.asarray(row["vector"], dtype=np.float32) for row in rows]
+    frame = pd.DataFrame({
+        "chunk_id": [row["chunk_id"] for row in rows],
+        "dimension": [len(vector) for vector in vectors],
+        "non_finite_values": [int(np.count_nonzero(~np.isfinite(vector))) for vector in vectors],
+        "norm": [float(np.linalg.norm(vector)) for vector in vectors],
+        "vector_digest": list(_digests_of_distinct_texts(rows, vectors)),
+    })
+    return Checks("embed", frame, [
+        gxe.ExpectColumnValuesToBeBetween(column="dimension", min_value=dimension, max_value=dimension),
+        gxe.ExpectColumnValuesToBeBetween(column="non_finite_values", max_value=0),
+        # A vector with a NaN has no length: it is the check above that fails it.
+        gxe.ExpectColumnValuesToBeBetween(column="norm", min_value=1 - tolerance, max_value=1 + tolerance),
+        gxe.ExpectColumnValuesToBeUnique(column="vector_digest"),
+    ])
+
+
+def _digests_of_distinct_texts(rows: list[dict[str, Any]], vectors: list[np.ndarray]) -> Iterable[str | None]:
+    """Each vector's digest, or None where the same text came before with the same vector (a text
+    repeated in a document embeds the same: that is no collision). GX skips the Nones, so two
+    digests alike are two distinct texts given one vector."""
+    seen: set[tuple[str, str]] = set()
+    for row, vector in zip(rows, vectors):
+        digest = hashlib.sha256(vector.tobytes()).hexdigest()[:16]
+        text = hashlib.sha256(row["text"].encode()).hexdigest()
+        yield None if (text, digest) in seen else digest
+        seen.add((text, digest))
+
+
+def load_checks(stored: dict[str, dict[str, Any]], *, written: set[str], doc_id: str) -> Checks:
+    """``stored``: the store's records of the document (id -> metadata, its text as ``text``),
+    read back after the load; ``written``: the ids the load wrote."""
+    ids = sorted(written | set(stored))
+    frame = pd.DataFrame({
+        "chunk_id": ids,
+        "in_store": [i in stored for i in ids],
+        "written_by_this_load": [i in written for i in ids],
+        "text_characters": [len(str(stored[i].get("text") or "")) if i in stored else None for i in ids],
+        **{name: [stored[i].get(name) if i in stored else None for i in ids] for name in RETRIEVED_METADATA},
+    })
+    in_store = {"row_condition": "in_store==True", "condition_parser": "pandas"}
+    return Checks("load", frame, [
+        gxe.ExpectColumnValuesToBeInSet(column="in_store", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="written_by_this_load", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="doc_id", value_set=[doc_id], **in_store),
+        gxe.ExpectColumnValuesToBeBetween(column="text_characters", min_value=1, **in_store),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=name, **in_store) for name in RETRIEVED_METADATA),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="page_end", column_B="page_start", or_equal=True,
+                                                    **in_store),
+    ])
