@@ -123,11 +123,17 @@ def forget(dag_id: str, run_id: str, prune_result_uri: str) -> dict[str, Any]:
 
 
 def _scrub_folder(storage: Storage, folder: str, names: list[str]) -> int:
-    """Rewrite the folder's JSON and Markdown files that hold any of ``names``; how many were."""
-    # JSON is parsed, so a name is found however the file escapes it; Markdown is plain text.
-    formats = {".json": (storage.read_json, storage.write_json), ".md": (storage.read_text, storage.write_text)}
+    """Rewrite the folder's JSON, Markdown and HTML files that hold any of ``names``, and remove those
+    named by one (the Data Docs page of the document's validation); how many were."""
+    # JSON is parsed, so a name is found however the file escapes it; Markdown and HTML are plain text.
+    text = (storage.read_text, storage.write_text)
+    formats = {".json": (storage.read_json, storage.write_json), ".md": text, ".html": text}
     rewritten = 0
     for uri in storage.list(folder):
+        if any(name in uri[len(folder):] for name in names):
+            storage.delete(uri)
+            rewritten += 1
+            continue
         suffix = uri[uri.rfind("."):]
         if suffix not in formats:
             continue

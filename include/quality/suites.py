@@ -1,7 +1,7 @@
 """What each stage's output must hold before the next stage takes it: one GX suite per stage.
 
 Every suite runs on one document's output, in the stage's job, just before its outputs are
-recorded (``AssembleContext.check``): a document that fails fails alone, named with the failed
+recorded (``include.quality.gates``): a document that fails fails alone, named with the failed
 expectation and what was observed. The frames hold derived, safe columns only (sizes, counts,
 ids, digests, the *kind* of a PII shape found), never a chunk's text: a result shows its
 unexpected values, and it is kept among the run's artifacts and rendered in its Data Docs.
@@ -12,9 +12,9 @@ unexpected values, and it is kept among the run's artifacts and rendered in its 
 - **enrich**: no email, phone, SSN or card shape left in the text, heading, entities or key
   phrases (``include.pii_shapes``: the leak audit's rules); entities and key phrases of the
   expected form.
-- **embed**: every vector of the embedder's dimension, finite, of unit length (every embedder
-  here normalizes), and no two distinct texts with the same vector (an embedder that lost its
-  input gives one vector to everything).
+- **embed**: every vector of the store's dimension (of the document's first vector's, until the
+  store has one), finite, of unit length (every embedder here normalizes), and no two distinct
+  texts with the same vector (an embedder that lost its input gives one vector to everything).
 - **load**: the store holds exactly the chunk ids this load wrote for the document, each with the
   metadata the retriever reads.
 """
@@ -90,7 +90,8 @@ def _pii_kinds(row: dict[str, Any]) -> str | None:
     return ",".join(kinds) or None
 
 
-def embed_checks(rows: list[dict[str, Any]], *, dimension: int, settings: PipelineSettings) -> Checks:
+def embed_checks(rows: list[dict[str, Any]], *, dimension: int | None, settings: PipelineSettings) -> Checks:
+    """``dimension``: the store's; None when it has none yet: then every vector has the document's first's."""
     tolerance = settings.quality.norm_tolerance
     vectors = [np.asarray(row["vector"], dtype=np.float32) for row in rows]
     frame = pd.DataFrame({
@@ -100,6 +101,7 @@ def embed_checks(rows: list[dict[str, Any]], *, dimension: int, settings: Pipeli
         "norm": [float(np.linalg.norm(vector)) for vector in vectors],
         "vector_digest": list(_digests_of_distinct_texts(rows, vectors)),
     })
+    dimension = dimension or (int(frame["dimension"].iloc[0]) if len(frame) else 0)
     return Checks("embed", frame, [
         gxe.ExpectColumnValuesToBeBetween(column="dimension", min_value=dimension, max_value=dimension),
         gxe.ExpectColumnValuesToBeBetween(column="non_finite_values", max_value=0),

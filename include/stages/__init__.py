@@ -9,8 +9,9 @@ without importing this package.
 from __future__ import annotations
 
 from include.fingerprints import SPECS
+from include.quality import gates
 from include.stages import chunk, embed, enrich, extract, load
-from include.stages.base import Stage
+from include.stages.base import Stage, StoreCheckFailed
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
@@ -24,25 +25,25 @@ STAGES: dict[str, Stage] = {
         Stage(
             SPECS["chunk"], "chunks", chunk.split, chunk.Chunker, chunk.assemble,
             pool="chunk_pool", unit=None,
-            runs=lambda s: f"HybridChunker with the {s.embedder} tokenizer",
+            runs=lambda s: f"HybridChunker with the {s.embedder} tokenizer", gate=gates.chunk,
         ),
         Stage(
             SPECS["enrich"], "enriched", enrich.split, enrich.ChunkEnricher, enrich.assemble,
             pool="enrich_pool",
             runs=lambda s: (f"Presidio and spaCy {s.spacy_model}" if s.enricher == "local"
                             else f"{s.enrich_model} over the OpenAI API"),
-            pays=lambda s: s.enricher == "openai",
+            pays=lambda s: s.enricher == "openai", gate=gates.enrich,
         ),
         Stage(
             SPECS["embed"], "embeddings", embed.split, embed.ChunkEmbedder, embed.assemble,
             pool="embed_pool",
             runs=lambda s: f"{s.embedder_model} " + ("on torch" if s.embedder == "minilm" else "over the OpenAI API"),
-            pays=lambda s: s.embedder == "openai",
+            pays=lambda s: s.embedder == "openai", gate=gates.embed,
         ),
         Stage(
             SPECS["load"], "loaded", load.split, load.VectorLoader, load.assemble,
             pool="load_pool", reusable=False,
-            runs=lambda s: f"the {s.vector_store} client",
+            runs=lambda s: f"the {s.vector_store} client", gate=gates.load, gate_failure=StoreCheckFailed,
         ),
     )
 }

@@ -216,6 +216,8 @@ class AssembleContext:
     doc: DocInput
     prefix: str
     stage: str = ""
+    # What the upstream stage recorded of the document (extract's pages, for the chunk gate).
+    upstream_metrics: Metrics = field(default_factory=dict)
     # This document's validation results (``Validation.record``), kept for the run's Data Docs.
     validations: list[dict[str, Any]] = field(default_factory=list)
     # Expectations failed under a gate set to warn.
@@ -231,7 +233,7 @@ class AssembleContext:
         """Does this stage's gate run (``PIPELINE_QUALITY__<STAGE>`` is not ``off``)?"""
         return getattr(self.settings.quality, self.stage, "off") != "off"
 
-    def check(self, checks: Checks, failure: type[QualityGateFailed] | None = None) -> None:
+    def check(self, checks: Checks, failure: type[QualityGateFailed]) -> None:
         """Validate the document's output with its stage's suite: a failed expectation raises
         ``failure`` (the document fails alone), or is logged and counted when the gate warns."""
         from include.quality.expectations import failures, validate
@@ -245,7 +247,7 @@ class AssembleContext:
         failed = failures(result)
         message = f"{self.document.source_uri}: {self.stage}'s quality gate: {'; '.join(failed)}"
         if mode == "fail":
-            raise (failure or QualityGateFailed)(message)
+            raise failure(message)
         self.quality_warnings += len(failed)
         log.warning("%s (PIPELINE_QUALITY__%s=warn: it goes on)", message, self.stage.upper())
 
@@ -292,6 +294,10 @@ class Stage:
     runs: Callable[[PipelineSettings], str] = lambda _settings: ""
     # Whether its worker calls a paid API with these settings (then the batch's budget bounds it).
     pays: Callable[[PipelineSettings], bool] = lambda _settings: False
+    # Its quality gate (``include.quality.gates``): the checks of one document's output, from its
+    # payloads, run once the outputs are assembled; and what a failed one raises.
+    gate: Callable[[AssembleContext, list[Payload]], Checks] | None = None
+    gate_failure: type[QualityGateFailed] = QualityGateFailed
 
     @property
     def name(self) -> str:
@@ -464,7 +470,7 @@ def run_stage(
         budget = budget_usd if stage.pays(settings) else None
         spent = 0.0
         validations: list[dict[str, Any]] = []
-        if pending and getattr(settings.quality, stage.name, "off") != "off":
+        if pending and stage.gate is not None and getattr(settings.quality, stage.name) != "off":
             # GX takes about 2 s to import: while the executor starts its workers, not after.
             threading.Thread(target=importlib.import_module, args=("include.quality.suites",), daemon=True).start()
         if pending and (budget is None or budget > 0):
@@ -524,9 +530,11 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
     error = done.error
     if error is None:
         ctx = AssembleContext(settings, storage, item.doc_input(), stage_prefix(settings, stage, document.doc_id),
-                              stage=stage.name)
+                              stage=stage.name, upstream_metrics=item.upstream.metrics if item.upstream else {})
         try:
             outputs, metrics = stage.assemble(ctx, done.payloads)
+            if stage.gate is not None and ctx.gated:
+                ctx.check(stage.gate(ctx, done.payloads), stage.gate_failure)
         except Exception as exc:
             error = as_document_error(stage.name, document.source_uri, exc)
             if error is None:

@@ -98,16 +98,12 @@ class Chunker:
             if row["tokens"] > limit:
                 log.warning("%s: chunk %s has %d tokens, over the embedder's %d", ref.source_uri, row["chunk_no"],
                             row["tokens"], limit)
-        return {"rows": rows, "token_limit": limit, "pages": len(document.pages)}
+        return {"rows": rows, "token_limit": limit}
 
 
 def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outputs, Metrics]:
     rows = [row for payload in payloads for row in payload["rows"]]
     limit = payloads[0]["token_limit"]
-    if ctx.gated:
-        from include.quality.suites import chunk_checks
-
-        ctx.check(chunk_checks(rows, token_limit=limit, pages=payloads[0]["pages"], settings=ctx.settings))
     tokens = sorted(row["tokens"] for row in rows)
     uri = ctx.write_jsonl("chunks.jsonl", rows)
     return {"chunks": uri}, {

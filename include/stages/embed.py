@@ -34,7 +34,7 @@ class ChunkEmbedder:
     def __call__(self, doc: DocInput, part: Part) -> dict[str, Any]:
         rows = self._rows(doc, part)
         result = self._embedder.embed([embedding_text(row) for row in rows])
-        return {"usage": asdict(result.usage), "dimension": self._embedder.dimension, "rows": [
+        return {"usage": asdict(result.usage), "rows": [
             {
                 **{name: row[name] for name in _COLUMNS},
                 "entities": json.dumps(row["entities"], sort_keys=True),
@@ -52,10 +52,6 @@ def assemble(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> tuple[Outp
     import pyarrow.parquet as pq
 
     rows = [row for payload in payloads for row in payload["rows"]]
-    if ctx.gated and rows:  # no chunk, no vector: nothing to check
-        from include.quality.suites import embed_checks
-
-        ctx.check(embed_checks(rows, dimension=payloads[0]["dimension"], settings=ctx.settings))
     columns = {name: [row[name] for row in rows] for name in (*_COLUMNS, "entities", "key_phrases")}
     columns["vector"] = pa.array([row["vector"] for row in rows], type=pa.list_(pa.float32()))
     sink = io.BytesIO()

@@ -24,16 +24,7 @@ from include.backends.vector_stores import (
     stored_source_uri,
 )
 from include.settings import PipelineSettings
-from include.stages.base import (
-    AssembleContext,
-    DocInput,
-    Metrics,
-    Outputs,
-    Part,
-    StoreCheckFailed,
-    check_current,
-    ranges,
-)
+from include.stages.base import AssembleContext, DocInput, Metrics, Outputs, Part, check_current, ranges
 from include.storage import Storage
 
 
@@ -94,28 +85,12 @@ class VectorLoader:
         return [record.id for record in records]
 
 
-def _settled_records(store: VectorStore, doc_id: str, written: set[str], seconds: float) -> dict[str, Any]:
-    """The document's records as the store shows them once they are the ones written, or as it shows
-    them after ``seconds`` (an eventually consistent store may lag behind its writes)."""
-    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
-
-    read = Retrying(stop=stop_after_delay(seconds), wait=wait_fixed(0.5),
-                    retry=retry_if_result(lambda records: set(records) != written),
-                    retry_error_callback=lambda state: state.outcome.result())  # the last reading, not an error
-    return read(store.document_records, doc_id)
-
-
 def assemble(ctx: AssembleContext, payloads: list[list[str]]) -> tuple[Outputs, Metrics]:
     store = _store(ctx.settings)
     written = {chunk_id for payload in payloads for chunk_id in payload}
     # Again just before the delete: a newer version's vectors are never the stale ones removed.
     check_current(ctx.storage, ctx.document)
     removed = store.delete_stale(ctx.document.source_uri, keep_ids=written)
-    if ctx.gated:
-        from include.quality.suites import load_checks
-
-        stored = _settled_records(store, ctx.document.doc_id, written, ctx.settings.quality.load_settle_seconds)
-        ctx.check(load_checks(stored, written=written, doc_id=ctx.document.doc_id), failure=StoreCheckFailed)
     return {"vector_store": store.location}, {
         "vectors": len(written),
         "vectors_in_store_for_document": store.count(ctx.document.doc_id),

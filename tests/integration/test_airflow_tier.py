@@ -25,7 +25,7 @@ DATA_PLANE = ("docling", "torch", "transformers", "presidio_analyzer", "spacy", 
 AIRFLOW_SIDE = ("include.control.ingest", "include.control.operators", "include.control.dag_parts",
                 "include.control.query_planning", "include.control.ledger", "include.control.report",
                 "include.control.quarantine", "include.control.settings", "include.control.inbox_events",
-                "include.query.report",
+                "include.query.report", "include.control.quality", "include.quality.docs",
                 "ray_operators.operators.ray_job", "ray_operators.hooks.ray_job", "ray_operators.triggers.ray_job",
                 "ray_operators.links.ray_job", "ray_operators.get_provider_info")
 
@@ -80,3 +80,25 @@ def test_every_module_the_airflow_side_runs_imports_there(airflow_tier):
     ran = subprocess.run([airflow_tier["python"], "-c", script], env=json.loads(airflow_tier["env"]),
                          capture_output=True, text=True, cwd="/")
     assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr[-4000:]
+
+
+def test_the_run_checks_run_and_render_their_data_docs_where_only_the_airflow_side_is_installed(airflow_tier, tmp_path):
+    """The summary task checks the run with GX and renders the Data Docs: GX is part of the Airflow side."""
+    script = textwrap.dedent(f"""
+        from include.control.quality import run_checks
+        from include.quality.docs import publish
+        from include.quality.expectations import validate
+        from include.settings import PipelineSettings
+        from include.storage import Storage
+        rows = [{{"doc_id": "a", "source_uri": "s3://documents/inbox/a.pdf", "status": "ingested", "chunks": 3,
+                 "vectors": 3}}]
+        result = validate(run_checks(rows, claimed=set()))
+        record = {{"suite": "run", "doc_id": None, "success": result["success"], "result": result}}
+        out = publish(Storage(PipelineSettings()), "{tmp_path.as_uri()}/run", [record], run_name="r", max_passed=5)
+        print(result["success"], out["rendered"])
+    """)
+    ran = subprocess.run([airflow_tier["python"], "-c", script], env=json.loads(airflow_tier["env"]),
+                         capture_output=True, text=True, cwd="/")
+    assert ran.returncode == 0 and ran.stdout.strip().splitlines()[-1] == "True 1", ran.stderr[-4000:]
+    assert (tmp_path / "run" / "data_docs" / "index.html").exists()
+
