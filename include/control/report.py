@@ -32,7 +32,7 @@ def summarize(dag_id: str, run_id: str, plan: RunPlan, stages: dict[str, dict[st
     counts.update(unchanged=plan.unchanged + found_unchanged, deleted=len(plan.deleted), held=len(plan.held),
                   unreadable=len(plan.unreadable), gave_up=plan.gave_up)
     failed = [{"doc_id": None, "source_uri": u.source_uri, "stage": "plan", "error": u.error} for u in plan.unreadable]
-    failed += [{key: row[key] for key in ("doc_id", "source_uri", "stage", "error")}
+    failed += [{key: row.get(key) for key in ("doc_id", "source_uri", "stage", "error", "cause")}
                for row in documents if row["status"] not in ("ingested", "postponed")]
     return {
         "dag_id": dag_id,
@@ -155,7 +155,7 @@ def markdown(summary: dict[str, Any]) -> str:
     for item in summary["failed"]:
         # Errors name their document already; older ones may not.
         cause = item["error"] if item["error"].startswith(item["source_uri"]) else f"{item['source_uri']}: {item['error']}"
-        lines.append(f"FAILED at {item['stage']}: {cause}")
+        lines.append(f"FAILED at {item['stage']}" + (f" ({item['cause']})" if item.get("cause") else "") + f": {cause}")
     return "\n".join(lines).rstrip() + "\n"
 
 

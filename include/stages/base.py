@@ -534,7 +534,9 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
         try:
             outputs, metrics = stage.assemble(ctx, done.payloads)
             if stage.gate is not None and ctx.gated:
+                began = time.monotonic()
                 ctx.check(stage.gate(ctx, done.payloads), stage.gate_failure)
+                metrics = {**metrics, "quality_seconds": round(time.monotonic() - began, 4)}
         except Exception as exc:
             error = as_document_error(stage.name, document.source_uri, exc)
             if error is None:
