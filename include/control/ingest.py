@@ -326,7 +326,7 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
     plan = read_plan(storage, folder)
     if plan is None:
         raise NoPlan(f"run {run_id} has no plan at {folder}: its planning task did not finish")
-    outcomes, stages, validation_uris = _stage_results(storage, results)
+    outcomes, stages, validation_files = _stage_results(storage, results)
     endings = [_ending(doc, batch.batch_id, outcomes)
                for batch in plan.batches
                for doc in BatchSpec.model_validate(storage.read_json(batch.batch_uri)).documents]
@@ -372,7 +372,8 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
                                found_unchanged=sum(final.unchanged for final in finals))
     entries = ledger.entries(source_uris=[row["source_uri"] for row in rows]).values()
     still_claimed = {entry.source_uri for entry in entries if entry.claim_run_id == run_id}
-    summary["quality"] = check_run(settings, storage, folder, run_id, rows, still_claimed, validation_uris)
+    summary["quality"] = check_run(settings, storage, folder, run_id, rows, still_claimed, validation_files,
+                                   stages)
     summary["report_uri"] = report.write(storage, folder, summary)
     ledger.finish_run(dag_id, run_id, report.run_totals(summary))
     return summary
@@ -380,18 +381,20 @@ def finish_run(dag_id: str, run_id: str, results: dict[str, list[dict[str, Any] 
 
 def _stage_results(
     storage: Storage, results: dict[str, list[dict[str, Any] | None]]
-) -> tuple[dict[str, dict[str, DocumentOutcome]], dict[str, dict[str, float]], list[str]]:
+) -> tuple[dict[str, dict[str, DocumentOutcome]], dict[str, dict[str, float]], list[tuple[str, int]]]:
     """Each stage's outcome per document id, each stage's totals over its batches, and the files of
-    its quality gate's validation results."""
+    its quality gate's validation results with how many of each failed or warned."""
     outcomes: dict[str, dict[str, DocumentOutcome]] = {}
     stages: dict[str, dict[str, float]] = {}
-    validation_uris: list[str] = []
+    validations: list[tuple[str, int]] = []
     for stage in STAGE_ORDER:
         # A skipped or failed task pushed nothing: its entry is None.
         batch_results = [BatchResult.model_validate(storage.read_json(x["result_uri"]))
                          for x in results.get(stage) or [] if x]
         outcomes[stage] = {o.doc_id: o for result in batch_results for o in result.documents}
-        validation_uris += [result.outputs["quality"] for result in batch_results if "quality" in result.outputs]
+        validations += [(result.outputs["quality"], int(result.metrics.get("quality_failed", 0)
+                                                       + result.metrics.get("quality_warned", 0)))
+                        for result in batch_results if "quality" in result.outputs]
         totals: dict[str, float] = {"batches": len(batch_results)}
         totals["documents"] = sum(len(r.succeeded) for r in batch_results)
         totals["failed"] = sum(len(r.failed) for r in batch_results)
@@ -399,7 +402,7 @@ def _stage_results(
             for name, value in result.metrics.items():
                 totals[name] = totals.get(name, 0.0) + value
         stages[stage] = totals
-    return outcomes, stages, validation_uris
+    return outcomes, stages, validations
 
 
 def _stage_reached(end: _Ending) -> str | None:

@@ -51,19 +51,21 @@ def run_checks(touched: list[dict[str, Any]], claimed: set[str]) -> Any:
 
 
 def check_run(settings: ControlSettings, storage: Storage, folder: str, run_id: str, touched: list[dict[str, Any]],
-              claimed: set[str], validation_uris: list[str]) -> dict[str, Any]:
+              claimed: set[str], validation_files: list[tuple[str, int]],
+              stages: dict[str, dict[str, float]]) -> dict[str, Any]:
     """The run's checks and its Data Docs: what the report says of the run's quality. A failure to
-    render is reported, never raised: the run's documents are settled already."""
+    render is reported, never raised: the run's documents are settled already.
+
+    ``validation_files``: each stage job's file of validation results, with how many failed or
+    warned; ``stages``: the stages' totals (their jobs counted the validations)."""
     from include.quality.expectations import failures, validate
 
     mode = settings.quality.run
-    validations = [record for uri in validation_uris for record in storage.read_json(uri)]
-    quality: dict[str, Any] = {
-        "validations": len(validations),
-        "failed": sum(not v["success"] and v["mode"] == "fail" for v in validations),
-        "warned": sum(not v["success"] and v["mode"] == "warn" for v in validations),
-        "run_mode": mode, "run_failures": [],
-    }
+    total = {name: int(sum(t.get(f"quality_{name}", 0) for t in stages.values()))
+             for name in ("validations", "failed", "warned")}
+    validations = rendered(storage, validation_files, settings.quality.data_docs_max_passed)
+    quality: dict[str, Any] = {**total, "passed_not_rendered": total["validations"] - len(validations),
+                               "run_mode": mode, "run_failures": []}
     if mode != "off" and touched:
         result = validate(run_checks(touched, claimed))
         validations.append({"stage": "run", "suite": "run", "doc_id": None, "mode": mode,
@@ -75,9 +77,27 @@ def check_run(settings: ControlSettings, storage: Storage, folder: str, run_id: 
         from include.quality.docs import publish
 
         try:
-            quality.update(publish(storage, folder, validations, run_name=run_id,
-                                   max_passed=settings.quality.data_docs_max_passed))
+            quality.update(publish(storage, folder, validations, run_name=run_id))
         except Exception as exc:  # the report says so; the validations themselves are kept by the jobs
             log.exception("the run's Data Docs could not be rendered")
             quality["data_docs_error"] = f"{type(exc).__name__}: {exc}"
     return quality
+
+
+def rendered(storage: Storage, files: list[tuple[str, int]], max_passed: int) -> list[dict[str, Any]]:
+    """The validations the Data Docs show: every failed or warned one, and passed ones up to
+    ``max_passed``; a file is read only if it holds either (a run of many batches does not read
+    them all)."""
+    shown: list[dict[str, Any]] = []
+    passed = 0
+    for uri, problems in sorted(files, key=lambda file: -file[1]):
+        if not problems and passed >= max_passed:
+            break
+        for record in storage.read_json(uri):
+            if not record["success"]:
+                shown.append(record)
+            elif passed < max_passed:
+                shown.append(record)
+                passed += 1
+    return shown
+

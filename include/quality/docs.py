@@ -2,9 +2,7 @@
 
 One site per run (``<run folder>/data_docs/index.html``): a page per validation (each document
 each gated stage checked, and the run's own checks), listed on the index by suite, run and
-document. Every failed or warned validation is rendered; passed ones up to
-``PIPELINE_QUALITY__DATA_DOCS_MAX_PASSED`` (a page each: a run of thousands of documents would
-spend minutes on them), the rest counted.
+document. Which validations are shown is the caller's choice (``include.control.quality``).
 
 The pages load Bootstrap and jQuery from public CDNs in the reader's browser, as GX's own do
 (offline they show unstyled, every number still there). Of the static files GX copies beside
@@ -25,10 +23,9 @@ SITE = "run"
 _STATIC_KEPT = ("static/styles/", "static/images/favicon.ico")
 
 
-def publish(storage: Storage, folder: str, validations: list[dict[str, Any]], *, run_name: str,
-            max_passed: int) -> dict[str, Any]:
+def publish(storage: Storage, folder: str, validations: list[dict[str, Any]], *, run_name: str) -> dict[str, Any]:
     """Render ``validations`` (``AssembleContext.check``'s records, and the run's) into
-    ``<folder>/data_docs/``; the index's URI and what was rendered."""
+    ``<folder>/data_docs/``; the index's URI and how many pages."""
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResultSchema
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
@@ -36,14 +33,12 @@ def publish(storage: Storage, folder: str, validations: list[dict[str, Any]], *,
         ValidationResultIdentifier,
     )
 
-    passed = [record for record in validations if record["success"]]
-    shown = [record for record in validations if not record["success"]] + passed[:max_passed]
     prefix = join_uri(folder, "data_docs")
     with tempfile.TemporaryDirectory(prefix="data-docs-") as local:
         gx = _site_context(local)
         schema = ExpectationSuiteValidationResultSchema()
         run = RunIdentifier(run_name=run_name)
-        for record in shown:
+        for record in validations:
             key = ValidationResultIdentifier(
                 expectation_suite_identifier=ExpectationSuiteIdentifier(name=record["suite"]),
                 run_id=run, batch_identifier=record.get("doc_id") or record["suite"])
@@ -56,8 +51,7 @@ def publish(storage: Storage, folder: str, validations: list[dict[str, Any]], *,
             name = path.relative_to(local).as_posix()
             if path.is_file() and (not name.startswith("static/") or name.startswith(_STATIC_KEPT)):
                 storage.write_bytes(join_uri(prefix, name), path.read_bytes())
-    return {"data_docs_uri": join_uri(prefix, "index.html"), "rendered": len(shown),
-            "passed_not_rendered": len(passed) - min(len(passed), max_passed)}
+    return {"data_docs_uri": join_uri(prefix, "index.html"), "rendered": len(validations)}
 
 
 def _site_context(local: str) -> Any:

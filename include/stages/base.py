@@ -498,6 +498,10 @@ def run_stage(
     if validations and validations_uri:
         storage.write_json(validations_uri, validations)
         outputs["quality"] = validations_uri
+        # Counted here, so the run's summary reads only the files it renders.
+        metrics.update(quality_validations=float(len(validations)),
+                       quality_failed=float(sum(not v["success"] and v["mode"] == "fail" for v in validations)),
+                       quality_warned=float(sum(not v["success"] and v["mode"] == "warn" for v in validations)))
     return BatchResult(
         stage=stage.name, batch_id=batch_id, submission_id=submission_id, status="succeeded",
         documents=[*(settled or []), *outcomes], metrics=metrics, outputs=outputs,

@@ -94,7 +94,7 @@ def test_the_run_checks_run_and_render_their_data_docs_where_only_the_airflow_si
                  "vectors": 3}}]
         result = validate(run_checks(rows, claimed=set()))
         record = {{"suite": "run", "doc_id": None, "success": result["success"], "result": result}}
-        out = publish(Storage(PipelineSettings()), "{tmp_path.as_uri()}/run", [record], run_name="r", max_passed=5)
+        out = publish(Storage(PipelineSettings()), "{tmp_path.as_uri()}/run", [record], run_name="r")
         print(result["success"], out["rendered"])
     """)
     ran = subprocess.run([airflow_tier["python"], "-c", script], env=json.loads(airflow_tier["env"]),

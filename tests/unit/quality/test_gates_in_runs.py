@@ -165,3 +165,16 @@ def test_the_run_checks_fail_a_run_whose_vectors_and_chunks_disagree_or_that_lef
     assert [f.split("(")[0] for f in failed] == ["expect_column_pair_values_to_be_equal",
                                                  "expect_column_values_to_be_in_set"]
     assert "b" in failed[0] or "1 of 2 unexpected" in failed[0]
+
+
+def test_the_data_docs_render_every_failure_and_passed_validations_up_to_the_bound(pipeline_env, dropped, monkeypatch):
+    _good, other = dropped
+    monkeypatch.setenv("PIPELINE_QUALITY__DATA_DOCS_MAX_PASSED", "1")
+    reload_settings()
+    _spoil(monkeypatch, "embed", other, lambda row: row["vector"].__setitem__(0, math.nan))
+    quality = ingest_like_the_dag("run-1")["quality"]
+    # 2 chunk, 2 enrich, 2 embed (one failed), 1 load validations; shown: the failure, one passed, the run's.
+    assert (quality["validations"], quality["failed"], quality["rendered"], quality["passed_not_rendered"]) == (
+        7, 1, 3, 5)
+    pages = [p.as_posix() for p in Path(urlsplit(quality["data_docs_uri"]).path).parent.rglob("validations/**/*.html")]
+    assert sum("/embed/" in page for page in pages) >= 1 and sum("/run/" in page for page in pages) == 1
