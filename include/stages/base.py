@@ -218,7 +218,8 @@ class AssembleContext:
     stage: str = ""
     # What the upstream stage recorded of the document (extract's pages, for the chunk gate).
     upstream_metrics: Metrics = field(default_factory=dict)
-    # This document's validation results (``Validation.record``), kept for the run's Data Docs.
+    # This document's validation results (stage, suite, doc_id, mode, success and GX's result as JSON),
+    # kept for the run's Data Docs.
     validations: list[dict[str, Any]] = field(default_factory=list)
     # Expectations failed under a gate set to warn.
     quality_warnings: int = 0
@@ -262,6 +263,13 @@ class AssembleContext:
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> str:
         return self.write_text(name, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+    def discard(self) -> None:
+        """Remove what was written: an output its gate failed is not left for anyone to read (an
+        enriched chunk with PII left in it, say)."""
+        for name in self._digests:
+            self.storage.delete(join_uri(self.prefix, name))
+        self._digests.clear()
 
     def digest(self) -> str | None:
         if not self._digests:
@@ -545,6 +553,8 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
             error = as_document_error(stage.name, document.source_uri, exc)
             if error is None:
                 raise
+            if isinstance(error, QualityGateFailed):
+                ctx.discard()
         finally:
             validations += ctx.validations
     if error is not None:

@@ -110,6 +110,9 @@ def test_a_pii_shape_the_redactor_let_through_fails_the_document_before_it_reach
     store = ChromaStore(pipeline_env)
     assert store.count(entries[other].doc_id) == 0
     assert not any("555-0142" in text for _, text, _ in store.scan())
+    # Nor does it stay among the artifacts: the output its gate failed is removed, its manifest says why.
+    written = Storage(pipeline_env).list(join_uri(pipeline_env.artifacts_uri, "enriched", entries[other].doc_id))
+    assert [uri.rsplit("/", 1)[1] for uri in written] == ["_manifest.json"]
 
 
 def test_a_nan_in_a_vector_fails_its_document_at_embed(pipeline_env, dropped, monkeypatch):
