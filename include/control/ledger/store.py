@@ -407,7 +407,8 @@ class Ledger:
                 values: dict[str, Any] = dict(
                     status=final.status, claim_run_id=None, claim_dag_id=None, claimed_at=None,
                     last_run_id=run_id, updated_at=stamp, error=final.error, error_stage=final.error_stage,
-                    error_cause=final.error_cause, quarantine_uri=final.quarantine_uri, object_version=document.object_version,
+                    error_cause=final.error_cause, quarantine_uri=final.quarantine_uri,
+                    object_version=document.object_version,
                 )
                 if not final.unchanged:
                     values.update(doc_id=document.doc_id, size_bytes=document.size_bytes,

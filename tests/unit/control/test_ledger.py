@@ -16,6 +16,7 @@ from include.documents import document_id
 from include.storage import ObjectInfo
 
 INBOX = "s3://documents/inbox/"
+HEAD_REVISION = "0004"  # the newest migration under include/control/ledger/migrations/versions
 
 
 def _candidate(name: str, version: str = "e1") -> DocumentRef:
@@ -37,18 +38,18 @@ def test_upgrading_is_a_deploy_step_a_ledger_not_upgraded_is_refused_naming_the_
     from include.control.settings import ControlSettings
 
     settings = ControlSettings(work_dir=tmp_path)
-    with pytest.raises(LedgerNotUpgraded, match=r"revision none \(empty\), this code needs 0003: run "
+    with pytest.raises(LedgerNotUpgraded, match=r"revision none \(empty\), this code needs 0004: run "
                                                  r"`python -m include.control.ledger upgrade`"):
         Ledger.open(settings)
     ledger = _ledger(tmp_path)
-    assert ledger.revision() == "0003"
+    assert ledger.revision() == HEAD_REVISION
     tables = set(inspect(ledger._engine).get_table_names())
     assert {"documents", "document_events", "runs", "alembic_version"} <= tables
     assert "daily_metrics" in inspect(ledger._engine).get_view_names()
-    assert ledger.upgrade() == "0003" and Ledger.open(settings).counts() == {}
+    assert ledger.upgrade() == HEAD_REVISION and Ledger.open(settings).counts() == {}
 
 
-def test_the_upgrade_to_0003_keeps_every_row_and_two_dags_may_share_a_run_id(tmp_path):
+def test_the_upgrades_keep_every_row_two_dags_may_share_a_run_id_and_a_failure_has_its_cause(tmp_path):
     assert_upgrade_keeps_rows(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
 
 
@@ -65,19 +66,28 @@ def assert_upgrade_keeps_rows(url: str) -> None:
         config = _alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "0002")
-    ledger.claim("document_ingest", "run-1", [_candidate("old.pdf")], "fp", is_active=lambda *_: True)
-    with ledger._engine.begin() as connection:  # the old code's runs table, written as it would
+    with ledger._engine.begin() as connection:  # the old code's tables, written as it would
+        connection.execute(text(
+            "INSERT INTO documents (source_uri, doc_id, size_bytes, status, pipeline_fingerprint, attempts, "
+            "claim_dag_id, claim_run_id, claimed_at, first_seen, last_seen, updated_at) VALUES (:uri, 'old', 1, "
+            "'processing', 'fp', 0, 'document_ingest', 'run-1', :at, :at, :at, :at)"),
+            {"uri": f"{INBOX}old.pdf", "at": datetime.now(UTC)})
         counts = ", ".join(["0"] * 13)
         connection.execute(text(
             "INSERT INTO runs (run_id, dag_id, planned_at, new, changed, stale, retried, reprocessed, unchanged, "
             f"deleted, ingested, failed, quarantined, pages, chunks, vectors) VALUES ('run-1', 'document_ingest', "
             f":at, {counts})"), {"at": datetime.now(UTC)})
-    assert ledger.upgrade() == "0003"
+    assert ledger.upgrade() == HEAD_REVISION
     assert [run["run_id"] for run in ledger.runs()] == ["run-1"]
     assert ledger.entries()[f"{INBOX}old.pdf"].claim_run_id == "run-1"
     three_gib = DocumentRef(doc_id="big", source_uri=f"{INBOX}big.pdf", size_bytes=3 * 2**30, object_version="e")
     ledger.claim("document_ingest", "run-2", [three_gib], "fp", is_active=lambda *_: True)
     assert ledger.entries()[three_gib.source_uri].size_bytes == 3 * 2**30
+    # 0004: why a document failed, kept and filtered on.
+    assert ledger.entries()[f"{INBOX}old.pdf"].error_cause is None
+    ledger.record_stage("run-2", "chunk", [DocumentOutcome(doc_id="big", source_uri=three_gib.source_uri,
+                                                           status="failed", error="gate", cause="quality_gate")], None)
+    assert list(ledger.entries(cause="quality_gate")) == [three_gib.source_uri]
     ledger.start_run("document_ingest_interval", "run-1", {"new": 2})  # another DAG, the same run id
     ledger.finish_run("document_ingest_interval", "run-1", {"ingested": 2})
     runs = {(run["dag_id"], run["run_id"]): run for run in ledger.runs()}

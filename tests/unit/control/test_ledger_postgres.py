@@ -20,6 +20,7 @@ from include.control.ledger.store import default_url, sqlalchemy_url
 from include.control.settings import ControlSettings
 from tests.postgres import PostgresServer, PostgresUnavailable, postgres_server
 from tests.unit.control.test_ledger import (
+    HEAD_REVISION,
     INBOX,
     _candidate,
     assert_one_history_for_a_retried_stage,
@@ -59,14 +60,14 @@ def test_the_schema_is_upgraded_once_and_upgrading_again_changes_nothing(tmp_pat
     url = sqlalchemy_url(database_uri)
     assert url.startswith("postgresql+pg8000://")
     ledger = _open(tmp_path, url)
-    assert ledger.revision() == "0003"
+    assert ledger.revision() == HEAD_REVISION
     inspector = inspect(ledger._engine)
     assert {"documents", "document_events", "runs", "alembic_version"} <= set(inspector.get_table_names())
     assert "daily_metrics" in inspector.get_view_names()
-    assert _open(tmp_path, url).revision() == "0003" and ledger.counts() == {}
+    assert _open(tmp_path, url).revision() == HEAD_REVISION and ledger.counts() == {}
 
 
-def test_the_upgrade_to_0003_keeps_every_row_and_takes_a_3_gib_file(database_uri):
+def test_the_upgrades_keep_every_row_and_take_a_3_gib_file(database_uri):
     assert_upgrade_keeps_rows(sqlalchemy_url(database_uri))
 
 
@@ -93,8 +94,8 @@ def _race(target, args_per_racer: list[tuple]) -> list:
 
 def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(tmp_path, database_uri):
     url = sqlalchemy_url(database_uri)
-    assert _race(_migrate_together, [(tmp_path, url), (tmp_path, url)]) == ["0003", "0003"]
-    assert Ledger(url).revision() == "0003"
+    assert _race(_migrate_together, [(tmp_path, url), (tmp_path, url)]) == [HEAD_REVISION, HEAD_REVISION]
+    assert Ledger(url).revision() == HEAD_REVISION
 
 
 def _claim_together(url: str, run_id: str, names: list[str], barrier, queue) -> None:
@@ -136,4 +137,4 @@ def test_the_airflow_connection_pipeline_ledger_is_the_default_ledger(tmp_path, 
     Ledger(default_url(settings)).upgrade()
     ledger = Ledger.open(settings)
     assert ledger.location == sqlalchemy_url(database_uri)
-    assert ledger.revision() == "0003" and ledger.counts() == {}
+    assert ledger.revision() == HEAD_REVISION and ledger.counts() == {}
