@@ -21,8 +21,10 @@ same way (``include.query.pipeline.WarmGenerator``, by the name ``generate`` in 
   retires between being found and being used; one found retiring is replaced.
 - **Memory.** A pool whose new workers no node takes (Ray's state API shows them with no worker
   process yet, and no node has the memory they ask for left: the idle pools of other stages
-  reserve it) asks those idle workers to retire, as a cache evicts: the stage that runs now gets the memory, and the evicted
-  ones load again when next needed. Where the state API cannot tell waiting for room from loading
+  reserve it) retires idle workers of other pools as a cache evicts: the longest idle first, and
+  only as many as free the memory it is short of. The stage that runs now gets the memory (and the
+  stage that ran just before keeps its pool, for the next drop); the evicted ones load again when
+  next needed. Where the state API cannot tell waiting for room from loading
   a model, that is done after ``warm_place_seconds``.
 - **Crashes.** As in a Ray Data pool: a dead actor is restarted (a model load) and its part
   retried, up to ``worker_crash_retries``; past that the job's crash handling takes over.
@@ -97,6 +99,13 @@ class KeptWarm:
             with self._lock:
                 self._busy -= 1
                 self._last_used = time.monotonic()
+
+    def idleness(self) -> tuple[float | None, float]:
+        """Seconds since its last use (None while a job uses it), and the memory it reserves: what an
+        eviction weighs."""
+        with self._lock:
+            idle = None if self._busy else time.monotonic() - self._last_used
+        return idle, ray.get_runtime_context().get_assigned_resources().get("memory", 0.0)
 
     def retire_if_idle(self) -> bool:
         """Retire now unless a job is using it (a call within the last moment): another pool needs
@@ -197,11 +206,12 @@ def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings:
         # it waits for room only if the nodes have none left for it.
         short = bool(unplaced) and not _room_for(unplaced, options["memory"], settings)
         if short or (unplaced is None and waiting and time.monotonic() - started > settings.warm_place_seconds):
-            # Idle pools of others may hold the memory these wait for: they retire (and load again
-            # when next needed). Asked again each time, as a pool in use now is idle later.
-            asked = _evict_idle_pools(except_names=set(names))
-            log.info("%s: %s of %d warm worker(s) wait for room: %d warm worker(s) of other pools asked to retire "
-                     "if idle", name, unplaced or len(waiting), len(leases), asked)
+            # Idle pools of others may hold the memory these wait for: the longest idle retire (and
+            # load again when next needed). Asked again each time, as a pool in use now is idle later.
+            short_of = (unplaced or len(waiting)) * options["memory"]
+            retired = _evict_idle_workers(except_names=set(names), memory=short_of)
+            log.info("%s: %s of %d warm worker(s) wait for room: %d idle warm worker(s) of other pools retired, "
+                     "the longest idle first", name, unplaced or len(waiting), len(leases), retired)
             started = time.monotonic()
     actors, loads = [], 0
     for actor_name, (actor, ref) in leases.items():
@@ -253,15 +263,40 @@ def worker_names() -> set[str]:
             if entry["namespace"] == NAMESPACE}
 
 
-def _evict_idle_pools(except_names: set[str]) -> int:
-    """Ask every warm worker outside ``except_names`` to retire if idle; how many were asked."""
-    others = worker_names() - except_names
-    for other in others:
+def _evict_idle_workers(except_names: set[str], memory: float) -> int:
+    """Retire idle warm workers outside ``except_names``, the longest idle first (a cache's least
+    recently used), until they free ``memory`` bytes; how many retired. A worker that does not answer
+    within a moment is busy (its calls wait for the part it runs): it stays."""
+    handles = {}
+    for other in worker_names() - except_names:
         try:
-            ray.get_actor(other, namespace=NAMESPACE).retire_if_idle.remote()
+            handles[other] = ray.get_actor(other, namespace=NAMESPACE)
         except ValueError:
             pass  # retired meanwhile
-    return len(others)
+    asked = {handle.idleness.remote(): handle for handle in handles.values()}
+    answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=_EVICTION_GRACE_SECONDS)
+    idle = []
+    for ref in answered:
+        try:
+            seconds, reserved = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            continue  # retired meanwhile
+        if seconds is not None and seconds >= _EVICTION_GRACE_SECONDS:
+            idle.append((seconds, reserved, asked[ref]))
+    freed, retired = 0.0, 0
+    for _seconds, reserved, handle in sorted(idle, key=lambda entry: -entry[0]):
+        if freed >= memory:
+            break
+        try:
+            gone = ray.get(handle.retire_if_idle.remote(), timeout=_EVICTION_GRACE_SECONDS * 5)
+        except ray.exceptions.RayActorError:
+            gone = True  # it killed itself before its answer left
+        except ray.exceptions.GetTimeoutError:
+            gone = False
+        if gone:
+            freed += reserved
+            retired += 1
+    return retired
 
 
 def run_parts(stage: Stage, settings: PipelineSettings, parts: list[dict[str, Any]], cpus: float,

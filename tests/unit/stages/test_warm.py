@@ -118,7 +118,7 @@ def test_a_pool_with_no_room_makes_the_idle_pools_of_other_stages_retire(setting
     assert _pool_actors("embed-")
     caplog.set_level("INFO", logger="include.stages.warm")
     assert _run(warm, enrich, "enriched")[0] == 1  # placed once the idle embed worker retired
-    assert "1 of 1 warm worker(s) wait for room: 1 warm worker(s) of other pools asked" in caplog.text
+    assert "1 of 1 warm worker(s) wait for room: 1 idle warm worker(s) of other pools retired" in caplog.text
     assert not _pool_actors("embed-") and _pool_actors("enrich-")
     assert _run(warm, embed, "embedded again")[0] == 1  # and back: loaded once more
 
@@ -135,3 +135,29 @@ def test_a_pools_name_is_the_same_in_every_process_and_changes_with_a_setting():
              for seed in ("1", "2") for size in ("32", "16")}
     assert names[("1", "32")] == names[("2", "32")] != names[("1", "16")] == names[("2", "16")]
     assert names[("1", "32")].startswith("embed-")
+
+
+def test_a_pool_short_of_room_retires_the_longest_idle_workers_first_and_no_more_than_it_needs(
+        settings, ray_local, caplog):
+    """As a cache evicts: the pool used longest ago goes, the one a job used a moment ago stays (it is
+    the next stage's neighbour in a run, whose next drop wants it warm)."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Two of these fit beside each other, not three.
+    third = PoolSettings(max_actors=1, actor_memory_mb=int(ray.cluster_resources()["memory"] / 2**20 * 0.36))
+    warm = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_place_seconds": 600.0,
+                                       "warm_stages": frozenset({"chunk", "enrich", "embed"}),
+                                       "chunk_pool": third, "enrich_pool": third, "embed_pool": third})
+    parts = lambda doc, settings: [{"units": 1, "n": n} for n in range(4)]  # noqa: E731
+    stages = {name: replace(STAGES[name], split=parts, worker=SlowToLoad) for name in ("chunk", "enrich", "embed")}
+
+    assert _run(warm, stages["chunk"], "chunked")[0] == 1
+    time.sleep(3)  # idle longer than the eviction's grace, and longer than enrich will be
+    assert _run(warm, stages["enrich"], "enriched")[0] == 1
+    time.sleep(2.5)
+    caplog.set_level("INFO", logger="include.stages.warm")
+    assert _run(warm, stages["embed"], "embedded")[0] == 1
+    assert "1 idle warm worker(s) of other pools retired" in caplog.text
+    assert not _pool_actors("chunk-") and _pool_actors("enrich-") and _pool_actors("embed-")
+
