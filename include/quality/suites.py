@@ -10,8 +10,8 @@ unexpected values, and it is kept among the run's artifacts and rendered in its 
   count, the one it kept to); unique chunk ids; page spans inside the document, end not before
   start; between 1 and ``max_chunks_per_page`` chunks per page.
 - **enrich**: no email, phone, SSN or card shape left in the text, heading, entities or key
-  phrases (``include.pii_shapes``: the leak audit's rules); entities and key phrases of the
-  expected form.
+  phrases (``include.pii_shapes``: the leak audit's rules); entities and key phrases matching
+  their JSON schemas (what failed is named, not the value).
 - **embed**: every vector of the store's dimension (of the document's first vector's, until the
   store has one), finite, of unit length (every embedder here normalizes), and no two distinct
   texts with the same vector (an embedder that lost its input gives one vector to everything).
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import great_expectations.expectations as gxe
@@ -67,26 +68,49 @@ def chunk_checks(rows: list[dict[str, Any]], *, token_limit: int, pages: int,
 
 
 def enrich_checks(rows: list[dict[str, Any]], *, settings: PipelineSettings) -> Checks:
+    key_phrases = _validator({"type": "array", "items": {"type": "string", "minLength": 1},
+                              "maxItems": settings.key_phrases_per_chunk})
     frame = pd.DataFrame({
         "chunk_id": [row["chunk_id"] for row in rows],
         "pii_shape_left": [_pii_kinds(row) for row in rows],
-        "entities": [json.dumps(row["entities"]) for row in rows],
-        "key_phrases": [json.dumps(row["key_phrases"]) for row in rows],
+        "entities_not_matching_schema": [_schema_error(_validator(_ENTITIES_SCHEMA), row["entities"]) for row in rows],
+        "key_phrases_not_matching_schema": [_schema_error(key_phrases, row["key_phrases"]) for row in rows],
     })
-    key_phrases_schema = {"type": "array", "items": {"type": "string", "minLength": 1},
-                          "maxItems": settings.key_phrases_per_chunk}
     return Checks("enrich", frame, [
         gxe.ExpectColumnValuesToBeNull(column="pii_shape_left"),
-        gxe.ExpectColumnValuesToMatchJsonSchema(column="entities", json_schema=_ENTITIES_SCHEMA),
-        gxe.ExpectColumnValuesToMatchJsonSchema(column="key_phrases", json_schema=key_phrases_schema),
+        gxe.ExpectColumnValuesToBeNull(column="entities_not_matching_schema"),
+        gxe.ExpectColumnValuesToBeNull(column="key_phrases_not_matching_schema"),
     ])
+
+
+@lru_cache(maxsize=8)
+def _compiled(schema: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(schema))
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """The JSON schema compiled once: GX's own ``expect_column_values_to_match_json_schema`` compiles it
+    again for every row (1.6 ms a row: most of the enrich gate's time)."""
+    return _compiled(json.dumps(schema, sort_keys=True))
+
+
+def _schema_error(validator: Any, value: Any) -> str | None:
+    """Why ``value`` does not match the schema (its first error, with where), or None."""
+    error = next(iter(validator.iter_errors(value)), None)
+    return None if error is None else f"{'/'.join(map(str, error.absolute_path)) or 'value'}: {error.message}"
+
+
+# Between a chunk's fields, read as one text: no shape spans it (each needs digits, or an "@", on both sides).
+_FIELD_BREAK = "\n§\n"
 
 
 def _pii_kinds(row: dict[str, Any]) -> str | None:
     """The kinds of PII shape left in what goes downstream of a chunk (as the leak audit reads it),
-    or None."""
+    or None. The fields are read as one text: one pass of the shape rules, not four."""
     fields = (row["text"], row.get("heading") or "", json.dumps(row["entities"]), json.dumps(row["key_phrases"]))
-    kinds = sorted({span.kind for text in fields for span in find_pii(text)})
+    kinds = sorted({span.kind for span in find_pii(_FIELD_BREAK.join(fields))})
     return ",".join(kinds) or None
 
 

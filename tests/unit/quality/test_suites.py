@@ -88,9 +88,11 @@ def test_malformed_entities_or_key_phrases_fail_the_enrich_suite():
     rows[0]["entities"] = {"people": [""], "organizations": [], "medications": []}
     rows[1]["key_phrases"] = ["a"] * (SETTINGS.key_phrases_per_chunk + 1)
     failed = _failed(enrich_checks(rows, settings=SETTINGS))
-    assert [f.split(":")[0] for f in failed] == [
-        "expect_column_values_to_match_json_schema(column=entities, json_schema=…)",
-        "expect_column_values_to_match_json_schema(column=key_phrases, json_schema=…)",
+    assert failed == [
+        "expect_column_values_to_be_null(column=entities_not_matching_schema): 1 of 3 unexpected "
+        "(doc#0: entities_not_matching_schema=people/0: '' should be non-empty)",
+        "expect_column_values_to_be_null(column=key_phrases_not_matching_schema): 1 of 3 unexpected "
+        f"(doc#1: key_phrases_not_matching_schema=value: {['a'] * 9} is too long)",
     ]
 
 
