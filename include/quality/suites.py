@@ -16,7 +16,7 @@ unexpected values, and it is kept among the run's artifacts and rendered in its 
   store has one), finite, of unit length (every embedder here normalizes), and no two distinct
   texts with the same vector (an embedder that lost its input gives one vector to everything).
 - **load**: the store holds exactly the chunk ids this load wrote for the document, each with the
-  metadata the retriever reads.
+  metadata the retriever reads (what is missing named in one column: GX's cost is per expectation).
 """
 
 from __future__ import annotations
@@ -155,16 +155,25 @@ def load_checks(stored: dict[str, dict[str, Any]], *, written: set[str], doc_id:
         "chunk_id": ids,
         "in_store": [i in stored for i in ids],
         "written_by_this_load": [i in written for i in ids],
-        "text_characters": [len(str(stored[i].get("text") or "")) if i in stored else None for i in ids],
-        **{name: [stored[i].get(name) if i in stored else None for i in ids] for name in RETRIEVED_METADATA},
+        "metadata_problem": [_metadata_problem(stored[i], doc_id) if i in stored else None for i in ids],
     })
-    in_store = {"row_condition": "in_store==True", "condition_parser": "pandas"}
     return Checks("load", frame, [
         gxe.ExpectColumnValuesToBeInSet(column="in_store", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="written_by_this_load", value_set=[True]),
-        gxe.ExpectColumnValuesToBeInSet(column="doc_id", value_set=[doc_id], **in_store),
-        gxe.ExpectColumnValuesToBeBetween(column="text_characters", min_value=1, **in_store),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=name, **in_store) for name in RETRIEVED_METADATA),
-        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="page_end", column_B="page_start", or_equal=True,
-                                                    **in_store),
+        # One expectation for every field (each costs GX about 15 ms a document, whatever its rows).
+        gxe.ExpectColumnValuesToBeNull(column="metadata_problem"),
     ])
+
+
+def _metadata_problem(record: dict[str, Any], doc_id: str) -> str | None:
+    """What the retriever would miss in a stored record: absent fields, another document's id, no text,
+    a page span backwards; None when it has all it reads."""
+    problems = [f"no {name}" for name in RETRIEVED_METADATA if record.get(name) in (None, "")]
+    if not str(record.get("text") or "").strip():
+        problems.append("no text")
+    if record.get("doc_id") not in (None, "", doc_id):
+        problems.append(f"doc_id {record['doc_id']}")
+    start, end = record.get("page_start"), record.get("page_end")
+    if isinstance(start, int) and isinstance(end, int) and end < start:
+        problems.append(f"pages {start}-{end}")
+    return ", ".join(problems) or None

@@ -150,6 +150,13 @@ def test_a_store_missing_a_vector_or_holding_one_too_many_fails_the_load_suite()
 def test_a_stored_vector_without_the_metadata_the_retriever_reads_fails_the_load_suite(name):
     stored = _stored(["doc#0", "doc#1"])
     del stored["doc#1"][name]
-    failed = _failed(load_checks(stored, written={"doc#0", "doc#1"}, doc_id="doc"))
-    assert any(f.startswith(f"expect_column_values_to_not_be_null(column={name}, where in_store==True): "
-                            "1 of 2 unexpected (doc#1") for f in failed), failed
+    [failure] = _failed(load_checks(stored, written={"doc#0", "doc#1"}, doc_id="doc"))
+    assert failure == f"expect_column_values_to_be_null(column=metadata_problem): 1 of 2 unexpected " \
+                      f"(doc#1: metadata_problem=no {name})"
+
+
+def test_a_stored_vector_of_another_document_with_no_text_or_pages_backwards_fails_the_load_suite():
+    stored = _stored(["doc#0"])
+    stored["doc#0"].update(doc_id="other", text=" ", page_start=3, page_end=2)
+    [failure] = _failed(load_checks(stored, written={"doc#0"}, doc_id="doc"))
+    assert failure.endswith("(doc#0: metadata_problem=no text, doc_id other, pages 3-2)")
