@@ -11,9 +11,12 @@ a payment card number or a phone number:
   takes in the rest of a date, a time or a quantity that follows it. A bare run of digits,
   or a number of fewer than 10 digits without a country code, counts only after a word
   that says "phone" (``Tel:``, ``hotline``...): documents are full of ids of those shapes
-  (accession, kit, subject numbers) that must survive. A number that a table cell cut in
-  two (its head ends a row, the rest opens the next paragraph) is found when the two
-  parts make one;
+  (accession, kit, subject numbers) that must survive. Data is not a phone: its digit
+  groups must break where its country prints numbers (``phonenumbers``' formats for the
+  region, compared from the right: ``23646 45190``, an ISBN, a version or a decimal do not),
+  and a number inside a longer run of numbers (a table row, a matrix, a hex dump) counts only
+  after a phone word. A number that a table cell cut in two (its head ends a row, the rest
+  opens the next paragraph) is found when the two parts make one;
 - an SSN is 3-2-4 digits split by dashes, dots or spaces, or 9 bare digits in a table
   column headed "SSN", within a few lines after the word, or right next to other PII;
 - a card number is printed in card groupings (4-4-4-4, Amex's 4-6-5) or as 13 to 19 bare
@@ -61,6 +64,10 @@ _CUT_END = re.compile(r"[-.:][0-9A-Za-z]|/(?!\+|\(?\d{2,}[ .)-])")
 _UNIT = re.compile(r" ?(?:mg|g|kg|mL|ml|L|µg|mcg|°|%|units?|mmHg|IU|h|min|days?|weeks?)\b")
 _SSN_HEADER = re.compile(r"(?i)\b(?:ssn|social security)\b")
 _SSN_CELL = re.compile(r"\d{3}[-. ]?\d{2}[-. ]?\d{4}")
+# A closing parenthesis before any opening one: the number follows a list item or a call ("1) -2147...").
+_UNOPENED = re.compile(r"^[^(]*\)")
+# A decimal fraction: a lone 0, its point, digits.
+_DECIMAL = re.compile(r"^\(?0[.,]\d")
 _MIN_PHONE_DIGITS = 7
 _MAX_PHONE_DIGITS = 15  # E.164
 _NANP_DIGITS = 10  # area code and number
@@ -145,10 +152,16 @@ def _phones(flat: str) -> list[Span]:
     spans = []
     for run in _PHONE_RUN.finditer(flat):
         groups = list(_DIGIT_GROUP.finditer(run.group()))
+        context = bool(_PHONE_CONTEXT.search(flat[max(0, run.start() - 24) : run.start()]))
         first = 0
         while first < len(groups):
             for last in range(len(groups), first, -1):
                 start, end = run.start() + groups[first].start(), run.start() + groups[last - 1].end()
+                # A number among more plain numbers is data (a table row, a matrix, a hex dump),
+                # unless a phone word says otherwise: a phone may stand beside a time or a date
+                # ("+44 20 7946 0337 14", "+49 30 4884108 2025-12-11"), not in a row of values.
+                if not context and _among_numbers(flat, run.start(), start, run.end(), end):
+                    continue
                 if run.group().startswith(("+", "00")) and first == 0:
                     start = run.start()
                 if _is_phone(flat, start, end):
@@ -159,6 +172,18 @@ def _phones(flat: str) -> list[Span]:
             else:
                 first += 1
     return spans
+
+
+# Plain numbers beside a candidate, around it in its run, that make it one value of a row.
+_PLAIN_NUMBER = re.compile(r"(?<!\S)\d+(?!\S)")
+_NUMBERS_OF_A_ROW = 3
+
+
+def _among_numbers(flat: str, run_start: int, start: int, run_end: int, end: int) -> bool:
+    """Whether the run holds, beside the candidate, at least three more plain numbers (space-separated
+    digits, not a date or a time)."""
+    beside = flat[run_start:start] + " " + flat[end:run_end]
+    return len(_PLAIN_NUMBER.findall(beside)) >= _NUMBERS_OF_A_ROW
 
 
 def _is_phone(flat: str, start: int, end: int) -> bool:
@@ -174,7 +199,9 @@ def _is_phone(flat: str, start: int, end: int) -> bool:
         return False
     if _UNIT.match(flat[end:]):  # the last group is a quantity: "+49 30 3284851 10 mg/kg"
         return False
-    if candidate.endswith(")") or re.search(r".\((?!0\))", candidate):
+    if candidate.endswith(")") or re.search(r".\((?!0\))", candidate) or _UNOPENED.match(candidate):
+        return False
+    if _DECIMAL.match(candidate):  # 0.000488281
         return False
     context = bool(_PHONE_CONTEXT.search(flat[max(0, start - 24) : start]))
     formatted = bool(re.search(r"\d[ .()\-]+\d|^\(", candidate))
@@ -200,9 +227,50 @@ def _is_phone(flat: str, start: int, end: int) -> bool:
             number = phonenumbers.parse(candidate, region)
         except phonenumbers.NumberParseException:
             continue
-        if phonenumbers.is_possible_number(number):
+        if phonenumbers.is_possible_number(number) and _grouped_as_printed(candidate, number):
             return True
     return False
+
+
+def _grouped_as_printed(candidate: str, number: object) -> bool:
+    """A phone number is printed in its country's grouping (``phonenumbers``' formats for the region:
+    (212) 555-0142, 020 7946 0958, 01 42 68 53 00), or in coarser groups, or not grouped at all;
+    measurements (23646 45190), ISBNs (0-387-95457-0), versions and decimals are not. The groups are
+    compared from the right (a country code, a trunk 0 or a NANP 1 may stand before the number)."""
+    import phonenumbers
+
+    printed = re.findall(r"\d+", candidate.replace("(0)", " "))
+    if candidate.startswith(("+", "00")):
+        code = str(number.country_code)
+        head = printed[0].removeprefix("00")
+        printed = ([head[len(code):]] if len(head) > len(code) else []) + printed[1:]
+    national = phonenumbers.national_significant_number(number)
+    canonical = re.findall(r"\d+", phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+    return _breaks(printed, len(national)) <= _breaks(canonical, len(national))
+
+
+def _breaks(groups: list[str], length: int) -> set[int]:
+    """Where a number's digit groups break, counted in digits from its right end, within its
+    national significant number of ``length`` digits."""
+    breaks, total = set(), 0
+    for group in reversed(groups[1:]):
+        total += len(group)
+        if total < length:
+            breaks.add(total)
+    return breaks
+
+
+_VERSION_WORD = re.compile(r"(?i)\b(?:version|release|v)\W{0,2}$")
+
+
+def is_ip_address(text: str, start: int, end: int) -> bool:
+    """Whether what Presidio took for an IP address at ``text[start:end]`` is one: an IPv6 address
+    written with at least three groups (``::4``, ``1::2`` and C++'s ``b::c`` are slices, loopbacks
+    and scopes), an IPv4 address not named as a version (``version 1.2.3.4``)."""
+    value = text[start:end]
+    if ":" in value and "." not in value:
+        return len([group for group in value.split(":") if group]) >= 3
+    return not _VERSION_WORD.search(text[max(0, start - 12) : start])
 
 
 def _without_overlaps(spans: list[Span]) -> list[Span]:

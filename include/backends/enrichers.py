@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from include.backends.openai_api import Usage, call_usage, openai_client
-from include.pii_shapes import find_pii, redacted
+from include.pii_shapes import find_pii, is_ip_address, redacted
 from include.settings import PipelineSettings
 
 if TYPE_CHECKING:
@@ -129,13 +129,13 @@ class LocalEnricher:
         return [self._enrich(text, artifacts) for text, artifacts in processed]
 
     def _enrich(self, text: str, artifacts: NlpArtifacts) -> Enrichment:
-        findings = self._analyzer.analyze(
+        findings = [finding for finding in self._analyzer.analyze(
             text=text,
             language="en",
             entities=self._entities,
             score_threshold=self._threshold,
             nlp_artifacts=artifacts,
-        )
+        ) if finding.entity_type != "IP_ADDRESS" or is_ip_address(text, finding.start, finding.end)]
         redacted = self._anonymizer.anonymize(
             text=text, analyzer_results=findings, operators=self._operators
         )
