@@ -227,7 +227,12 @@ def _is_phone(flat: str, start: int, end: int) -> bool:
             number = phonenumbers.parse(candidate, region)
         except phonenumbers.NumberParseException:
             continue
-        if phonenumbers.is_possible_number(number) and _grouped_as_printed(candidate, number):
+        # Dialled with its country code, or named a phone, a number need only be possible (the
+        # ranges kept for fiction are not valid); a bare national number must be a valid one of
+        # its region (an area code in use, a length its ranges have).
+        plausible = phonenumbers.is_possible_number if candidate.startswith("+") or context \
+            else phonenumbers.is_valid_number
+        if plausible(number) and _grouped_as_printed(candidate, number):
             return True
     return False
 

@@ -60,3 +60,10 @@ def test_every_labelled_phone_format_is_still_found_in_prose_a_table_cell_and_af
 def test_an_ip_address_is_one_only_when_written_as_an_address(text, value, address):
     start = text.index(value)
     assert is_ip_address(text, start, start + len(value)) is address
+
+
+def test_a_national_number_must_be_a_valid_one_unless_dialled_with_its_country_code_or_named_a_phone():
+    # 451 is no area code in use: printed like a phone, it is still not one, until someone says it is.
+    assert find_pii("Lot 451-905-0333 passed inspection.") == []
+    assert [span.kind for span in find_pii("Tel: 451-905-0333")] == ["PHONE"]
+    assert [span.kind for span in find_pii("Lot +1 451-905-0333 passed.")] == ["PHONE"]
