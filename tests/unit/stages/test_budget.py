@@ -22,7 +22,7 @@ class CostsTenCents:
 def _stage(pays: bool):
     return replace(STAGES["embed"], split=lambda doc, settings: [{"units": 1}], worker=CostsTenCents,
                    assemble=lambda ctx, payloads: ({}, {"cost_usd": sum(p["cost_usd"] for p in payloads)}),
-                   pays=lambda settings: pays, reusable=False)
+                   pays=lambda settings: pays, reusable=False, gate=None)  # its output is no embedding
 
 
 def _items(count: int) -> list[StageInput]:
