@@ -266,16 +266,27 @@ def _breaks(groups: list[str], length: int) -> set[int]:
 
 
 _VERSION_WORD = re.compile(r"(?i)\b(?:version|release|v)\W{0,2}$")
+# A word just before (within the 24 characters read) that says an address follows.
+_ADDRESS_WORD = re.compile(r"(?i)\b(?:ip|ipv4|address(?:es)?|host|server|client|gateway|dns|router|proxy|ping|"
+                           r"connect(?:ed|ion)?|login|logged in)\b")
+# The octets of a section number (1.2.19.1): a dotted quad of such numbers is an address only when a
+# word says so (8.8.8.8 after "DNS").
+_SECTION_OCTET = 31
 
 
 def is_ip_address(text: str, start: int, end: int) -> bool:
     """Whether what Presidio took for an IP address at ``text[start:end]`` is one: an IPv6 address
     written with at least three groups (``::4``, ``1::2`` and C++'s ``b::c`` are slices, loopbacks
-    and scopes), an IPv4 address not named as a version (``version 1.2.3.4``)."""
-    value = text[start:end]
+    and scopes); an IPv4 address not named as a version (``version 1.2.3.4``), and, if all its
+    octets are small enough to number a section of a manual (``27 1.2.19.1 OpenMP support``),
+    only after a word that says address."""
+    value, before = text[start:end], text[max(0, start - 24) : start]
     if ":" in value and "." not in value:
         return len([group for group in value.split(":") if group]) >= 3
-    return not _VERSION_WORD.search(text[max(0, start - 12) : start])
+    if _VERSION_WORD.search(before):
+        return False
+    octets = [int(octet) for octet in re.findall(r"\d+", value)]
+    return max(octets, default=0) > _SECTION_OCTET or bool(_ADDRESS_WORD.search(before))
 
 
 def _without_overlaps(spans: list[Span]) -> list[Span]:

@@ -56,6 +56,9 @@ def test_every_labelled_phone_format_is_still_found_in_prose_a_table_cell_and_af
     ("see version 1.2.3.4", "1.2.3.4", False),
     ("from 2001:db8::ff00:42:8329 at", "2001:db8::ff00:42:8329", True),
     ("host 192.168.1.20 refused", "192.168.1.20", True),
+    ("27 1.2.19.1 OpenMP support . . . 28", "1.2.19.1", False),  # R-exts' table of contents
+    ("queries went to the DNS 8.8.8.8 first", "8.8.8.8", True),
+    ("the gateway at 10.0.0.1 dropped it", "10.0.0.1", True),
 ])
 def test_an_ip_address_is_one_only_when_written_as_an_address(text, value, address):
     start = text.index(value)
