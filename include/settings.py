@@ -97,6 +97,10 @@ class QualitySettings(BaseModel):
         description="How long the load gate waits for the store to show what was just written (Pinecone is "
         "eventually consistent) before it takes a missing vector for a failure.",
     )
+    def mode(self, stage: str) -> GateMode:
+        """What a failed expectation of ``stage``'s gate does; ``off`` for a stage with no gate (extract)."""
+        return getattr(self, stage) if stage in ("chunk", "enrich", "embed", "load", "run") else "off"
+
     data_docs_max_passed: int = Field(
         default=500, ge=0,
         description="Most passed validations a run's Data Docs render (every failed or warned one is "

@@ -232,14 +232,14 @@ class AssembleContext:
     @property
     def gated(self) -> bool:
         """Does this stage's gate run (``PIPELINE_QUALITY__<STAGE>`` is not ``off``)?"""
-        return getattr(self.settings.quality, self.stage, "off") != "off"
+        return self.settings.quality.mode(self.stage) != "off"
 
     def check(self, checks: Checks, failure: type[QualityGateFailed]) -> None:
         """Validate the document's output with its stage's suite: a failed expectation raises
         ``failure`` (the document fails alone), or is logged and counted when the gate warns."""
         from include.quality.expectations import failures, validate
 
-        mode = getattr(self.settings.quality, self.stage)
+        mode = self.settings.quality.mode(self.stage)
         result = validate(checks)
         self.validations.append({"stage": self.stage, "suite": checks.suite, "doc_id": self.document.doc_id,
                                  "mode": mode, "success": result["success"], "result": result})
@@ -478,7 +478,7 @@ def run_stage(
         budget = budget_usd if stage.pays(settings) else None
         spent = 0.0
         validations: list[dict[str, Any]] = []
-        if pending and stage.gate is not None and getattr(settings.quality, stage.name) != "off":
+        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off":
             # GX takes about 2 s to import: while the executor starts its workers, not after.
             threading.Thread(target=importlib.import_module, args=("include.quality.suites",), daemon=True).start()
         if pending and (budget is None or budget > 0):
