@@ -2,7 +2,9 @@
 
 The trigger polls the job's status (async HTTP) and streams its log into the task's log (the Job
 API's websocket tail) until the job ends, then fires one event: the job's final status and
-message, and the last lines of its log. Nothing in it blocks the triggerer's event loop.
+message, and the last lines of its log. Nothing in it blocks the triggerer's event loop. The tail
+closes when the job ends, so the trigger asks for the status then rather than at its next poll: a
+short job's task resumes within a moment of its end, however long ``poll_interval`` is.
 
 It stops the job only when a user acts on the deferred task (``on_kill``: mark failed or success,
 clear); a triggerer restarting or handing the trigger to another triggerer leaves the job running,
@@ -28,6 +30,10 @@ VANISHED = "VANISHED"
 _LOG_DRAIN_SECONDS = 10.0
 # Log lines written between two yields to the event loop.
 _LINES_PER_TURN = 100
+# Once the log's tail has closed, the job's status turns final within moments: asked this often, for
+# at most this long (a tail that closed on a running job falls back to the poll interval).
+_ENDING_POLL_SECONDS = 0.25
+_ENDING_POLL_LIMIT_SECONDS = 10.0
 
 
 class RayJobTrigger(BaseTrigger):
@@ -67,7 +73,7 @@ class RayJobTrigger(BaseTrigger):
         async with await self._api() as api:
             streaming = asyncio.create_task(self._stream(api, tail)) if self.stream_logs else None
             try:
-                status, message = await self._wait(api)
+                status, message = await self._wait(api, streaming)
                 if streaming is not None:
                     # The tail closes once the job's log is complete: wait for it, within bounds.
                     await asyncio.wait({streaming}, timeout=_LOG_DRAIN_SECONDS)
@@ -77,7 +83,8 @@ class RayJobTrigger(BaseTrigger):
         yield TriggerEvent({"submission_id": self.submission_id, "status": status, "message": message,
                             "log_tail": list(tail)})
 
-    async def _wait(self, api: AsyncJobApi) -> tuple[str, str]:
+    async def _wait(self, api: AsyncJobApi, streaming: asyncio.Task[bool] | None) -> tuple[str, str]:
+        fast_polls = int(_ENDING_POLL_LIMIT_SECONDS / _ENDING_POLL_SECONDS)
         while True:
             job = await api.find(self.submission_id)
             if job is None:
@@ -87,9 +94,18 @@ class RayJobTrigger(BaseTrigger):
             if self.deadline is not None and time.time() > self.deadline:
                 await api.stop(self.submission_id)
                 return TIMED_OUT, f"Ray job {self.submission_id} ran past its deadline and was stopped"
-            await asyncio.sleep(self.poll_interval)
+            if streaming is None:
+                await asyncio.sleep(self.poll_interval)
+            elif not streaming.done():
+                await asyncio.wait({streaming}, timeout=self.poll_interval)  # or until the tail closes
+            elif streaming.result() and fast_polls > 0:
+                fast_polls -= 1  # the tail closed at the log's end: the job is ending
+                await asyncio.sleep(_ENDING_POLL_SECONDS)
+            else:
+                await asyncio.sleep(self.poll_interval)  # the stream broke off: polling goes on
 
-    async def _stream(self, api: AsyncJobApi, tail: deque[str]) -> None:
+    async def _stream(self, api: AsyncJobApi, tail: deque[str]) -> bool:
+        """The job's log into the task's log; whether it ran to the log's end (the job's end)."""
         written = 0
         try:
             async for line in api.tail_logs(self.submission_id):
@@ -102,6 +118,8 @@ class RayJobTrigger(BaseTrigger):
                     await asyncio.sleep(0)
         except Exception as exc:  # the status decides the task: a lost log stream only costs lines
             self.log.warning("The log stream of Ray job %s broke off: %s", self.submission_id, exc)
+            return False
+        return True
 
     async def on_kill(self) -> None:
         """A user acted on the deferred task: the job must not run on without it."""

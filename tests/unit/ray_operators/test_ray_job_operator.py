@@ -3,6 +3,7 @@ paths only; the real Job API is in tests/integration/test_ray_provider.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -275,3 +276,76 @@ def test_the_stage_operator_templates_only_what_it_does_not_compute():
 
     for operator in (PipelineStageOperator, PruneVectorsOperator):
         assert not {"entrypoint", "result_prefix"} & set(operator.template_fields)
+
+
+class EndingJobApi:
+    """A job that runs until ``end`` is called: its log's tail then closes, and its status turns
+    final a moment later (as Ray's does: the driver's exit is recorded after its last line)."""
+
+    def __init__(self, *, tail_closes: bool = True) -> None:
+        self.ended = asyncio.Event()
+        self.status_polls = 0
+        self._final_at: float | None = None
+        self._tail_closes = tail_closes
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *_exc):
+        return None
+
+    async def find(self, submission_id):
+        self.status_polls += 1
+        final = self._final_at is not None and time.monotonic() >= self._final_at
+        return {"status": "SUCCEEDED" if final else "RUNNING", "message": ""}
+
+    async def tail_logs(self, submission_id):
+        yield "working"
+        await self.ended.wait()
+        self._final_at = time.monotonic() + 0.3
+        yield "RESULT: done"
+        if not self._tail_closes:
+            raise ConnectionError("the tail broke off")
+
+    def end(self) -> None:
+        self.ended.set()
+
+
+def _time_to_event(api: EndingJobApi, monkeypatch, poll_interval: float) -> tuple[dict, float]:
+    trigger = RayJobTrigger(submission_id="airflow-x-try1", poll_interval=poll_interval)
+
+    async def fake_api():
+        return api
+
+    monkeypatch.setattr(trigger, "_api", fake_api)
+
+    async def scenario():
+        running = asyncio.create_task(_first(trigger))
+        await asyncio.sleep(0.5)
+        ended = time.monotonic()
+        api.end()
+        event = await asyncio.wait_for(running, timeout=poll_interval * 3)
+        return event, time.monotonic() - ended
+
+    return asyncio.run(scenario())
+
+
+async def _first(trigger: RayJobTrigger) -> dict:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("no event")
+
+
+def test_the_trigger_fires_as_the_jobs_log_closes_not_at_its_next_poll(monkeypatch):
+    api = EndingJobApi()
+    event, seconds = _time_to_event(api, monkeypatch, poll_interval=8.0)
+    assert event["status"] == "SUCCEEDED" and event["log_tail"] == ["working", "RESULT: done"]
+    assert seconds < 4.0  # the poll interval is 8 s: woken by the tail, then a few quick polls
+    assert api.status_polls <= 8
+
+
+def test_a_log_stream_that_breaks_off_leaves_the_trigger_polling_at_its_interval(monkeypatch):
+    api = EndingJobApi(tail_closes=False)
+    event, seconds = _time_to_event(api, monkeypatch, poll_interval=2.0)
+    assert event["status"] == "SUCCEEDED"
+    assert 1.0 <= seconds and api.status_polls <= 3  # no quick polling on a broken stream
