@@ -10,3 +10,8 @@ Both tiers import this package: the stage jobs run the stage suites, the Airflow
 run's totals (``include.control.quality``) and renders the Data Docs. It imports nothing of the
 data plane: GX and pandas only.
 """
+
+import logging
+
+# GX logs its own registration at INFO (dozens of lines per process): a job's log is for its documents.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
