@@ -116,5 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.status == "succeeded" else 1
 
 
+def _exit(code: int) -> None:
+    """Leave as soon as the result is out: the job ends when this process does, and the interpreter's
+    own teardown (GX, pandas, torch and their threads) takes seconds, measured at 1.6 s with GX alone
+    against 0.3 s this way, that every stage job of a small drop would wait for."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # tells the cluster this driver is done: nothing it owns is left waiting
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
