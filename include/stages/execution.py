@@ -115,6 +115,10 @@ class PartWorker:
         self._stage, self._settings = stage, settings
         log.info("%s worker ready in %.1fs", stage.name, time.perf_counter() - clock)
 
+    def split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """One document's parts (``_split_rows``), here where the stage's libraries are loaded."""
+        return _split_rows(row, stage=self._stage, settings=self._settings)
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"doc_id": [], "index": [], "payload": [], "error": [], "bad_file": [],
                                      "units": [], "seconds": []}
@@ -196,12 +200,17 @@ def _split_all(stage: Stage, settings: PipelineSettings, items: list[StageInput]
     import ray
 
     split = ray.remote(_split_slice).options(num_cpus=settings.split_cpus, **task_options(settings))
-    rows = [{"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()} for item in items]
+    rows = _document_rows(items)
     tasks = max(1, min(len(rows), int(cpus)))
     size = -(-len(rows) // tasks)  # ceiling: the runs in order, the last one shorter
     refs = [split.remote(rows[start : start + size], stage=stage, settings=settings)
             for start in range(0, len(rows), size)]
     return [part for parts in ray.get(refs) for part in parts]
+
+
+def _document_rows(items: list[StageInput]) -> list[dict[str, Any]]:
+    """What a split reads of each document."""
+    return [{"doc_id": item.document.doc_id, "doc": item.doc_input().model_dump_json()} for item in items]
 
 
 def _split_slice(rows: list[dict[str, Any]], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
@@ -225,13 +234,15 @@ def _pipeline(
     pool = getattr(settings, stage.pool).sized_for(cpus)
     steps = {name: (stage.name, stage.runs(settings)) for name in (PartWorker.__name__, "WarmPartWorker")}
     with crashes_named(settings, steps, default_step=f"{stage.name} (splitting)"):
-        # One block per part: an actor takes a whole block, so a document's parts in one block
-        # would run on one actor (one core) however many the pool has. Splitting before the pool
-        # starts also leaves the pool every CPU: no split task waits behind its own actors.
-        parts = _split_all(stage, settings, items, cpus)
         if warm.is_warm(stage.name, settings):
-            rows = warm.run_parts(stage, settings, parts, cpus, progress)
+            # Warm workers split too: they have the stage's libraries loaded, where a split task
+            # would start a process of this job and import them first.
+            rows = warm.run_parts(stage, settings, _document_rows(items), cpus, progress)
         else:
+            # One block per part: an actor takes a whole block, so a document's parts in one block
+            # would run on one actor (one core) however many the pool has. Splitting before the pool
+            # starts also leaves the pool every CPU: no split task waits behind its own actors.
+            parts = _split_all(stage, settings, items, cpus)
             rows = ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(
                 PartWorker,
                 fn_constructor_kwargs={"stage": stage, "settings": settings},

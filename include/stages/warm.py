@@ -139,6 +139,10 @@ class WarmPartWorker(PartWorker, KeptWarm):
         PartWorker.__init__(self, stage, settings)
         KeptWarm.__init__(self, stage.name, settings.warm_idle_seconds)
 
+    def split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.working():
+            return PartWorker.split(self, row)
+
     def run(self, row: dict[str, Any]) -> dict[str, Any]:
         """One part's row (as ``PartWorker`` takes a batch of one)."""
         with self.working():
@@ -299,11 +303,14 @@ def _evict_idle_workers(except_names: set[str], memory: float) -> int:
     return retired
 
 
-def run_parts(stage: Stage, settings: PipelineSettings, parts: list[dict[str, Any]], cpus: float,
+def run_parts(stage: Stage, settings: PipelineSettings, documents: list[dict[str, Any]], cpus: float,
               progress: Progress) -> Iterator[dict[str, Any]]:
-    """Each part's result row, in the parts' order, from the stage's warm actors."""
+    """Each part's result row, in the parts' order, from the stage's warm actors: they split the
+    documents (each to the next free actor), then run the parts."""
     pool = getattr(settings, stage.pool).sized_for(cpus)
     actors, loads = leased_pool(WarmPartWorker, pool_name(stage.name, settings, stage.worker), pool, settings,
                                 stage, settings)
     progress.add(model_loads=loads)
+    parts = [part for split in ActorPool(actors).map(lambda actor, row: actor.split.remote(row), documents)
+             for part in split]
     yield from ActorPool(actors).map(lambda actor, row: actor.run.remote(row), parts)
