@@ -87,7 +87,7 @@ def ingest_tasks(start: Any = None, *, by_interval: bool = False) -> None:
     from airflow.sdk import TriggerRule, task, task_group
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from include.control import ingest, report
+    from include.control import ingest, metrics, report
     from include.control.operators import PipelineStageOperator, PruneVectorsOperator
     from include.control.settings import get_control_settings
 
@@ -130,6 +130,7 @@ def ingest_tasks(start: Any = None, *, by_interval: bool = False) -> None:
             raise AirflowFailException(str(exc)) from exc
         print(report.markdown(summary))
         ti.xcom_push(key="summary", value=report.for_xcom(summary))  # kept even when the run fails below
+        metrics.publish_run(summary)  # CloudWatch, if PIPELINE_METRICS_DEPLOYMENT is set; never fails the run
         problems = [f"{len(summary['failed'])} document(s) failed"] if summary["failed"] else []
         quality = summary.get("quality") or {}
         if quality.get("run_failures") and quality.get("run_mode") == "fail":

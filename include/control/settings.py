@@ -41,6 +41,13 @@ class ControlSettings(PipelineSettings):
     ingest_queue_url: str | None = Field(
         default=None, description="The SQS queue the inbox bucket notifies (PIPELINE_INGEST_EVENTS=sqs)."
     )
+    metrics_deployment: str | None = Field(
+        default=None,
+        description="The value of the Deployment dimension of the CloudWatch metrics each ingest run's summary "
+        "publishes (DocumentsIngested and DocumentsFailed, namespace DocumentIngest, through the aws_default "
+        "connection, in PIPELINE_AWS_REGION). On AWS: the stack name, the template's MetricsDeployment output, "
+        "which its failed-document alarm reads. Unset or empty: no metrics are published.",
+    )
     inbox_watch_seconds: float = Field(default=5.0, gt=0, description="How often the watcher lists the inbox.")
     inbox_settle_seconds: float = Field(
         default=3.0, ge=0,
