@@ -97,15 +97,17 @@ class QualitySettings(BaseModel):
         description="How long the load gate waits for the store to show what was just written (Pinecone is "
         "eventually consistent) before it takes a missing vector for a failure.",
     )
-    def mode(self, stage: str) -> GateMode:
-        """What a failed expectation of ``stage``'s gate does; ``off`` for a stage with no gate (extract)."""
-        return getattr(self, stage) if stage in ("chunk", "enrich", "embed", "load", "run") else "off"
-
     data_docs_max_passed: int = Field(
         default=500, ge=0,
         description="Most passed validations a run's Data Docs render (every failed or warned one is "
         "rendered): each is a page, and a run of thousands of documents would spend minutes on them.",
     )
+    # The warm validator (with 'quality' among PIPELINE_WARM_STAGES): one actor, GX loaded, about 300 MB.
+    validator_pool: PoolSettings = PoolSettings(max_actors=1, actor_memory_mb=512)
+
+    def mode(self, stage: str) -> GateMode:
+        """What a failed expectation of ``stage``'s gate does; ``off`` for a stage with no gate (extract)."""
+        return getattr(self, stage) if stage in ("chunk", "enrich", "embed", "load", "run") else "off"
 
 
 class ModelPrice(BaseModel):
@@ -442,9 +444,10 @@ class PipelineSettings(BaseSettings):
         "model: how long a pool waits to be ready before the idle warm workers of other pools are asked to "
         "retire and free the memory they reserve (with the state API, that is done as soon as one waits).",
     )
-    warm_stages: frozenset[Literal["extract", "chunk", "enrich", "embed", "load", "generate"]] = Field(
-        default=frozenset({"extract", "chunk", "enrich", "embed", "load", "generate"}),
-        description="The stages whose workers stay warm (a JSON list), and 'generate', the query side's "
+    warm_stages: frozenset[Literal["extract", "chunk", "enrich", "embed", "load", "quality", "generate"]] = Field(
+        default=frozenset({"extract", "chunk", "enrich", "embed", "load", "quality", "generate"}),
+        description="The stages whose workers stay warm (a JSON list); 'quality', the validator of the quality "
+        "gates (Great Expectations, about 3 s to import in each job otherwise); and 'generate', the query side's "
         "local generator (a paid API has no model to keep): each keeps its pool's actors and their memory "
         "(actor_memory_mb each) while it is not idle.",
     )

@@ -29,10 +29,9 @@ SETTLED = ("ingested", "failed", "quarantined", "postponed")
 def run_checks(touched: list[dict[str, Any]], claimed: set[str]) -> Any:
     """``touched``: the summary's row per document processed; ``claimed``: the sources the ledger
     still has claimed by this run."""
-    import great_expectations.expectations as gxe
     import pandas as pd
 
-    from include.quality.expectations import Checks
+    from include.quality.expectations import Checks, expect
 
     frame = pd.DataFrame({
         "document": [row["doc_id"] for row in touched],
@@ -43,10 +42,10 @@ def run_checks(touched: list[dict[str, Any]], claimed: set[str]) -> Any:
     })
     ingested = {"row_condition": 'status=="ingested"', "condition_parser": "pandas"}
     return Checks("run", frame, [
-        gxe.ExpectColumnPairValuesToBeEqual(column_A="vectors", column_B="chunks", **ingested),
-        gxe.ExpectColumnValuesToNotBeNull(column="vectors", **ingested),
-        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(SETTLED)),
-        gxe.ExpectColumnValuesToBeInSet(column="claimed_after_run", value_set=[False]),
+        expect("ExpectColumnPairValuesToBeEqual", column_A="vectors", column_B="chunks", **ingested),
+        expect("ExpectColumnValuesToNotBeNull", column="vectors", **ingested),
+        expect("ExpectColumnValuesToBeInSet", column="status", value_set=list(SETTLED)),
+        expect("ExpectColumnValuesToBeInSet", column="claimed_after_run", value_set=[False]),
     ])
 
 

@@ -27,12 +27,11 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 
 from include.pii_shapes import find_pii
-from include.quality.expectations import Checks
+from include.quality.expectations import Checks, expect
 from include.settings import PipelineSettings
 
 # What the retriever and the filters read of a stored vector (``include.retrieval``), besides its text.
@@ -57,13 +56,15 @@ def chunk_checks(rows: list[dict[str, Any]], *, token_limit: int, pages: int,
         "page_end": [row["page_end"] for row in rows],
     })
     return Checks("chunk", frame, [
-        gxe.ExpectColumnValuesToBeBetween(column="text_characters", min_value=1),
-        gxe.ExpectColumnValuesToBeBetween(column="tokens", min_value=1, max_value=token_limit),
-        gxe.ExpectColumnValuesToBeUnique(column="chunk_id"),
-        gxe.ExpectColumnValuesToBeBetween(column="page_start", min_value=1, max_value=pages),
-        gxe.ExpectColumnValuesToBeBetween(column="page_end", min_value=1, max_value=pages),
-        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="page_end", column_B="page_start", or_equal=True),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=settings.quality.max_chunks_per_page * pages),
+        expect("ExpectColumnValuesToBeBetween", column="text_characters", min_value=1),
+        expect("ExpectColumnValuesToBeBetween", column="tokens", min_value=1, max_value=token_limit),
+        expect("ExpectColumnValuesToBeUnique", column="chunk_id"),
+        expect("ExpectColumnValuesToBeBetween", column="page_start", min_value=1, max_value=pages),
+        expect("ExpectColumnValuesToBeBetween", column="page_end", min_value=1, max_value=pages),
+        expect("ExpectColumnPairValuesAToBeGreaterThanB", column_A="page_end", column_B="page_start",
+               or_equal=True),
+        expect("ExpectTableRowCountToBeBetween", min_value=1,
+               max_value=settings.quality.max_chunks_per_page * pages),
     ])
 
 
@@ -77,9 +78,9 @@ def enrich_checks(rows: list[dict[str, Any]], *, settings: PipelineSettings) -> 
         "key_phrases_not_matching_schema": [_schema_error(key_phrases, row["key_phrases"]) for row in rows],
     })
     return Checks("enrich", frame, [
-        gxe.ExpectColumnValuesToBeNull(column="pii_shape_left"),
-        gxe.ExpectColumnValuesToBeNull(column="entities_not_matching_schema"),
-        gxe.ExpectColumnValuesToBeNull(column="key_phrases_not_matching_schema"),
+        expect("ExpectColumnValuesToBeNull", column="pii_shape_left"),
+        expect("ExpectColumnValuesToBeNull", column="entities_not_matching_schema"),
+        expect("ExpectColumnValuesToBeNull", column="key_phrases_not_matching_schema"),
     ])
 
 
@@ -127,11 +128,13 @@ def embed_checks(rows: list[dict[str, Any]], *, dimension: int | None, settings:
     })
     dimension = dimension or (int(frame["dimension"].iloc[0]) if len(frame) else 0)
     return Checks("embed", frame, [
-        gxe.ExpectColumnValuesToBeBetween(column="dimension", min_value=dimension, max_value=dimension),
-        gxe.ExpectColumnValuesToBeBetween(column="non_finite_values", max_value=0),
+        expect("ExpectColumnValuesToBeBetween", column="dimension", min_value=dimension,
+               max_value=dimension),
+        expect("ExpectColumnValuesToBeBetween", column="non_finite_values", max_value=0),
         # A vector with a NaN has no length: it is the check above that fails it.
-        gxe.ExpectColumnValuesToBeBetween(column="norm", min_value=1 - tolerance, max_value=1 + tolerance),
-        gxe.ExpectColumnValuesToBeUnique(column="vector_digest"),
+        expect("ExpectColumnValuesToBeBetween", column="norm", min_value=1 - tolerance,
+               max_value=1 + tolerance),
+        expect("ExpectColumnValuesToBeUnique", column="vector_digest"),
     ])
 
 
@@ -158,10 +161,10 @@ def load_checks(stored: dict[str, dict[str, Any]], *, written: set[str], doc_id:
         "metadata_problem": [_metadata_problem(stored[i], doc_id) if i in stored else None for i in ids],
     })
     return Checks("load", frame, [
-        gxe.ExpectColumnValuesToBeInSet(column="in_store", value_set=[True]),
-        gxe.ExpectColumnValuesToBeInSet(column="written_by_this_load", value_set=[True]),
+        expect("ExpectColumnValuesToBeInSet", column="in_store", value_set=[True]),
+        expect("ExpectColumnValuesToBeInSet", column="written_by_this_load", value_set=[True]),
         # One expectation for every field (each costs GX about 15 ms a document, whatever its rows).
-        gxe.ExpectColumnValuesToBeNull(column="metadata_problem"),
+        expect("ExpectColumnValuesToBeNull", column="metadata_problem"),
     ])
 
 

@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A suite's checks validated: GX's result, as JSON (``include.quality.expectations.validate``).
+Validate = Callable[["Checks"], dict[str, Any]]
+
 MANIFEST_NAME = "_manifest.json"
 
 Part = dict[str, Any]  # a unit of work; "units" (pages, chunks) counts it for progress
@@ -223,6 +226,8 @@ class AssembleContext:
     validations: list[dict[str, Any]] = field(default_factory=list)
     # Expectations failed under a gate set to warn.
     quality_warnings: int = 0
+    # Where the checks are validated: here (GX imported in this process), or by a warm validator.
+    validate: Validate | None = None
     _digests: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -240,7 +245,7 @@ class AssembleContext:
         from include.quality.expectations import failures, validate
 
         mode = self.settings.quality.mode(self.stage)
-        result = validate(checks)
+        result = (self.validate or validate)(checks)
         self.validations.append({"stage": self.stage, "suite": checks.suite, "doc_id": self.document.doc_id,
                                  "mode": mode, "success": result["success"], "result": result})
         if result["success"]:
@@ -433,6 +438,7 @@ def run_stage(
     settled: list[DocumentOutcome] | None = None,
     budget_usd: float | None = None,
     validations_uri: str | None = None,
+    validate: Validate | None = None,
 ) -> BatchResult:
     """Run one stage over a batch; write each document's manifest as it finishes.
 
@@ -445,7 +451,8 @@ def run_stage(
     ``postponed``, and what is left of the budget goes to the next stage.
 
     The validation results of the stage's quality gate, one per document it assembled, go to
-    ``validations_uri`` (the batch result names it as its ``quality`` output).
+    ``validations_uri`` (the batch result names it as its ``quality`` output). ``validate`` runs
+    them elsewhere (a warm validator); by default, in this process.
     """
     storage = Storage(settings)
     started = now()
@@ -478,14 +485,14 @@ def run_stage(
         budget = budget_usd if stage.pays(settings) else None
         spent = 0.0
         validations: list[dict[str, Any]] = []
-        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off":
-            # GX takes about 2 s to import: while the executor starts its workers, not after.
-            threading.Thread(target=importlib.import_module, args=("include.quality.suites",), daemon=True).start()
+        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off" and validate is None:
+            # GX takes about 3 s to import: while the executor starts its workers, not after.
+            threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
         if pending and (budget is None or budget > 0):
             with closing(executor(stage, settings, pending, progress)) as finished:
                 for done in finished:
                     outcome = _finish(stage, settings, storage, done, fingerprints[done.item.document.doc_id],
-                                      started, submission_id, validations)
+                                      started, submission_id, validations, validate)
                     outcomes.append(outcome)
                     progress.add(**{outcome.status: 1})
                     spent += outcome.metrics.get("cost_usd", 0.0)
@@ -528,7 +535,8 @@ def _postponed(stage: Stage, document: DocumentRef, budget: float) -> DocumentOu
 
 
 def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: DocumentDone, fingerprint: str,
-            started: datetime, submission_id: str | None, validations: list[dict[str, Any]]) -> DocumentOutcome:
+            started: datetime, submission_id: str | None, validations: list[dict[str, Any]],
+            validate: Validate | None) -> DocumentOutcome:
     """Assemble one document's outputs (or record its failure) and write its manifest; its quality
     gate's validation results go to ``validations``."""
     item, document = done.item, done.item.document
@@ -542,7 +550,8 @@ def _finish(stage: Stage, settings: PipelineSettings, storage: Storage, done: Do
     error = done.error
     if error is None:
         ctx = AssembleContext(settings, storage, item.doc_input(), stage_prefix(settings, stage, document.doc_id),
-                              stage=stage.name, upstream_metrics=item.upstream.metrics if item.upstream else {})
+                              stage=stage.name, upstream_metrics=item.upstream.metrics if item.upstream else {},
+                              validate=validate)
         try:
             outputs, metrics = stage.assemble(ctx, done.payloads)
             if stage.gate is not None and ctx.gated:

@@ -6,7 +6,9 @@ with its job. The first job of a stage creates them and each loads its model onc
 any batch or run find them by name and send them parts (``ray.util.ActorPool``: each part to the
 next free actor, results in order), so a small drop pays the job's start-up and no model load.
 The stage jobs stay one Ray job per stage and batch. The query job's generator is kept warm the
-same way (``include.query.pipeline.WarmGenerator``, by the name ``generate`` in the warm stages).
+same way (``include.query.pipeline.WarmGenerator``, by the name ``generate`` in the warm stages), and
+so is the quality gates' validator (``WarmValidator``, by the name ``quality``): a job builds each
+document's checks (a small frame of safe columns) and the validator, GX loaded, runs them.
 
 - **Which actors.** A pool's name holds a hash of the job's settings, of its Python code (the
   ``include`` package), of its runtime environment (but the working_dir and variables) and of the
@@ -50,7 +52,8 @@ from ray.util import ActorPool
 
 import include
 from include.settings import PipelineSettings, PoolSettings
-from include.stages.base import Progress, Stage
+from include.quality.expectations import Checks
+from include.stages.base import Progress, Stage, Validate
 from include.stages.execution import PartWorker
 from include.worker_options import THREADS_ENV, actor_options
 
@@ -301,6 +304,41 @@ def _evict_idle_workers(except_names: set[str], memory: float) -> int:
             freed += reserved
             retired += 1
     return retired
+
+
+class WarmValidator(KeptWarm):
+    """The quality gates' validator, Great Expectations loaded once: a stage job that sent its checks
+    to GX in its own process would import it first (about 3 s, more than a small drop's work)."""
+
+    def __init__(self, settings: PipelineSettings, threads: int) -> None:
+        from include.quality.expectations import context
+
+        use_threads(threads)
+        context()
+        KeptWarm.__init__(self, "quality", settings.warm_idle_seconds)
+
+    def validate(self, checks: Checks) -> dict[str, Any]:
+        from include.quality.expectations import validate
+
+        with self.working():
+            return validate(checks)
+
+
+def validator(settings: PipelineSettings) -> Validate | None:
+    """Where a stage job has its quality gates' checks validated: the warm validator (found or started on
+    first use), or None (in the job's own process) when 'quality' is not kept warm."""
+    if not is_warm("quality", settings):
+        return None
+    leased: list[ray.actor.ActorHandle] = []
+
+    def validate(checks: Checks) -> dict[str, Any]:
+        if not leased:
+            actors, _ = leased_pool(WarmValidator, pool_name("quality", settings, WarmValidator),
+                                    settings.quality.validator_pool.sized_for(1), settings, settings)
+            leased.extend(actors)
+        return ray.get(leased[0].validate.remote(checks))
+
+    return validate
 
 
 def run_parts(stage: Stage, settings: PipelineSettings, documents: list[dict[str, Any]], cpus: float,

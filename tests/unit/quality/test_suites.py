@@ -160,3 +160,15 @@ def test_a_stored_vector_of_another_document_with_no_text_or_pages_backwards_fai
     stored["doc#0"].update(doc_id="other", text=" ", page_start=3, page_end=2)
     [failure] = _failed(load_checks(stored, written={"doc#0"}, doc_id="doc"))
     assert failure.endswith("(doc#0: metadata_problem=no text, doc_id other, pages 3-2)")
+
+
+def test_building_a_gates_checks_imports_no_gx():
+    """A stage job builds its checks and has the warm validator run them: GX (about 3 s to import)
+    stays out of the job's process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, include.quality.suites, include.quality.gates, include.stages.warm; "
+            "print('great_expectations' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

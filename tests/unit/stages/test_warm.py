@@ -161,3 +161,21 @@ def test_a_pool_short_of_room_retires_the_longest_idle_workers_first_and_no_more
     assert "1 idle warm worker(s) of other pools retired" in caplog.text
     assert not _pool_actors("chunk-") and _pool_actors("enrich-") and _pool_actors("embed-")
 
+
+
+def test_the_gates_checks_are_validated_by_one_warm_validator_as_they_would_be_in_the_job(settings, ray_local):
+    from include.quality.expectations import failures, validate
+    from include.quality.suites import chunk_checks
+    from include.stages.warm import validator
+
+    warm = settings.model_copy(update={"warm_idle_seconds": 60.0, "warm_stages": frozenset({"quality"})})
+    rows = [{"chunk_id": f"doc#{n}", "text": "A passage.", "tokens": 12 if n else 900, "page_start": 1,
+             "page_end": 1} for n in range(3)]
+    checks = chunk_checks(rows, token_limit=254, pages=1, settings=warm)
+
+    remote = validator(warm)(checks)
+    assert not remote["success"] and failures(remote) == failures(validate(checks))
+    assert "doc#0: tokens=900" in failures(remote)[0]
+    assert validator(warm)(chunk_checks(rows[1:], token_limit=254, pages=1, settings=warm))["success"]
+    assert len(_pool_actors("quality-")) == 1  # a second job's validator is the same actor
+    assert validator(warm.model_copy(update={"warm_stages": frozenset({"embed"})})) is None
