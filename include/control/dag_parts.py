@@ -25,7 +25,8 @@ def ray_job_options() -> dict[str, Any]:
 
     settings = get_control_settings()
     resources = {settings.ray_worker_resource: UNITS_PER_WORKER} if settings.ray_worker_resource else None
-    return {"deferrable": True, "poll_interval": settings.ray_poll_seconds, "entrypoint_resources": resources}
+    return {"deferrable": True, "poll_interval": settings.ray_poll_seconds,
+            "wait_before_defer": settings.ray_wait_before_defer_seconds, "entrypoint_resources": resources}
 
 
 def ingest_schedule() -> Any:

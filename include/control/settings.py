@@ -96,6 +96,13 @@ class ControlSettings(PipelineSettings):
         default=5.0, gt=0, description="How often a deferred Ray task's trigger asks for its job's status (the "
         "log streams as it is written, whatever this is).",
     )
+    ray_wait_before_defer_seconds: float = Field(
+        default=8.0, ge=0,
+        description="How long a stage's task waits for its Ray job in its worker slot before it defers: a job "
+        "that ends sooner (a small drop on warm workers takes a few seconds) ends its task there, without the "
+        "round trip through the triggerer and the scheduler that resuming a deferred task costs. 0: defer at "
+        "once, holding no slot while a job runs.",
+    )
     max_document_bytes: int = Field(
         default=512 * 1024 * 1024, ge=1,
         description="A bigger file is not ingested: it goes to quarantine, decided from its listed size.",

@@ -47,6 +47,8 @@ def services(stack, tmp_path_factory, sample_pdfs):
                 # seconds) for the next task to take the one worker slot and submit its job meanwhile:
                 # on warm workers it ends in about two, before another task could start.
                 "PIPELINE_WARM_IDLE_SECONDS": "0",
+                # Deferral is what is tested here: each task defers at once, holding no slot meanwhile.
+                "PIPELINE_RAY_WAIT_BEFORE_DEFER_SECONDS": "0",
                 "PIPELINE_BATCH_MAX_DOCUMENTS": "1", "PIPELINE_MAX_PARALLEL_BATCHES": str(BATCHES),
                 "PIPELINE_QUERY_SCHEDULE": "", "PIPELINE_INGEST_SCHEDULE": "", "PIPELINE_INBOX_WATCH_SECONDS": "1",
                 "PIPELINE_INBOX_SETTLE_SECONDS": "2", "PIPELINE_INGEST_INTERVAL_SCHEDULE": "* * * * *",

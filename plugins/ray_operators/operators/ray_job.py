@@ -2,8 +2,10 @@
 
 **Deferrable by default** (``[operators] default_deferrable``, or ``deferrable=``): ``execute``
 submits the job (or re-attaches to one) and defers to ``RayJobTrigger``, so no worker slot is held
-while the job runs; ``execute_complete`` reads the outcome. Not deferred, the worker waits with the
-same trigger's loop. Either way the job's log streams into the task's log as it is written, and
+while the job runs; ``execute_complete`` reads the outcome. With ``wait_before_defer``, the worker
+first runs the same trigger itself for that long: a job that ends by then ends its task in the same
+slot, without the round trip through the triggerer and the scheduler that resuming costs (a short
+stage job of a small drop). Not deferred, the worker waits with the same trigger's loop. Either way the job's log streams into the task's log as it is written, and
 a failure's message ends with the log's last lines. The task's "Ray job" button opens the job's
 page on the dashboard.
 
@@ -77,6 +79,14 @@ async def _first_event(trigger: RayJobTrigger) -> dict[str, Any]:
     raise AirflowException(f"{trigger!r} ended without an event")
 
 
+async def _first_event_within(trigger: RayJobTrigger, seconds: float) -> dict[str, Any] | None:
+    """The trigger's event if the job ends within ``seconds``, else None (the trigger stopped)."""
+    try:
+        return await asyncio.wait_for(_first_event(trigger), timeout=seconds)
+    except TimeoutError:
+        return None
+
+
 class RayJobOperator(BaseOperator):
     """Submit ``entrypoint`` as a Ray job, wait for it, and return its result document.
 
@@ -92,6 +102,8 @@ class RayJobOperator(BaseOperator):
     :param entrypoint_resources: custom resources the job driver asks for, so it runs on the
         nodes that offer them (e.g. worker nodes, not the head).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param wait_before_defer: seconds a deferrable task waits for its job in the worker before it
+        defers (0: at once). The slot is held that long; a job that ends sooner saves the resume.
     :param poll_interval: seconds between status polls.
     :param stream_logs: stream the job's log into the task's log.
     :param job_timeout: seconds after which the job is stopped and the task fails (default: the
@@ -116,6 +128,7 @@ class RayJobOperator(BaseOperator):
         entrypoint_resources: dict[str, float] | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 5.0,
+        wait_before_defer: float = 0.0,
         stream_logs: bool = True,
         job_timeout: float | None = None,
         **kwargs: Any,
@@ -130,6 +143,7 @@ class RayJobOperator(BaseOperator):
         self.entrypoint_resources = entrypoint_resources
         self.deferrable = deferrable
         self.poll_interval = poll_interval
+        self.wait_before_defer = wait_before_defer
         self.stream_logs = stream_logs
         self.job_timeout = job_timeout
         self.submission_id: str | None = None
@@ -155,14 +169,24 @@ class RayJobOperator(BaseOperator):
             stream_logs=self.stream_logs, tail_lines=self.log_tail_lines,
             deadline=time.time() + timeout if timeout else None,
         )
-        if self.deferrable:
-            self.defer(trigger=trigger, method_name="execute_complete")
-        return self.execute_complete(context, asyncio.run(_first_event(trigger)))
+        if not self.deferrable:
+            return self._complete(asyncio.run(_first_event(trigger)), context)
+        if self.wait_before_defer > 0:
+            event = asyncio.run(_first_event_within(trigger, self.wait_before_defer))
+            if event is not None:
+                return self._complete(event, context)
+            self.log.info("Ray job %s still runs after %.0fs: deferring", self.submission_id, self.wait_before_defer)
+            trigger.skip_lines = trigger.lines_streamed  # the triggerer goes on from there in the task's log
+        self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        """The job has ended (the trigger's event): its result, or the task fails with its cause."""
-        if self.deferrable:  # resumed on a new instance: nothing of execute is left
-            self.prepare(context)
+        """The job has ended (the trigger's event), after a deferral: a new instance, nothing of execute
+        is left."""
+        self.prepare(context)
+        return self._complete(event, context)
+
+    def _complete(self, event: dict[str, Any], context: Any) -> Any:
+        """The job has ended: its result, or the task fails with its cause."""
         self.submission_id = submission_id = event["submission_id"]
         status = event["status"]
         # Only now, with the job ended, is its result final.

@@ -45,11 +45,13 @@ class RayJobTrigger(BaseTrigger):
     :param stream_logs: stream the job's log into the task's log.
     :param deadline: Unix time after which the job is stopped and reported ``TIMED_OUT``.
     :param tail_lines: lines of the log's end sent with the event (for a failure's message).
+    :param skip_lines: lines of the log already in the task's log (streamed by the worker before it
+        deferred): not written again.
     """
 
     def __init__(self, *, submission_id: str, ray_conn_id: str = RayJobHook.default_conn_name,
                  poll_interval: float = 5.0, stream_logs: bool = True, deadline: float | None = None,
-                 tail_lines: int = 30) -> None:
+                 tail_lines: int = 30, skip_lines: int = 0) -> None:
         super().__init__()
         self.submission_id = submission_id
         self.ray_conn_id = ray_conn_id
@@ -57,12 +59,14 @@ class RayJobTrigger(BaseTrigger):
         self.stream_logs = stream_logs
         self.deadline = deadline
         self.tail_lines = tail_lines
+        self.skip_lines = skip_lines
+        self.lines_streamed = skip_lines  # how far the task's log has the job's log, as this trigger runs
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}", {
             "submission_id": self.submission_id, "ray_conn_id": self.ray_conn_id,
             "poll_interval": self.poll_interval, "stream_logs": self.stream_logs, "deadline": self.deadline,
-            "tail_lines": self.tail_lines,
+            "tail_lines": self.tail_lines, "skip_lines": self.skip_lines,
         })
 
     async def _api(self) -> AsyncJobApi:
@@ -106,13 +110,16 @@ class RayJobTrigger(BaseTrigger):
 
     async def _stream(self, api: AsyncJobApi, tail: deque[str]) -> bool:
         """The job's log into the task's log; whether it ran to the log's end (the job's end)."""
-        written = 0
+        seen = 0
         try:
             async for line in api.tail_logs(self.submission_id):
                 tail.append(line)
+                seen += 1
+                if seen <= self.skip_lines:
+                    continue
                 self.log.info("[ray] %s", line)
-                written += 1
-                if written % _LINES_PER_TURN == 0:
+                self.lines_streamed = seen
+                if seen % _LINES_PER_TURN == 0:
                     # One message of the tail can hold thousands of lines: logging them all in one
                     # go would hold up every other trigger of the triggerer.
                     await asyncio.sleep(0)

@@ -349,3 +349,41 @@ def test_a_log_stream_that_breaks_off_leaves_the_trigger_polling_at_its_interval
     event, seconds = _time_to_event(api, monkeypatch, poll_interval=2.0)
     assert event["status"] == "SUCCEEDED"
     assert 1.0 <= seconds and api.status_polls <= 3  # no quick polling on a broken stream
+
+
+def _briefly_waiting_operator(tmp_path, api: FakeJobApi, monkeypatch, job: EndingJobApi, wait: float):
+    op = _operator(tmp_path, api, {"outputs": {"chunks": "s3://b/c.jsonl"}, "metrics": {"chunks": 4}})
+    op.wait_before_defer = wait
+
+    async def fake_api(self):
+        return job
+
+    monkeypatch.setattr(RayJobTrigger, "_api", fake_api)
+    return op
+
+
+def test_a_job_that_ends_within_the_wait_before_defer_ends_its_task_without_deferring(
+        tmp_path, monkeypatch, capfd):
+    api, job = FakeJobApi(), EndingJobApi()
+    job.end()  # a short job: over within a moment
+    op = _briefly_waiting_operator(tmp_path, api, monkeypatch, job, wait=10.0)
+    xcom = op.execute({"ti": FakeTi(1)})  # no TaskDeferred
+    assert xcom == {"outputs": {"chunks": "s3://b/c.jsonl"}, "metrics": {"chunks": 4}}
+    logged = capfd.readouterr()
+    assert (logged.out + logged.err).count("[ray] RESULT: done") == 1
+
+
+def test_a_job_still_running_after_the_wait_defers_and_its_log_goes_on_where_the_worker_left_it(
+        tmp_path, monkeypatch, capfd):
+    api, job = FakeJobApi(), EndingJobApi()
+    op = _briefly_waiting_operator(tmp_path, api, monkeypatch, job, wait=1.0)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"ti": FakeTi(1)})
+    trigger = deferred.value.trigger
+    assert trigger.skip_lines == 1 and trigger.serialize()[1]["skip_lines"] == 1  # "working" is in the log
+    job.end()
+    event = asyncio.run(_first(trigger))  # the triggerer's turn
+    assert event["status"] == "SUCCEEDED" and event["log_tail"] == ["working", "RESULT: done"]
+    logged = capfd.readouterr()
+    task_log = logged.out + logged.err
+    assert task_log.count("[ray] working") == 1 and task_log.count("[ray] RESULT: done") == 1
