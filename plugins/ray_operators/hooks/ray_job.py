@@ -219,6 +219,11 @@ class AsyncJobApi:
         response = await self._request("POST", f"{_job_path(submission_id)}/stop")
         return bool(response is not None and response.json().get("stopped"))
 
+    async def logs(self, submission_id: str) -> str | None:
+        """The job's whole log so far (one request): None for a job the cluster does not know."""
+        response = await self._request("GET", f"{_job_path(submission_id)}/logs")
+        return None if response is None else response.json().get("logs", "")
+
     async def tail_logs(self, submission_id: str) -> AsyncIterator[str]:
         """The job's log, line by line, from its start until the job ends (the Job API's websocket
         tail: each line is sent once, however long the job runs)."""

@@ -2,9 +2,12 @@
 
 The trigger polls the job's status (async HTTP) and streams its log into the task's log (the Job
 API's websocket tail) until the job ends, then fires one event: the job's final status and
-message, and the last lines of its log. Nothing in it blocks the triggerer's event loop. The tail
-closes when the job ends, so the trigger asks for the status then rather than at its next poll: a
-short job's task resumes within a moment of its end, however long ``poll_interval`` is.
+message, and the last lines of its log. Nothing in it blocks the triggerer's event loop.
+
+A short job's end is seen within a moment: the polls start half a second apart and back off to
+``poll_interval``. Ray's tail lags the log by a second or two and closes some seconds after the
+job's end (measured on Ray 2.60: about 3 s after the last line): once the status is final, what the
+tail has not delivered within a moment is read from the job's whole log, in one request.
 
 It stops the job only when a user acts on the deferred task (``on_kill``: mark failed or success,
 clear); a triggerer restarting or handing the trigger to another triggerer leaves the job running,
@@ -26,14 +29,13 @@ from ray_operators.hooks.ray_job import ACTIVE_STATES, AsyncJobApi, RayJobHook
 
 TIMED_OUT = "TIMED_OUT"
 VANISHED = "VANISHED"
-# How long the log tail may take to drain once the job has ended before the event fires anyway.
-_LOG_DRAIN_SECONDS = 10.0
+# The first pause between two status polls; each next one doubles, up to the poll interval.
+_FIRST_POLL_SECONDS = 0.5
+# How long the tail may take to deliver the rest of the log once the job has ended, before the rest is
+# read from the whole log.
+_TAIL_CATCH_UP_SECONDS = 0.5
 # Log lines written between two yields to the event loop.
 _LINES_PER_TURN = 100
-# Once the log's tail has closed, the job's status turns final within moments: asked this often, for
-# at most this long (a tail that closed on a running job falls back to the poll interval).
-_ENDING_POLL_SECONDS = 0.25
-_ENDING_POLL_LIMIT_SECONDS = 10.0
 
 
 class RayJobTrigger(BaseTrigger):
@@ -77,18 +79,20 @@ class RayJobTrigger(BaseTrigger):
         async with await self._api() as api:
             streaming = asyncio.create_task(self._stream(api, tail)) if self.stream_logs else None
             try:
-                status, message = await self._wait(api, streaming)
+                status, message = await self._wait(api)
                 if streaming is not None:
-                    # The tail closes once the job's log is complete: wait for it, within bounds.
-                    await asyncio.wait({streaming}, timeout=_LOG_DRAIN_SECONDS)
+                    await asyncio.wait({streaming}, timeout=_TAIL_CATCH_UP_SECONDS)
+                    if not streaming.done() or not streaming.result():
+                        streaming.cancel()  # lagging, or broken off: the rest from the whole log
+                        await self._rest_of_log(api, tail)
             finally:
                 if streaming is not None and not streaming.done():
                     streaming.cancel()
         yield TriggerEvent({"submission_id": self.submission_id, "status": status, "message": message,
                             "log_tail": list(tail)})
 
-    async def _wait(self, api: AsyncJobApi, streaming: asyncio.Task[bool] | None) -> tuple[str, str]:
-        fast_polls = int(_ENDING_POLL_LIMIT_SECONDS / _ENDING_POLL_SECONDS)
+    async def _wait(self, api: AsyncJobApi) -> tuple[str, str]:
+        pause = min(_FIRST_POLL_SECONDS, self.poll_interval)
         while True:
             job = await api.find(self.submission_id)
             if job is None:
@@ -98,18 +102,11 @@ class RayJobTrigger(BaseTrigger):
             if self.deadline is not None and time.time() > self.deadline:
                 await api.stop(self.submission_id)
                 return TIMED_OUT, f"Ray job {self.submission_id} ran past its deadline and was stopped"
-            if streaming is None:
-                await asyncio.sleep(self.poll_interval)
-            elif not streaming.done():
-                await asyncio.wait({streaming}, timeout=self.poll_interval)  # or until the tail closes
-            elif streaming.result() and fast_polls > 0:
-                fast_polls -= 1  # the tail closed at the log's end: the job is ending
-                await asyncio.sleep(_ENDING_POLL_SECONDS)
-            else:
-                await asyncio.sleep(self.poll_interval)  # the stream broke off: polling goes on
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.poll_interval)
 
     async def _stream(self, api: AsyncJobApi, tail: deque[str]) -> bool:
-        """The job's log into the task's log; whether it ran to the log's end (the job's end)."""
+        """The job's log into the task's log as the tail delivers it; whether it got to the log's end."""
         seen = 0
         try:
             async for line in api.tail_logs(self.submission_id):
@@ -127,6 +124,21 @@ class RayJobTrigger(BaseTrigger):
             self.log.warning("The log stream of Ray job %s broke off: %s", self.submission_id, exc)
             return False
         return True
+
+    async def _rest_of_log(self, api: AsyncJobApi, tail: deque[str]) -> None:
+        """The lines of the ended job's log the tail had not delivered, from the whole log."""
+        try:
+            text = await api.logs(self.submission_id)
+        except Exception as exc:  # as above: lines lost, not the outcome
+            self.log.warning("The end of Ray job %s's log could not be read: %s", self.submission_id, exc)
+            return
+        lines = (text or "").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the log's final newline
+        for line in lines[self.lines_streamed:]:
+            tail.append(line)
+            self.log.info("[ray] %s", line)
+        self.lines_streamed = max(self.lines_streamed, len(lines))
 
     async def on_kill(self) -> None:
         """A user acted on the deferred task: the job must not run on without it."""

@@ -279,14 +279,14 @@ def test_the_stage_operator_templates_only_what_it_does_not_compute():
 
 
 class EndingJobApi:
-    """A job that runs until ``end`` is called: its log's tail then closes, and its status turns
-    final a moment later (as Ray's does: the driver's exit is recorded after its last line)."""
+    """A job that runs until ``end`` is called. As Ray's: its status turns final at once, while its
+    log's tail lags behind the log (the last line comes ``tail_lag`` seconds later), or breaks off."""
 
-    def __init__(self, *, tail_closes: bool = True) -> None:
+    def __init__(self, *, tail_lag: float = 3.0, tail_breaks: bool = False) -> None:
         self.ended = asyncio.Event()
         self.status_polls = 0
-        self._final_at: float | None = None
-        self._tail_closes = tail_closes
+        self.log_requests = 0
+        self._tail_lag, self._tail_breaks = tail_lag, tail_breaks
 
     async def __aenter__(self):
         return self
@@ -296,16 +296,19 @@ class EndingJobApi:
 
     async def find(self, submission_id):
         self.status_polls += 1
-        final = self._final_at is not None and time.monotonic() >= self._final_at
-        return {"status": "SUCCEEDED" if final else "RUNNING", "message": ""}
+        return {"status": "SUCCEEDED" if self.ended.is_set() else "RUNNING", "message": ""}
+
+    async def logs(self, submission_id):
+        self.log_requests += 1
+        return "working\nRESULT: done\n" if self.ended.is_set() else "working\n"
 
     async def tail_logs(self, submission_id):
         yield "working"
         await self.ended.wait()
-        self._final_at = time.monotonic() + 0.3
-        yield "RESULT: done"
-        if not self._tail_closes:
+        if self._tail_breaks:
             raise ConnectionError("the tail broke off")
+        await asyncio.sleep(self._tail_lag)
+        yield "RESULT: done"
 
     def end(self) -> None:
         self.ended.set()
@@ -336,19 +339,40 @@ async def _first(trigger: RayJobTrigger) -> dict:
     raise AssertionError("no event")
 
 
-def test_the_trigger_fires_as_the_jobs_log_closes_not_at_its_next_poll(monkeypatch):
-    api = EndingJobApi()
-    event, seconds = _time_to_event(api, monkeypatch, poll_interval=8.0)
+def test_a_short_jobs_end_is_seen_at_once_and_the_log_the_tail_lags_behind_on_is_read_whole(monkeypatch, capfd):
+    api = EndingJobApi(tail_lag=30.0)
+    event, seconds = _time_to_event(api, monkeypatch, poll_interval=30.0)
     assert event["status"] == "SUCCEEDED" and event["log_tail"] == ["working", "RESULT: done"]
-    assert seconds < 4.0  # the poll interval is 8 s: woken by the tail, then a few quick polls
-    assert api.status_polls <= 8
+    assert seconds < 3.0  # polls start half a second apart: neither the interval nor the tail decides
+    assert api.log_requests == 1
+    logged = capfd.readouterr()
+    assert (logged.out + logged.err).count("[ray] working") == 1  # each line once in the task's log
+    assert (logged.out + logged.err).count("[ray] RESULT: done") == 1
 
 
-def test_a_log_stream_that_breaks_off_leaves_the_trigger_polling_at_its_interval(monkeypatch):
-    api = EndingJobApi(tail_closes=False)
-    event, seconds = _time_to_event(api, monkeypatch, poll_interval=2.0)
-    assert event["status"] == "SUCCEEDED"
-    assert 1.0 <= seconds and api.status_polls <= 3  # no quick polling on a broken stream
+def test_a_log_stream_that_broke_off_is_completed_from_the_whole_log(monkeypatch):
+    api = EndingJobApi(tail_breaks=True)
+    event, _ = _time_to_event(api, monkeypatch, poll_interval=2.0)
+    assert event["status"] == "SUCCEEDED" and event["log_tail"] == ["working", "RESULT: done"]
+
+
+def test_a_long_jobs_status_polls_back_off_to_the_poll_interval(monkeypatch):
+    api = EndingJobApi(tail_lag=0.0)
+    trigger = RayJobTrigger(submission_id="airflow-x-try1", poll_interval=1.0)
+
+    async def fake_api():
+        return api
+
+    monkeypatch.setattr(trigger, "_api", fake_api)
+
+    async def scenario():
+        running = asyncio.create_task(_first(trigger))
+        await asyncio.sleep(5.0)
+        api.end()
+        return await running
+
+    asyncio.run(scenario())
+    assert 5 <= api.status_polls <= 8  # 0.5 s, then 1 s apart: not every half second for five seconds
 
 
 def _briefly_waiting_operator(tmp_path, api: FakeJobApi, monkeypatch, job: EndingJobApi, wait: float):
