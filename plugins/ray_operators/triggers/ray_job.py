@@ -4,8 +4,9 @@ The trigger polls the job's status (async HTTP) and streams its log into the tas
 API's websocket tail) until the job ends, then fires one event: the job's final status and
 message, and the last lines of its log. Nothing in it blocks the triggerer's event loop.
 
-A short job's end is seen within a moment: the polls start half a second apart and back off to
-``poll_interval``. Ray's tail lags the log by a second or two and closes some seconds after the
+A short job's end is seen within a moment: the polls start half a second apart and then wait a
+tenth of the job's age, up to ``poll_interval`` (so its end is seen within a tenth of its length,
+at most a poll interval late). Ray's tail lags the log by a second or two and closes some seconds after the
 job's end (measured on Ray 2.60: about 3 s after the last line): once the status is final, what the
 tail has not delivered within a moment is read from the job's whole log, in one request.
 
@@ -29,8 +30,9 @@ from ray_operators.hooks.ray_job import ACTIVE_STATES, AsyncJobApi, RayJobHook
 
 TIMED_OUT = "TIMED_OUT"
 VANISHED = "VANISHED"
-# The first pause between two status polls; each next one doubles, up to the poll interval.
+# The shortest pause between two status polls, and the share of the job's age a pause may be.
 _FIRST_POLL_SECONDS = 0.5
+_POLL_SHARE_OF_AGE = 0.1
 # How long the tail may take to deliver the rest of the log once the job has ended, before the rest is
 # read from the whole log.
 _TAIL_CATCH_UP_SECONDS = 0.5
@@ -92,7 +94,7 @@ class RayJobTrigger(BaseTrigger):
                             "log_tail": list(tail)})
 
     async def _wait(self, api: AsyncJobApi) -> tuple[str, str]:
-        pause = min(_FIRST_POLL_SECONDS, self.poll_interval)
+        started = time.monotonic()
         while True:
             job = await api.find(self.submission_id)
             if job is None:
@@ -102,8 +104,11 @@ class RayJobTrigger(BaseTrigger):
             if self.deadline is not None and time.time() > self.deadline:
                 await api.stop(self.submission_id)
                 return TIMED_OUT, f"Ray job {self.submission_id} ran past its deadline and was stopped"
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, self.poll_interval)
+            await asyncio.sleep(self.pause(time.monotonic() - started))
+
+    def pause(self, age: float) -> float:
+        """Seconds until the next status poll of a job this old (as this trigger has watched it)."""
+        return min(self.poll_interval, max(_FIRST_POLL_SECONDS, age * _POLL_SHARE_OF_AGE))
 
     async def _stream(self, api: AsyncJobApi, tail: deque[str]) -> bool:
         """The job's log into the task's log as the tail delivers it; whether it got to the log's end."""

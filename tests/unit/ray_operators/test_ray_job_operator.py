@@ -356,23 +356,10 @@ def test_a_log_stream_that_broke_off_is_completed_from_the_whole_log(monkeypatch
     assert event["status"] == "SUCCEEDED" and event["log_tail"] == ["working", "RESULT: done"]
 
 
-def test_a_long_jobs_status_polls_back_off_to_the_poll_interval(monkeypatch):
-    api = EndingJobApi(tail_lag=0.0)
-    trigger = RayJobTrigger(submission_id="airflow-x-try1", poll_interval=1.0)
-
-    async def fake_api():
-        return api
-
-    monkeypatch.setattr(trigger, "_api", fake_api)
-
-    async def scenario():
-        running = asyncio.create_task(_first(trigger))
-        await asyncio.sleep(5.0)
-        api.end()
-        return await running
-
-    asyncio.run(scenario())
-    assert 5 <= api.status_polls <= 8  # 0.5 s, then 1 s apart: not every half second for five seconds
+def test_status_polls_wait_a_tenth_of_the_jobs_age_from_half_a_second_up_to_the_poll_interval():
+    trigger = RayJobTrigger(submission_id="airflow-x-try1", poll_interval=5.0)
+    assert [trigger.pause(age) for age in (0.0, 3.0, 20.0, 45.0, 3600.0)] == [0.5, 0.5, 2.0, 4.5, 5.0]
+    assert RayJobTrigger(submission_id="airflow-x-try1", poll_interval=0.2).pause(0.0) == 0.2
 
 
 def _briefly_waiting_operator(tmp_path, api: FakeJobApi, monkeypatch, job: EndingJobApi, wait: float):
