@@ -209,7 +209,7 @@ def _read_pid(service: Service, work: Path) -> int | None:
     return pid if pid and _pid_alive(pid) else None
 
 
-def _port_busy(port: int) -> bool:
+def port_busy(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -307,7 +307,7 @@ def _ray_node_command(name: str, pipeline: PipelineSettings, stack: LocalStackSe
 def _start(service: Service, pipeline: PipelineSettings, stack: LocalStackSettings, timeout: float) -> None:
     work = pipeline.work_dir.resolve()
     for port, setting in sorted(service.ports.items()):
-        if _port_busy(port):
+        if port_busy(port):
             raise StackError(
                 f"{service.name}: port {port} on 127.0.0.1 is already in use by another program. "
                 f"Stop it, or move this server with {setting}=<free port>."
@@ -400,7 +400,7 @@ def down(names: list[str] | None = None) -> None:
         if not names or service.name in names:
             _stop(service, work)
     ray_stopped = not names or "ray" in names
-    if ray_stopped and (still_busy := [p for p in (stack.ray_gcs_port, stack.ray_dashboard_port) if _port_busy(p)]):
+    if ray_stopped and (still_busy := [p for p in (stack.ray_gcs_port, stack.ray_dashboard_port) if port_busy(p)]):
         print(f"warning: ports {still_busy} still busy after stopping Ray", flush=True)
 
 

@@ -51,6 +51,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tools.stack import port_busy
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -471,22 +473,12 @@ class Stack:
 # --- the test ----------------------------------------------------------------------------------------------
 
 
-def _busy(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     for tool in ("unshare", "nsenter", "initdb", "pg_ctl", "psql", "pg_isready", "curl", "wget"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not on PATH: the stack's commands and checks need it")
-    busy = {name: taken for name, ports in COMPOSE_PORTS.items() if (taken := [p for p in ports if _busy(p)])}
+    busy = {name: taken for name, ports in COMPOSE_PORTS.items() if (taken := [p for p in ports if port_busy(p)])}
     if busy:
         pytest.fail(f"compose's ports are taken on this machine ({busy}): stop what listens there "
                     "(a demo stack: `python -m tools.stack down`) and run again")
