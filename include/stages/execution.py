@@ -86,7 +86,7 @@ def _seconds_left(settings: PipelineSettings, started: float) -> float | None:
     return None if limit is None else limit - (time.perf_counter() - started)
 
 
-def _split_rows(row: dict[str, Any], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
+def split_rows(row: dict[str, Any], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
     doc = DocInput.model_validate_json(row["doc"])
     base = {"doc_id": row["doc_id"], "doc": row["doc"], "error": "", "bad_file": False, "units": 0}
     try:
@@ -114,10 +114,6 @@ class PartWorker:
         self._worker = stage.worker(settings)
         self._stage, self._settings = stage, settings
         log.info("%s worker ready in %.1fs", stage.name, time.perf_counter() - clock)
-
-    def split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        """One document's parts (``_split_rows``), here where the stage's libraries are loaded."""
-        return _split_rows(row, stage=self._stage, settings=self._settings)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"doc_id": [], "index": [], "payload": [], "error": [], "bad_file": [],
@@ -214,7 +210,7 @@ def _document_rows(items: list[StageInput]) -> list[dict[str, Any]]:
 
 
 def _split_slice(rows: list[dict[str, Any]], *, stage: Stage, settings: PipelineSettings) -> list[dict[str, Any]]:
-    return [part for row in rows for part in _split_rows(row, stage=stage, settings=settings)]
+    return [part for row in rows for part in split_rows(row, stage=stage, settings=settings)]
 
 
 def _pipeline(

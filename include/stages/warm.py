@@ -54,7 +54,7 @@ import include
 from include.settings import PipelineSettings, PoolSettings
 from include.quality.expectations import Checks
 from include.stages.base import Progress, Stage, Validate
-from include.stages.execution import PartWorker
+from include.stages.execution import PartWorker, split_rows
 from include.worker_options import THREADS_ENV, actor_options
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,11 @@ class WarmPartWorker(PartWorker, KeptWarm):
         PartWorker.__init__(self, stage, settings)
         KeptWarm.__init__(self, stage.name, settings.warm_idle_seconds)
 
-    def split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def split(self, row: dict[str, Any], stage: Stage) -> list[dict[str, Any]]:
+        """One document's parts, by the job's stage (its code, which names the pool, is this actor's;
+        a test's stand-in stage may split otherwise), here where the stage's libraries are loaded."""
         with self.working():
-            return PartWorker.split(self, row)
+            return split_rows(row, stage=stage, settings=self._settings)
 
     def run(self, row: dict[str, Any]) -> dict[str, Any]:
         """One part's row (as ``PartWorker`` takes a batch of one)."""
@@ -349,6 +351,6 @@ def run_parts(stage: Stage, settings: PipelineSettings, documents: list[dict[str
     actors, loads = leased_pool(WarmPartWorker, pool_name(stage.name, settings, stage.worker), pool, settings,
                                 stage, settings)
     progress.add(model_loads=loads)
-    parts = [part for split in ActorPool(actors).map(lambda actor, row: actor.split.remote(row), documents)
-             for part in split]
+    splits = ActorPool(actors).map(lambda actor, row: actor.split.remote(row, stage), documents)
+    parts = [part for split in splits for part in split]
     yield from ActorPool(actors).map(lambda actor, row: actor.run.remote(row), parts)

@@ -140,9 +140,11 @@ class RayJobTrigger(BaseTrigger):
         lines = (text or "").split("\n")
         if lines and lines[-1] == "":
             lines.pop()  # the log's final newline
-        for line in lines[self.lines_streamed:]:
+        for number, line in enumerate(lines[self.lines_streamed:], 1):
             tail.append(line)
             self.log.info("[ray] %s", line)
+            if number % _LINES_PER_TURN == 0:
+                await asyncio.sleep(0)  # as in _stream: other triggers' turn
         self.lines_streamed = max(self.lines_streamed, len(lines))
 
     async def on_kill(self) -> None:
