@@ -29,6 +29,7 @@ The spans index the text given (no normalisation changes lengths) and never over
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -63,11 +64,17 @@ _PHONE_CONTEXT = re.compile(r"(?i)\b(?:phone|tel|telephone|mobile|cell|fax|hotli
 _CUT_END = re.compile(r"[-.:][0-9A-Za-z]|/(?!\+|\(?\d{2,}[ .)-])")
 _UNIT = re.compile(r" ?(?:mg|g|kg|mL|ml|L|µg|mcg|°|%|units?|mmHg|IU|h|min|days?|weeks?)\b")
 _SSN_HEADER = re.compile(r"(?i)\b(?:ssn|social security)\b")
+_PHONE_HEADER = re.compile(r"(?i)\b(?:phone|tel|telephone|mobile|cell|fax|contact number)\b")
 _SSN_CELL = re.compile(r"\d{3}[-. ]?\d{2}[-. ]?\d{4}")
 # A closing parenthesis before any opening one: the number follows a list item or a call ("1) -2147...").
 _UNOPENED = re.compile(r"^[^(]*\)")
 # A decimal fraction: a lone 0, its point, digits.
 _DECIMAL = re.compile(r"^\(?0[.,]\d")
+# A reference is not PII, whatever its digits look like: an ISBN-10 or -13 as printed (its last group
+# is the one check character) or after the word, whose check digit holds; a DOI (10.<registrant>/<id>).
+_ISBNS = (re.compile(r"(?<![\w-])(?P<number>(?:97[89][- ])?\d{1,5}[- ]\d{1,7}[- ]\d{1,7}[- ][\dX])(?![\w-])"),
+          re.compile(r"(?i:isbn(?:-1[03])?:?) ?(?P<number>(?:97[89][- ]?)?\d[\d -]{7,12}[\dX])(?![\w-])"))
+_DOI = re.compile(r"\b10\.\d{4,9}/\S+?(?=[.,;)]*(?:\s|$))")
 _MIN_PHONE_DIGITS = 7
 _MAX_PHONE_DIGITS = 15  # E.164
 _NANP_DIGITS = 10  # area code and number
@@ -101,7 +108,7 @@ def find_pii(text: str) -> list[Span]:
     found += _ssn_columns(text)
     found += [Span(m.start(), m.end(), "CREDIT_CARD")
               for card in _CARDS for m in card.finditer(flat) if luhn_valid(m.group())]
-    found += _phones(flat) + _phones_split_by_layout(text)
+    found += _phones(flat) + _phones_split_by_layout(text) + _phone_columns(text)
     # Nine bare digits are an SSN after the word (a table's header may be a few rows up) or
     # right next to other PII (a ledger line: subject, SSN, card).
     beside = [(s.start, s.end) for s in found] + [m.span() for m in _MARKER.finditer(flat)]
@@ -111,26 +118,60 @@ def find_pii(text: str) -> list[Span]:
             0 <= start - e <= 2 or 0 <= s - end <= 2 for s, e in beside
         ):
             found.append(Span(start, end, "SSN"))
-    return _without_overlaps(found)
+    references = _references(flat)
+    return _without_overlaps([span for span in found if span.kind == "EMAIL" or not any(
+        start < span.end and span.start < end for start, end in references)])
+
+
+def isbn_valid(number: str) -> bool:
+    """The check character of an ISBN-10 (weights 10 to 1, mod 11, X for 10) or an ISBN-13 (weights
+    1 and 3, mod 10), separators ignored."""
+    chars = re.sub(r"[^\dX]", "", number.upper())
+    if len(chars) == 10 and chars[:9].isdigit():
+        values = [int(c) for c in chars[:9]] + [10 if chars[9] == "X" else int(chars[9])]
+        return sum(weight * value for weight, value in zip(range(10, 0, -1), values)) % 11 == 0
+    if len(chars) == 13 and chars.isdigit() and chars.startswith(("978", "979")):
+        return sum(int(c) * (3 if position % 2 else 1) for position, c in enumerate(chars)) % 10 == 0
+    return False
+
+
+def _references(flat: str) -> list[tuple[int, int]]:
+    """Where the text cites something: ISBNs whose check character holds, and DOIs."""
+    isbns = [m.span("number") for shape in _ISBNS for m in shape.finditer(flat) if isbn_valid(m["number"])]
+    return isbns + [m.span() for m in _DOI.finditer(flat)]
 
 
 def _ssn_columns(text: str) -> list[Span]:
     """Nine digits in a Markdown table column headed "SSN": the header is their context."""
-    spans: list[Span] = []
-    columns: list[bool] = []  # per column: does its header say SSN?
+    return [Span(start, end, "SSN") for start, end in _column_cells(text, _SSN_HEADER)
+            if _SSN_CELL.fullmatch(text[start:end])]
+
+
+def _phone_columns(text: str) -> list[Span]:
+    """Numbers in a Markdown table column headed like a phone ("Phone", "Fax"): the header names
+    them, as a phone word before a number does."""
+    flat = re.sub(r"\s", " ", text)
+    return [Span(start, end, "PHONE") for start, end in _column_cells(text, _PHONE_HEADER)
+            if _is_phone(flat, start, end, named=True)]
+
+
+def _column_cells(text: str, header: re.Pattern) -> list[tuple[int, int]]:
+    """The spans of the non-empty cells of Markdown table columns whose header matches ``header``."""
+    spans: list[tuple[int, int]] = []
+    columns: list[bool] = []  # per column: does its header match?
     offset = 0
     for line in text.split("\n"):
         if not line.startswith("|"):
             columns = []
         elif not columns:
-            columns = [bool(_SSN_HEADER.search(cell)) for cell in line.split("|")]
+            columns = [bool(header.search(cell)) for cell in line.split("|")]
         elif any(columns):
             position = offset
             for number, cell in enumerate(line.split("|")):
                 value = cell.strip()
-                if number < len(columns) and columns[number] and _SSN_CELL.fullmatch(value):
+                if value and number < len(columns) and columns[number]:
                     start = position + cell.index(value)
-                    spans.append(Span(start, start + len(value), "SSN"))
+                    spans.append((start, start + len(value)))
                 position += len(cell) + 1
         offset += len(line) + 1
     return spans
@@ -186,7 +227,8 @@ def _among_numbers(flat: str, run_start: int, start: int, run_end: int, end: int
     return len(_PLAIN_NUMBER.findall(beside)) >= _NUMBERS_OF_A_ROW
 
 
-def _is_phone(flat: str, start: int, end: int) -> bool:
+def _is_phone(flat: str, start: int, end: int, *, named: bool = False) -> bool:
+    """Whether ``flat[start:end]`` is a phone number; ``named``: a table column's header says it is one."""
     import phonenumbers
 
     candidate = flat[start:end]
@@ -203,7 +245,7 @@ def _is_phone(flat: str, start: int, end: int) -> bool:
         return False
     if _DECIMAL.match(candidate):  # 0.000488281
         return False
-    context = bool(_PHONE_CONTEXT.search(flat[max(0, start - 24) : start]))
+    context = named or bool(_PHONE_CONTEXT.search(flat[max(0, start - 24) : start]))
     formatted = bool(re.search(r"\d[ .()\-]+\d|^\(", candidate))
     # Bare digits (2125550142, 0012345678) are most often ids: a phone only after a phone word.
     if not formatted and not context and not candidate.startswith("+"):
@@ -275,14 +317,21 @@ _SECTION_OCTET = 31
 
 
 def is_ip_address(text: str, start: int, end: int) -> bool:
-    """Whether what Presidio took for an IP address at ``text[start:end]`` is one: an IPv6 address
-    written with at least three groups (``::4``, ``1::2`` and C++'s ``b::c`` are slices, loopbacks
-    and scopes); an IPv4 address not named as a version (``version 1.2.3.4``), and, if all its
-    octets are small enough to number a section of a manual (``27 1.2.19.1 OpenMP support``),
-    only after a word that says address."""
+    """Whether what Presidio took for an IP address at ``text[start:end]`` is one.
+
+    An IPv6 address in space the IETF keeps reserved (``::/8`` and all else outside global unicast,
+    unique and link-local, multicast, IPv4-mapped) is one only after a word that says address: that is
+    where code's slices, loopbacks and scopes (``::4``, ``1::2``, ``::1``, C++'s ``b::c``) and
+    gnuplot's ``every ::3:0:7:4`` fall. An IPv4 address is not one when named as a version
+    (``version 1.2.3.4``), and, if all its octets are small enough to number a section of a manual
+    (``27 1.2.19.1 OpenMP support``), only after a word that says address."""
     value, before = text[start:end], text[max(0, start - 24) : start]
-    if ":" in value and "." not in value:
-        return len([group for group in value.split(":") if group]) >= 3
+    if ":" in value:
+        try:
+            address = ipaddress.ip_interface(value).ip
+        except ValueError:
+            return False
+        return not address.is_reserved or address.ipv4_mapped is not None or bool(_ADDRESS_WORD.search(before))
     if _VERSION_WORD.search(before):
         return False
     octets = [int(octet) for octet in re.findall(r"\d+", value)]

@@ -32,5 +32,9 @@ echo "==> Creating .venv and installing dependencies (first run only, a few minu
 # The local embedder's model exported to ONNX, from the packaged copy (no download): what the embed
 # actors run by default (PIPELINE_EMBED_RUNTIME=onnx).
 .venv/bin/python -m include.backends.minilm_export
+# The redaction tests' precision corpus: PII-free manuals out of pinned Debian packages, fetched from
+# Debian's registry as the wheels are from PyPI (tools/precision_corpus.py). Without it only the
+# test that reads it fails, naming the package; the demo needs none of it.
+.venv/bin/python -m tools.precision_corpus || echo "warning: the precision corpus could not be fetched" >&2
 echo "$want" > "$stamp"
 echo "==> Dependencies installed"

@@ -13,6 +13,7 @@ cache and unpacks it there. Some are *held out*: rules are tuned on the others, 
 ones are reported apart, to tell a rule that generalizes from one fitted to its examples.
 
     python -m tools.precision_corpus <folder>     # writes <folder>/tuning/*.pdf and <folder>/held_out/*.pdf
+    python -m tools.precision_corpus              # only fetches what is missing (the install does it)
 """
 
 from __future__ import annotations
@@ -91,11 +92,15 @@ def _downloaded(manual: Manual, cache: Path) -> Path:
     return target
 
 
+def fetch(cache: Path = CACHE) -> list[Path]:
+    """Every manual's source: where its package installed it, else out of the downloaded package."""
+    return [_installed(manual) or _downloaded(manual, cache) for manual in MANUALS]
+
+
 def write_corpus(folder: Path, cache: Path = CACHE) -> dict[str, list[Path]]:
     """Every manual as a PDF under ``folder/tuning`` or ``folder/held_out``; by split."""
     written: dict[str, list[Path]] = {"tuning": [], "held_out": []}
-    for manual in MANUALS:
-        source = _installed(manual) or _downloaded(manual, cache)
+    for manual, source in zip(MANUALS, fetch(cache)):
         split = "held_out" if manual.held_out else "tuning"
         target = folder / split / manual.filename
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,9 +115,12 @@ def write_corpus(folder: Path, cache: Path = CACHE) -> dict[str, list[Path]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.precision_corpus", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=Path, nargs="?", help="where to write the PDFs (none: only fetch)")
     args = parser.parse_args(argv)
     try:
+        if args.folder is None:
+            print(f"precision corpus: {len(fetch())} manuals ready")
+            return 0
         written = write_corpus(args.folder)
     except CorpusUnavailable as exc:
         print(exc, file=sys.stderr)

@@ -120,6 +120,16 @@ class LocalEnricher:
         # Twice as many as kept: phrases around a redaction marker are dropped.
         self._keywords = yake.KeywordExtractor(lan="en", n=3, top=self._top_phrases * 2)
 
+    @property
+    def entities(self) -> list[str]:
+        """The Presidio entities it redacts."""
+        return list(self._entities)
+
+    def recognizers(self, entities: list[str]) -> list[Any]:
+        """The analyzer's recognizers of some of these entities."""
+        return [recognizer for recognizer in self._analyzer.registry.get_recognizers(language="en", entities=entities)
+                if set(recognizer.supported_entities) & set(entities)]
+
     def enrich(self, text: str) -> Enrichment:
         return self.enrich_many([text])[0]
 
