@@ -127,8 +127,8 @@ class LocalEnricher:
 
     def recognizers(self, entities: list[str]) -> list[Any]:
         """The analyzer's recognizers of some of these entities."""
-        return [recognizer for recognizer in self._analyzer.registry.get_recognizers(language="en", entities=entities)
-                if set(recognizer.supported_entities) & set(entities)]
+        registered = self._analyzer.registry.get_recognizers(language="en", entities=entities)
+        return [recognizer for recognizer in registered if set(recognizer.supported_entities) & set(entities)]
 
     def enrich(self, text: str) -> Enrichment:
         return self.enrich_many([text])[0]

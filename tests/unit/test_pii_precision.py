@@ -94,7 +94,8 @@ def test_an_isbn_shaped_number_with_a_wrong_check_digit_is_still_looked_at():
 
 
 def test_a_column_headed_like_a_phone_names_the_numbers_in_it():
-    table = "| Site | Fax | Lot |\n|---|---|---|\n| Leeds | 555-0142 | 451-905-0333 |\n| York | 2125550199 | 7 |"
+    table = ("| Site | Fax | Lot |\n|---|---|---|\n"
+             "| Leeds | 555-0142 | 451-905-0333 |\n| York | 2125550199 | 7 |")
     found = [table[span.start : span.end] for span in find_pii(table)]
     # Seven digits and bare digits count under a "Fax" header; the lot number beside them does not.
     assert found == ["555-0142", "2125550199"]
