@@ -35,8 +35,11 @@ from dataclasses import dataclass
 
 PII_KINDS = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD")
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_SSN = re.compile(r"(?<![\d.-])\d{3}([-. ]) ?\d{2}\1 ?\d{4}(?![\d-]|\.\d)")
+# The top-level domain is letters: "…example.net0044 20 7946 0902" is an address glued to a phone number.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
+# Where a separator may be followed by a line break (read as spaces: one, or two for a CRLF).
+_BREAK = " {0,2}"
+_SSN = re.compile(rf"(?<![\d.-])\d{{3}}([-. ]){_BREAK}\d{{2}}\1{_BREAK}\d{{4}}(?![\d-]|\.\d)")
 _NINE_DIGITS = re.compile(r"(?<![\d-])\d{9}(?![\d-])")
 # An SSN is asked for by name, or as the taxpayer id of a W-9.
 _SSN_WORD = re.compile(r"(?i)\b(?:ssn|social security|tin|taxpayer|tax id(?:entifier)?|w-9)\b")
@@ -44,13 +47,14 @@ _SSN_WORD_REACH = 200
 _MARKER = re.compile(r"\[REDACTED:[A-Z_]+\]")
 # A phone number a table cell cut in two: its head ends the row, the rest opens the next paragraph.
 _SPLIT_PHONE = re.compile(
-    r"(?P<head>(?:\+|00)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){0,2}|\(\d{3}\))[ \t]*(?:\|[ \t]*)*\n\s*(?P<tail>\d[\d .-]{4,}\d)"
+    r"(?P<head>(?:\+|00)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){0,2}|\(\d{3}\))[ \t]*(?:\|[ \t]*)*\r?\n\s*(?P<tail>\d[\d .-]{4,}\d)"
 )
 # Card numbers as printed: 4-4-4-4 (and up to 3 more), Amex's 4-6-5, or 13 to 19 bare digits.
-# A separator may be followed by a space where a line break fell.
-# Each is tried on its own (a 16-digit card followed by a list number is not a 19-digit one).
+# A separator may be followed by a line break. Each is tried on its own (a 16-digit card followed by a
+# list number is not a 19-digit one).
 _CARDS = tuple(re.compile(rf"(?<![\d-]){shape}(?![\d-])") for shape in (
-    r"\d{4}(?:[ -] ?\d{4}){3}", r"\d{4}(?:[ -] ?\d{4}){3}[ -]\d{1,3}", r"\d{4}[ -] ?\d{6}[ -] ?\d{5}", r"\d{13,19}"))
+    rf"\d{{4}}(?:[ -]{_BREAK}\d{{4}}){{3}}", rf"\d{{4}}(?:[ -]{_BREAK}\d{{4}}){{3}}[ -]\d{{1,3}}",
+    rf"\d{{4}}[ -]{_BREAK}\d{{6}}[ -]{_BREAK}\d{{5}}", r"\d{13,19}"))
 # Not inside a word (NCT01234567) or another number.
 _PHONE_RUN = re.compile(r"(?<![A-Za-z0-9+])(?:\+|00(?=[1-9]))?\(?\d(?:(?:[\d ()\-]|\.(?=\d))*\d)?")
 _DATE = re.compile(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{4}[./-]\d{1,2}[./-]\d{1,2}")
@@ -70,9 +74,11 @@ _SSN_CELL = re.compile(r"\d{3}[-. ]?\d{2}[-. ]?\d{4}")
 _UNOPENED = re.compile(r"^[^(]*\)")
 # A decimal fraction: a lone 0, its point, digits.
 _DECIMAL = re.compile(r"^\(?0[.,]\d")
-# A reference is not PII, whatever its digits look like: an ISBN-10 or -13 as printed (its last group
-# is the one check character) or after the word, whose check digit holds; a DOI (10.<registrant>/<id>).
-_ISBNS = (re.compile(r"(?<![\w-])(?P<number>(?:97[89][- ])?\d{1,5}[- ]\d{1,7}[- ]\d{1,7}[- ][\dX])(?![\w-])"),
+# A reference is not PII, whatever its digits look like: an ISBN-10 or -13 as printed (hyphenated, its
+# last group the one check character) or after the word, whose check digit holds; a DOI (10.<registrant>/<id>).
+# Printed without the word, only with hyphens: "+61 2 5550 9098 3" (a phone, then a list number) has an
+# ISBN-10's groups and, one time in eleven, its check digit.
+_ISBNS = (re.compile(r"(?<![\w-])(?P<number>(?:97[89]-)?\d{1,5}-\d{1,7}-\d{1,7}-[\dX])(?![\w-])"),
           re.compile(r"(?i:isbn(?:-1[03])?:?) ?(?P<number>(?:97[89][- ]?)?\d[\d -]{7,12}[\dX])(?![\w-])"))
 _DOI = re.compile(r"\b10\.\d{4,9}/\S+?(?=[.,;)]*(?:\s|$))")
 _MIN_PHONE_DIGITS = 7
@@ -104,6 +110,10 @@ def find_pii(text: str) -> list[Span]:
     """Non-overlapping spans of PII-shaped text, in order (overlaps: see ``_without_overlaps``)."""
     flat = re.sub(r"\s", " ", text)  # same length: spans found in it index ``text``
     found = [Span(m.start(), m.end(), "EMAIL") for m in _EMAIL.finditer(flat)]
+    # The numbers are looked for with the e-mail addresses blanked: their digits are no number, and a
+    # number glued to one (an address, then a phone, with no space) stands alone.
+    for email in found:
+        flat = f"{flat[: email.start]}{' ' * (email.end - email.start)}{flat[email.end :]}"
     found += [Span(m.start(), m.end(), "SSN") for m in _SSN.finditer(flat)]
     found += _ssn_columns(text)
     found += [Span(m.start(), m.end(), "CREDIT_CARD")
@@ -112,9 +122,10 @@ def find_pii(text: str) -> list[Span]:
     # Nine bare digits are an SSN after the word (a table's header may be a few rows up) or
     # right next to other PII (a ledger line: subject, SSN, card).
     beside = [(s.start, s.end) for s in found] + [m.span() for m in _MARKER.finditer(flat)]
+    words = _MARKER.sub(lambda marker: " " * len(marker.group()), flat)  # "[REDACTED:SSN]" is no word for SSN
     for match in _NINE_DIGITS.finditer(flat):
         start, end = match.span()
-        if _SSN_WORD.search(flat[max(0, start - _SSN_WORD_REACH) : start]) or any(
+        if _SSN_WORD.search(words[max(0, start - _SSN_WORD_REACH) : start]) or any(
             0 <= start - e <= 2 or 0 <= s - end <= 2 for s, e in beside
         ):
             found.append(Span(start, end, "SSN"))

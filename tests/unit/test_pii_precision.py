@@ -88,9 +88,17 @@ def test_an_isbn_is_told_by_its_check_character(number, valid):
     assert isbn_valid(number) is valid
 
 
-def test_an_isbn_shaped_number_with_a_wrong_check_digit_is_still_looked_at():
-    # 13 digits that pass Luhn and are no ISBN: a card, ISBN word or not.
+def test_what_only_looks_like_an_isbn_is_still_looked_at():
+    # 16 digits that pass Luhn and are no ISBN: a card, ISBN word or not.
     assert [span.kind for span in find_pii("ISBN 4111111111111111")] == ["CREDIT_CARD"]
+    # A phone and a list number read as ISBN-10 groups, with a check digit that holds (2555090983).
+    assert [span.kind for span in find_pii("mobile: +61 2 5550 9098 3. Unblinding line")] == ["PHONE"]
+
+
+def test_a_redaction_marker_is_not_the_word_that_makes_nine_digits_an_ssn():
+    text = "Escalation: [REDACTED:SSN] on file.\nS-20260330-9420 326756902 February 12, 2026"
+    assert find_pii(text) == []
+    assert [span.kind for span in find_pii(text.replace("[REDACTED:SSN]", "the SSN"))] == ["SSN"]
 
 
 def test_a_column_headed_like_a_phone_names_the_numbers_in_it():
