@@ -41,8 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": ""}
 
 
-def run_child(mode: str, pdf: Path, work: Path) -> dict:
-    """One path over the document, in a child process of the benchmark (its memory its own)."""
+def run_child(mode: str, pdf: Path, work: Path, passes: int) -> dict:
+    """One path over the document, ``passes`` times, in a child process of the benchmark (its memory its
+    own). Each pass starts with no artifacts, so every stage runs again; the Ray path's warm workers
+    (``include.stages.warm``) stay up between passes, as they do between the jobs of a deployment, and the
+    plain path builds its workers again, as every run of a plain process would."""
     os.environ.update(OFFLINE)
     from include.documents import discover
     from include.settings import PipelineSettings
@@ -66,20 +69,24 @@ def run_child(mode: str, pdf: Path, work: Path) -> dict:
                                                          if k.startswith("PIPELINE_")}}})
         executor = run_on_ray
     documents, _ = discover(Storage(settings), settings.inbox_uri)
-    results = run_stages(settings, documents, "load", executor=executor)
-    failed = {stage: [o.error for o in r.failed] for stage, r in results.items() if r.failed}
-    if failed:
-        raise SystemExit(f"the {mode} path failed documents: {failed}")
-    return {"stages": {stage: [r.started_at.timestamp(), r.finished_at.timestamp()] for stage, r in results.items()},
-            "chunks": results["load"].metrics.get("vectors", 0),
+    timings = []
+    for number in range(passes):
+        shutil.rmtree(work / "artifacts", ignore_errors=True)
+        results = run_stages(settings, documents, "load", executor=executor)
+        failed = {stage: [o.error for o in r.failed] for stage, r in results.items() if r.failed}
+        if failed:
+            raise SystemExit(f"the {mode} path failed documents in pass {number + 1}: {failed}")
+        timings.append({stage: [r.started_at.timestamp(), r.finished_at.timestamp()] for stage, r in results.items()})
+    return {"passes": timings, "chunks": results["load"].metrics.get("vectors", 0),
             "embeddings": results["embed"].succeeded[0].manifest_uri}
 
 
-def measured(mode: str, pdf: Path, scratch: Path, runtime: str) -> tuple[dict, ProcessSampler]:
+def measured(mode: str, pdf: Path, scratch: Path, runtime: str, passes: int) -> tuple[dict, ProcessSampler]:
     work = scratch / f"work-{mode}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "STACK_", "RAY_"))}
     env["PIPELINE_EMBED_RUNTIME"] = runtime
-    child = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stages", "--child", mode, str(pdf), str(work)],
+    child = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stages", "--child", mode, str(pdf), str(work),
+                              "--passes", str(passes)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if mode == "plain":
         def picks(process) -> bool:
@@ -150,16 +157,32 @@ def _quantized(folder: Path) -> Path:
     return out
 
 
+def print_pass(plain: dict, ray: dict, plain_cpu: ProcessSampler, ray_cpu: ProcessSampler) -> None:
+    header = f"{'stage':<9}{'plain s':>9}{'Ray s':>8}{'Ray/plain':>10}{'plain CPU':>10}{'Ray CPU':>9}"
+    print(header + "\n" + "-" * len(header))
+    for stage, (p_start, p_end) in plain.items():
+        r_start, r_end = ray[stage]
+        print(f"{stage:<9}{p_end - p_start:>9.1f}{r_end - r_start:>8.1f}{(r_end - r_start) / (p_end - p_start):>10.2f}"
+              f"{plain_cpu.busy(p_start, p_end):>10.0%}{ray_cpu.busy(r_start, r_end):>9.0%}")
+    p_all = [min(s for s, _ in plain.values()), max(e for _, e in plain.values())]
+    r_all = [min(s for s, _ in ray.values()), max(e for _, e in ray.values())]
+    print(f"{'all':<9}{p_all[1] - p_all[0]:>9.1f}{r_all[1] - r_all[0]:>8.1f}"
+          f"{(r_all[1] - r_all[0]) / (p_all[1] - p_all[0]):>10.2f}"
+          f"{plain_cpu.busy(*p_all):>10.0%}{ray_cpu.busy(*r_all):>9.0%}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_stages", description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=600)
     parser.add_argument("--sample", type=int, default=1024, help="chunks embedded by each runtime")
     parser.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="the stages' embedder")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="runs of each path; from the second on, the Ray path's workers are warm")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         mode, pdf, work = args.child
-        print(json.dumps(run_child(mode, Path(pdf), Path(work))))
+        print(json.dumps(run_child(mode, Path(pdf), Path(work), args.passes)))
         return 0
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-stages-", dir="/tmp"))
@@ -169,20 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> one {args.pages}-page PDF, {os.cpu_count()} CPUs, embedder runtime {args.runtime}", flush=True)
         results = {}
         for mode in ("plain", "ray"):
-            results[mode] = measured(mode, pdf, scratch, args.runtime)
+            results[mode] = measured(mode, pdf, scratch, args.runtime, args.passes)
             print(f"    {mode}: done, {results[mode][0]['chunks']} chunks", flush=True)
         (plain, plain_cpu), (ray, ray_cpu) = results["plain"], results["ray"]
-        header = f"{'stage':<9}{'plain s':>9}{'Ray s':>8}{'Ray/plain':>10}{'plain CPU':>10}{'Ray CPU':>9}"
-        print("\n" + header + "\n" + "-" * len(header))
-        for stage, (p_start, p_end) in plain["stages"].items():
-            r_start, r_end = ray["stages"][stage]
-            print(f"{stage:<9}{p_end - p_start:>9.1f}{r_end - r_start:>8.1f}{(r_end - r_start) / (p_end - p_start):>10.2f}"
-                  f"{plain_cpu.busy(p_start, p_end):>10.0%}{ray_cpu.busy(r_start, r_end):>9.0%}")
-        p_all = [min(s for s, _ in plain["stages"].values()), max(e for _, e in plain["stages"].values())]
-        r_all = [min(s for s, _ in ray["stages"].values()), max(e for _, e in ray["stages"].values())]
-        print(f"{'all':<9}{p_all[1] - p_all[0]:>9.1f}{r_all[1] - r_all[0]:>8.1f}"
-              f"{(r_all[1] - r_all[0]) / (p_all[1] - p_all[0]):>10.2f}"
-              f"{plain_cpu.busy(*p_all):>10.0%}{ray_cpu.busy(*r_all):>9.0%}")
+        for number, (plain_pass, ray_pass) in enumerate(zip(plain["passes"], ray["passes"])):
+            print(f"\npass {number + 1}: " + ("a cold cluster (Ray's pools start, every model loads)" if number == 0
+                                              else "Ray's workers warm from the pass before"))
+            print_pass(plain_pass, ray_pass, plain_cpu, ray_cpu)
         print(f"peak memory: plain process {plain_cpu.peak_mb:.0f} MB, largest Ray worker {ray_cpu.peak_mb:.0f} MB")
 
         print(f"\n{'embedder':<11}{'chunks/s':>9}{'x torch':>8}{'cos mean':>10}{'cos min':>9}")
