@@ -19,6 +19,7 @@ int8 dynamically quantized export, which is not used (see ``include.backends.min
     .venv/bin/python -m benchmarks.bench_stages                  # a 600-page document
     .venv/bin/python -m benchmarks.bench_stages --pages 2415     # as large as the issue's manual
     .venv/bin/python -m benchmarks.bench_stages --runtime torch  # the stages with the torch embedder
+    .venv/bin/python -m benchmarks.bench_stages --setting PIPELINE_EMBED_POOL__ACTOR_CPUS=2  # other settings
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def run_child(mode: str, pdf: Path, work: Path, passes: int) -> dict:
             "embeddings": results["embed"].succeeded[0].manifest_uri}
 
 
-def measured(mode: str, pdf: Path, scratch: Path, runtime: str, passes: int) -> tuple[dict, ProcessSampler]:
+def measured(mode: str, pdf: Path, scratch: Path, runtime: str, passes: int,
+             settings: dict[str, str]) -> tuple[dict, ProcessSampler]:
     work = scratch / f"work-{mode}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "STACK_", "RAY_"))}
-    env["PIPELINE_EMBED_RUNTIME"] = runtime
+    env.update(settings, PIPELINE_EMBED_RUNTIME=runtime)
     child = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stages", "--child", mode, str(pdf), str(work),
                               "--passes", str(passes)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="the stages' embedder")
     parser.add_argument("--passes", type=int, default=2,
                         help="runs of each path; from the second on, the Ray path's workers are warm")
+    parser.add_argument("--setting", action="append", default=[], metavar="PIPELINE_NAME=VALUE",
+                        help="a setting for both paths (repeatable), e.g. PIPELINE_EMBED_POOL__ACTOR_CPUS=2")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -189,10 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (scratch / "inbox").mkdir()
         pdf = synthetic_pdf(scratch / "inbox" / "manual.pdf", args.pages, seed=2415)
-        print(f"==> one {args.pages}-page PDF, {os.cpu_count()} CPUs, embedder runtime {args.runtime}", flush=True)
+        print(f"==> one {args.pages}-page PDF, {os.cpu_count()} CPUs, embedder runtime {args.runtime}"
+              + "".join(f", {setting}" for setting in args.setting), flush=True)
         results = {}
         for mode in ("plain", "ray"):
-            results[mode] = measured(mode, pdf, scratch, args.runtime, args.passes)
+            results[mode] = measured(mode, pdf, scratch, args.runtime, args.passes,
+                                     dict(setting.split("=", 1) for setting in args.setting))
             print(f"    {mode}: done, {results[mode][0]['chunks']} chunks", flush=True)
         (plain, plain_cpu), (ray, ray_cpu) = results["plain"], results["ray"]
         for number, (plain_pass, ray_pass) in enumerate(zip(plain["passes"], ray["passes"])):
