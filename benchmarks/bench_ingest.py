@@ -33,6 +33,7 @@ import json
 import os
 import random
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_plain(args.plain_child)))
         return 0
 
+    # One Ray token for every stack the bench starts: Ray's job client keeps the first token it read for
+    # the whole process, and a second stack with a token of its own refused it.
+    if not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        token = Path(tempfile.mkdtemp(prefix="bench-ray-token-")) / "ray_auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     rows = []
     for name in (["demo", "mixed"] if args.corpus == "both" else [args.corpus]):
         scratch = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir="/tmp"))
