@@ -77,7 +77,8 @@ def run_child(mode: str, pdf: Path, work: Path, passes: int) -> dict:
         failed = {stage: [o.error for o in r.failed] for stage, r in results.items() if r.failed}
         if failed:
             raise SystemExit(f"the {mode} path failed documents in pass {number + 1}: {failed}")
-        timings.append({stage: [r.started_at.timestamp(), r.finished_at.timestamp()] for stage, r in results.items()})
+        timings.append({stage: [result.started_at.timestamp(), result.finished_at.timestamp()]
+                        for stage, result in results.items()})
     return {"passes": timings, "chunks": results["load"].metrics.get("vectors", 0),
             "embeddings": results["embed"].succeeded[0].manifest_uri}
 
@@ -87,8 +88,8 @@ def measured(mode: str, pdf: Path, scratch: Path, runtime: str, passes: int,
     work = scratch / f"work-{mode}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "STACK_", "RAY_"))}
     env.update(settings, PIPELINE_EMBED_RUNTIME=runtime)
-    child = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stages", "--child", mode, str(pdf), str(work),
-                              "--passes", str(passes)],
+    child = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stages", "--child", mode, str(pdf),
+                              str(work), "--passes", str(passes)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if mode == "plain":
         def picks(process) -> bool:
@@ -164,7 +165,8 @@ def print_pass(plain: dict, ray: dict, plain_cpu: ProcessSampler, ray_cpu: Proce
     print(header + "\n" + "-" * len(header))
     for stage, (p_start, p_end) in plain.items():
         r_start, r_end = ray[stage]
-        print(f"{stage:<9}{p_end - p_start:>9.1f}{r_end - r_start:>8.1f}{(r_end - r_start) / (p_end - p_start):>10.2f}"
+        print(f"{stage:<9}{p_end - p_start:>9.1f}{r_end - r_start:>8.1f}"
+              f"{(r_end - r_start) / (p_end - p_start):>10.2f}"
               f"{plain_cpu.busy(p_start, p_end):>10.0%}{ray_cpu.busy(r_start, r_end):>9.0%}")
     p_all = [min(s for s, _ in plain.values()), max(e for _, e in plain.values())]
     r_all = [min(s for s, _ in ray.values()), max(e for _, e in ray.values())]
@@ -202,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {mode}: done, {results[mode][0]['chunks']} chunks", flush=True)
         (plain, plain_cpu), (ray, ray_cpu) = results["plain"], results["ray"]
         for number, (plain_pass, ray_pass) in enumerate(zip(plain["passes"], ray["passes"])):
-            print(f"\npass {number + 1}: " + ("a cold cluster (Ray's pools start, every model loads)" if number == 0
-                                              else "Ray's workers warm from the pass before"))
+            warmth = ("a cold cluster (Ray's pools start, every model loads)" if number == 0
+                      else "Ray's workers warm from the pass before")
+            print(f"\npass {number + 1}: {warmth}")
             print_pass(plain_pass, ray_pass, plain_cpu, ray_cpu)
         print(f"peak memory: plain process {plain_cpu.peak_mb:.0f} MB, largest Ray worker {ray_cpu.peak_mb:.0f} MB")
 

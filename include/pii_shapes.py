@@ -47,7 +47,8 @@ _SSN_WORD_REACH = 200
 _MARKER = re.compile(r"\[REDACTED:[A-Z_]+\]")
 # A phone number a table cell cut in two: its head ends the row, the rest opens the next paragraph.
 _SPLIT_PHONE = re.compile(
-    r"(?P<head>(?:\+|00)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){0,2}|\(\d{3}\))[ \t]*(?:\|[ \t]*)*\r?\n\s*(?P<tail>\d[\d .-]{4,}\d)"
+    r"(?P<head>(?:\+|00)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){0,2}|\(\d{3}\))[ \t]*(?:\|[ \t]*)*\r?\n\s*"
+    r"(?P<tail>\d[\d .-]{4,}\d)"
 )
 # Card numbers as printed: 4-4-4-4 (and up to 3 more), Amex's 4-6-5, or 13 to 19 bare digits.
 # A separator may be followed by a line break. Each is tried on its own (a 16-digit card followed by a
@@ -75,7 +76,8 @@ _UNOPENED = re.compile(r"^[^(]*\)")
 # A decimal fraction: a lone 0, its point, digits.
 _DECIMAL = re.compile(r"^\(?0[.,]\d")
 # A reference is not PII, whatever its digits look like: an ISBN-10 or -13 as printed (hyphenated, its
-# last group the one check character) or after the word, whose check digit holds; a DOI (10.<registrant>/<id>).
+# last group the one check character) or after the word, whose check digit holds; a DOI
+# (10.<registrant>/<id>).
 # Printed without the word, only with hyphens: "+61 2 5550 9098 3" (a phone, then a list number) has an
 # ISBN-10's groups and, one time in eleven, its check digit.
 _ISBNS = (re.compile(r"(?<![\w-])(?P<number>(?:97[89]-)?\d{1,5}-\d{1,7}-\d{1,7}-[\dX])(?![\w-])"),
@@ -118,7 +120,7 @@ def find_pii(text: str) -> list[Span]:
     found += _ssn_columns(text)
     found += [Span(m.start(), m.end(), "CREDIT_CARD")
               for card in _CARDS for m in card.finditer(flat) if luhn_valid(m.group())]
-    found += _phones(flat) + _phones_split_by_layout(text) + _phone_columns(text)
+    found += _phones(flat) + _phones_split_by_layout(text) + _phone_columns(text, flat)
     # Nine bare digits are an SSN after the word (a table's header may be a few rows up) or
     # right next to other PII (a ledger line: subject, SSN, card).
     beside = [(s.start, s.end) for s in found] + [m.span() for m in _MARKER.finditer(flat)]
@@ -158,10 +160,9 @@ def _ssn_columns(text: str) -> list[Span]:
             if _SSN_CELL.fullmatch(text[start:end])]
 
 
-def _phone_columns(text: str) -> list[Span]:
+def _phone_columns(text: str, flat: str) -> list[Span]:
     """Numbers in a Markdown table column headed like a phone ("Phone", "Fax"): the header names
-    them, as a phone word before a number does."""
-    flat = re.sub(r"\s", " ", text)
+    them, as a phone word before a number does (read in ``flat``, ``text`` as ``find_pii`` reads it)."""
     return [Span(start, end, "PHONE") for start, end in _column_cells(text, _PHONE_HEADER)
             if _is_phone(flat, start, end, named=True)]
 
@@ -342,7 +343,8 @@ def is_ip_address(text: str, start: int, end: int) -> bool:
             address = ipaddress.ip_interface(value).ip
         except ValueError:
             return False
-        return not address.is_reserved or address.ipv4_mapped is not None or bool(_ADDRESS_WORD.search(before))
+        named = bool(_ADDRESS_WORD.search(before))
+        return not address.is_reserved or address.ipv4_mapped is not None or named
     if _VERSION_WORD.search(before):
         return False
     octets = [int(octet) for octet in re.findall(r"\d+", value)]
