@@ -102,6 +102,16 @@ class QualitySettings(BaseModel):
         description="Most passed validations a run's Data Docs render (every failed or warned one is "
         "rendered): each is a page, and a run of thousands of documents would spend minutes on them.",
     )
+    gate_documents: int = Field(
+        default=50, ge=1,
+        description="Most documents a stage job's gate validates together (one GX validation costs about 8 ms "
+        "plus 4 to 15 ms per expectation whatever its rows): more waiting means more for a dead job to redo.",
+    )
+    gate_wait_seconds: float = Field(
+        default=10.0, ge=0,
+        description="Longest a finished document waits for others to be validated with (its manifest is "
+        "written once it is judged; a job that dies meanwhile redoes it). 0: each document alone.",
+    )
     # The warm validator (with 'quality' among PIPELINE_WARM_STAGES): one actor, GX loaded, about 300 MB.
     validator_pool: PoolSettings = PoolSettings(max_actors=1, actor_memory_mb=512)
 

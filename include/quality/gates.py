@@ -1,6 +1,6 @@
 """Each stage's quality gate: the checks of one document's output, built from what its stage's
-workers returned (``Stage.gate``), run in the stage's job once the document's outputs are
-assembled (``include.stages.base``).
+workers returned (``Stage.gate``) once the document's outputs are assembled, and validated in the
+stage's job together with the documents finished about the same time (``include.stages.base``).
 
 The gates live here, not in the stage modules: a gate checks an output, it does not shape it, so
 changing one must not make every ingested document stale (a stage's fingerprint covers its module's
@@ -28,14 +28,15 @@ def _rows(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def chunk(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> Checks:
     from include.quality import suites
 
-    return suites.chunk_checks(_rows(payloads), token_limit=payloads[0]["token_limit"],
+    return suites.chunk_checks(_rows(payloads), doc_id=ctx.document.doc_id,
+                               token_limit=payloads[0]["token_limit"],
                                pages=int(ctx.upstream_metrics["pages"]), settings=ctx.settings)
 
 
 def enrich(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> Checks:
     from include.quality import suites
 
-    return suites.enrich_checks(_rows(payloads), settings=ctx.settings)
+    return suites.enrich_checks(_rows(payloads), doc_id=ctx.document.doc_id, settings=ctx.settings)
 
 
 def embed(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> Checks:
@@ -44,8 +45,8 @@ def embed(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> Checks:
     from include.quality import suites
 
     bound = vector_store(ctx.settings).embedder()
-    return suites.embed_checks(_rows(payloads), dimension=bound.dimension if bound else None,
-                               settings=ctx.settings)
+    return suites.embed_checks(_rows(payloads), doc_id=ctx.document.doc_id,
+                               dimension=bound.dimension if bound else None, settings=ctx.settings)
 
 
 def load(ctx: AssembleContext, payloads: list[list[str]]) -> Checks:

@@ -1,14 +1,16 @@
 """What each stage's output must hold before the next stage takes it: one GX suite per stage.
 
-Every suite runs on one document's output, in the stage's job, just before its outputs are
-recorded (``include.quality.gates``): a document that fails fails alone, named with the failed
-expectation and what was observed. The frames hold derived, safe columns only (sizes, counts,
+Every suite reads one document's output, in the stage's job, before its outputs are recorded
+(``include.quality.gates``); the documents a job finishes about the same time are validated in one
+frame, each row naming its document, and a document that fails fails alone, named with the failed
+expectation and what was observed on its own rows. The frames hold derived, safe columns only (sizes, counts,
 ids, digests, the *kind* of a PII shape found), never a chunk's text: a result shows its
 unexpected values, and it is kept among the run's artifacts and rendered in its Data Docs.
 
 - **chunk**: text that is not blank; tokens within the embedder's window (the chunker's own
   count, the one it kept to); unique chunk ids; page spans inside the document, end not before
-  start; between 1 and ``max_chunks_per_page`` chunks per page.
+  start; between 1 and ``max_chunks_per_page`` chunks per page (the document's pages and chunk
+  count are columns: a bound per document).
 - **enrich**: no email, phone, SSN or card shape left in the text, heading, entities or key
   phrases (``include.pii_shapes``: the leak audit's rules); entities and key phrases matching
   their JSON schemas (what failed is named, not the value).
@@ -46,33 +48,44 @@ _ENTITIES_SCHEMA = {
 }
 
 
-def chunk_checks(rows: list[dict[str, Any]], *, token_limit: int, pages: int,
+def chunk_checks(rows: list[dict[str, Any]], *, doc_id: str, token_limit: int, pages: int,
                  settings: PipelineSettings) -> Checks:
+    """What bounds a chunk by its document (its pages, how many chunks it may have) is a column, so the
+    documents of a job are validated together. A document with no chunk is one row with none: it fails
+    the chunk count, and nothing else."""
     frame = pd.DataFrame({
-        "chunk_id": [row["chunk_id"] for row in rows],
-        "text_characters": [len(row["text"].strip()) for row in rows],
-        "tokens": [row["tokens"] for row in rows],
-        "page_start": [row["page_start"] for row in rows],
-        "page_end": [row["page_end"] for row in rows],
+        "chunk_id": [row["chunk_id"] for row in rows] or [None],
+        "doc_id": doc_id,
+        "text_characters": [len(row["text"].strip()) for row in rows] or [None],
+        "tokens": [row["tokens"] for row in rows] or [None],
+        "page_start": [row["page_start"] for row in rows] or [None],
+        "page_end": [row["page_end"] for row in rows] or [None],
+        "pages": pages,
+        "chunks_in_document": len(rows),
+        "most_chunks": settings.quality.max_chunks_per_page * pages,
     })
+    either_missing = {"ignore_row_if": "either_value_is_missing"}
     return Checks("chunk", frame, [
         expect("ExpectColumnValuesToBeBetween", column="text_characters", min_value=1),
         expect("ExpectColumnValuesToBeBetween", column="tokens", min_value=1, max_value=token_limit),
         expect("ExpectColumnValuesToBeUnique", column="chunk_id"),
-        expect("ExpectColumnValuesToBeBetween", column="page_start", min_value=1, max_value=pages),
-        expect("ExpectColumnValuesToBeBetween", column="page_end", min_value=1, max_value=pages),
+        expect("ExpectColumnValuesToBeBetween", column="page_start", min_value=1),
+        expect("ExpectColumnPairValuesAToBeGreaterThanB", column_A="pages", column_B="page_end", or_equal=True,
+               **either_missing),
         expect("ExpectColumnPairValuesAToBeGreaterThanB", column_A="page_end", column_B="page_start",
+               or_equal=True, **either_missing),
+        expect("ExpectColumnValuesToBeBetween", column="chunks_in_document", min_value=1),
+        expect("ExpectColumnPairValuesAToBeGreaterThanB", column_A="most_chunks", column_B="chunks_in_document",
                or_equal=True),
-        expect("ExpectTableRowCountToBeBetween", min_value=1,
-               max_value=settings.quality.max_chunks_per_page * pages),
     ])
 
 
-def enrich_checks(rows: list[dict[str, Any]], *, settings: PipelineSettings) -> Checks:
+def enrich_checks(rows: list[dict[str, Any]], *, doc_id: str, settings: PipelineSettings) -> Checks:
     key_phrases = _validator({"type": "array", "items": {"type": "string", "minLength": 1},
                               "maxItems": settings.key_phrases_per_chunk})
     frame = pd.DataFrame({
         "chunk_id": [row["chunk_id"] for row in rows],
+        "doc_id": doc_id,
         "pii_shape_left": [_pii_kinds(row) for row in rows],
         "entities_not_matching_schema": [_schema_error(_validator(_ENTITIES_SCHEMA), row["entities"]) for row in rows],
         "key_phrases_not_matching_schema": [_schema_error(key_phrases, row["key_phrases"]) for row in rows],
@@ -115,16 +128,18 @@ def _pii_kinds(row: dict[str, Any]) -> str | None:
     return ",".join(kinds) or None
 
 
-def embed_checks(rows: list[dict[str, Any]], *, dimension: int | None, settings: PipelineSettings) -> Checks:
+def embed_checks(rows: list[dict[str, Any]], *, doc_id: str, dimension: int | None,
+                 settings: PipelineSettings) -> Checks:
     """``dimension``: the store's; None when it has none yet: then every vector has the document's first's."""
     tolerance = settings.quality.norm_tolerance
     vectors = [np.asarray(row["vector"], dtype=np.float32) for row in rows]
     frame = pd.DataFrame({
         "chunk_id": [row["chunk_id"] for row in rows],
+        "doc_id": doc_id,
         "dimension": [len(vector) for vector in vectors],
         "non_finite_values": [int(np.count_nonzero(~np.isfinite(vector))) for vector in vectors],
         "norm": [float(np.linalg.norm(vector)) for vector in vectors],
-        "vector_digest": list(_digests_of_distinct_texts(rows, vectors)),
+        "vector_digest": list(_digests_of_distinct_texts(doc_id, rows, vectors)),
     })
     dimension = dimension or (int(frame["dimension"].iloc[0]) if len(frame) else 0)
     return Checks("embed", frame, [
@@ -138,13 +153,16 @@ def embed_checks(rows: list[dict[str, Any]], *, dimension: int | None, settings:
     ])
 
 
-def _digests_of_distinct_texts(rows: list[dict[str, Any]], vectors: list[np.ndarray]) -> Iterable[str | None]:
-    """Each vector's digest, or None where the same text came before with the same vector (a text
-    repeated in a document embeds the same: that is no collision). GX skips the Nones, so two
-    digests alike are two distinct texts given one vector."""
+def _digests_of_distinct_texts(doc_id: str, rows: list[dict[str, Any]],
+                               vectors: list[np.ndarray]) -> Iterable[str | None]:
+    """Each vector's digest within its document, or None where the same text came before with the
+    same vector (a text repeated in a document embeds the same: that is no collision). GX skips the
+    Nones, so two digests alike are two distinct texts of one document given one vector. The
+    document is part of the digest: documents validated together may share a text (a form's
+    boilerplate), and with it a vector."""
     seen: set[tuple[str, str]] = set()
     for row, vector in zip(rows, vectors):
-        digest = hashlib.sha256(vector.tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(doc_id.encode() + vector.tobytes()).hexdigest()[:16]
         text = hashlib.sha256(row["text"].encode()).hexdigest()
         yield None if (text, digest) in seen else digest
         seen.add((text, digest))
@@ -156,6 +174,7 @@ def load_checks(stored: dict[str, dict[str, Any]], *, written: set[str], doc_id:
     ids = sorted(written | set(stored))
     frame = pd.DataFrame({
         "chunk_id": ids,
+        "doc_id": doc_id,
         "in_store": [i in stored for i in ids],
         "written_by_this_load": [i in written for i in ids],
         "metadata_problem": [_metadata_problem(stored[i], doc_id) if i in stored else None for i in ids],

@@ -87,6 +87,12 @@ def test_a_chunk_over_the_window_fails_its_document_alone_and_waits_for_a_new_pi
     assert "Status: Failed" in shown and "tokens" in shown and "10000" in shown
     report = markdown(summary)
     assert "## Quality gates" in report and quality["data_docs_uri"] in report
+    # The chunk job validated its two documents together, in one GX validation, each judged by its own rows.
+    storage = Storage(pipeline_env)
+    kept = [record for uri in storage.list(pipeline_env.artifacts_uri) if uri.endswith(".quality.json")
+            for record in storage.read_json(uri)]
+    assert sorted(r["stage"] for r in kept) == ["chunk", "chunk", "embed", "enrich", "load"]
+    assert [r["result"]["meta"]["documents_validated_together"] for r in kept if r["stage"] == "chunk"] == [2, 2]
 
     monkeypatch.undo()
     monkeypatch.setenv("PIPELINE_CHUNK_MAX_TOKENS", "200")  # a new pipeline

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from include.quality.expectations import failures, validate
+from include.quality.expectations import failures, validate, validate_together
 from include.quality.suites import RETRIEVED_METADATA, chunk_checks, embed_checks, enrich_checks, load_checks
 from include.settings import PipelineSettings, QualitySettings
 
@@ -29,7 +29,7 @@ def _chunks(count: int = 3) -> list[dict]:
 
 
 def test_clean_chunks_pass():
-    assert _failed(chunk_checks(_chunks(), token_limit=254, pages=2, settings=SETTINGS)) == []
+    assert _failed(chunk_checks(_chunks(), doc_id="doc", token_limit=254, pages=2, settings=SETTINGS)) == []
 
 
 @pytest.mark.parametrize(("change", "expected"), [
@@ -38,24 +38,57 @@ def test_clean_chunks_pass():
     ({"chunk_id": "doc#0"}, "expect_column_values_to_be_unique(column=chunk_id): 2 of 3 unexpected (doc#0, doc#0)"),
     ({"text": " \n "}, "expect_column_values_to_be_between(column=text_characters, min_value=1.0): "
                        "1 of 3 unexpected (doc#1: text_characters=0)"),
-    ({"page_end": 7}, "expect_column_values_to_be_between(column=page_end, min_value=1.0, max_value=2.0): "
-                      "1 of 3 unexpected (doc#1: page_end=7)"),
+    ({"page_end": 7}, "expect_column_pair_values_a_to_be_greater_than_b(column_A=pages, column_B=page_end, "
+                      "or_equal=True): 1 of 3 unexpected (doc#1: pages=2, page_end=7)"),
+    ({"page_start": 0}, "expect_column_values_to_be_between(column=page_start, min_value=1.0): "
+                        "1 of 3 unexpected (doc#1: page_start=0)"),
     ({"page_start": 2, "page_end": 1}, "expect_column_pair_values_a_to_be_greater_than_b(column_A=page_end, "
                                        "column_B=page_start, or_equal=True): 1 of 3 unexpected"),
 ])
 def test_a_bad_chunk_fails_the_chunk_suite_named_with_what_was_observed(change, expected):
     rows = _chunks()
     rows[1].update(change)
-    [failure] = _failed(chunk_checks(rows, token_limit=254, pages=2, settings=SETTINGS))
+    [failure] = _failed(chunk_checks(rows, doc_id="doc", token_limit=254, pages=2, settings=SETTINGS))
     assert failure.startswith(expected)
 
 
 def test_a_document_shredded_into_more_chunks_per_page_than_the_bound_fails():
     rows = _chunks(7)  # 3 per page at most, over 2 pages
-    [failure] = _failed(chunk_checks(rows, token_limit=254, pages=2, settings=SETTINGS))
-    assert failure == "expect_table_row_count_to_be_between(min_value=1, max_value=6): observed 7"
-    [failure] = _failed(chunk_checks([], token_limit=254, pages=2, settings=SETTINGS))
-    assert failure.endswith("observed 0")  # no chunk at all: nothing of it would be searchable
+    [failure] = _failed(chunk_checks(rows, doc_id="doc", token_limit=254, pages=2, settings=SETTINGS))
+    assert failure.startswith("expect_column_pair_values_a_to_be_greater_than_b(column_A=most_chunks, "
+                              "column_B=chunks_in_document, or_equal=True): 7 of 7 unexpected "
+                              "(doc#0: most_chunks=6, chunks_in_document=7")
+    # No chunk at all (nothing of it would be searchable): one row with none, failing the count alone.
+    [failure] = _failed(chunk_checks([], doc_id="doc", token_limit=254, pages=2, settings=SETTINGS))
+    assert failure == "expect_column_values_to_be_between(column=chunks_in_document, min_value=1.0): " \
+                      "1 of 1 unexpected (chunks_in_document=0)"
+
+
+def test_documents_validated_together_are_each_judged_by_their_own_rows_in_one_validation():
+    """A job's documents are one frame, one GX validation: each document's result is its own rows'."""
+    bad, long = ([dict(row, chunk_id=f"{doc}#{n}") for n, row in enumerate(_chunks(count))]
+                 for doc, count in (("bad", 4), ("long", 5)))
+    bad[2]["tokens"] = 301
+    documents = [("doc", chunk_checks(_chunks(), doc_id="doc", token_limit=254, pages=2, settings=SETTINGS)),
+                 ("bad", chunk_checks(bad, doc_id="bad", token_limit=254, pages=2, settings=SETTINGS)),
+                 ("empty", chunk_checks([], doc_id="empty", token_limit=254, pages=1, settings=SETTINGS)),
+                 ("long", chunk_checks(long, doc_id="long", token_limit=254, pages=2, settings=SETTINGS))]
+    validated = []
+
+    def counted(checks):
+        validated.append(len(checks.frame))
+        return validate(checks)
+
+    clean, spoiled, empty, longer = validate_together(documents, counted)
+    assert validated == [3 + 4 + 1 + 5]
+    assert failures(clean) == failures(longer) == [] and clean["success"] and longer["success"]
+    assert failures(spoiled) == ["expect_column_values_to_be_between(column=tokens, min_value=1.0, "
+                                 "max_value=254.0): 1 of 4 unexpected (bad#2: tokens=301)"]
+    assert failures(empty) == ["expect_column_values_to_be_between(column=chunks_in_document, min_value=1.0): "
+                               "1 of 1 unexpected (chunks_in_document=0)"]
+    assert [clean["statistics"]["successful_expectations"], spoiled["statistics"]["unsuccessful_expectations"],
+            spoiled["meta"]["documents_validated_together"]] == [8, 1, 4]
+    json.dumps([clean, spoiled, empty, longer])  # kept as JSON for the Data Docs
 
 
 def _enriched() -> list[dict]:
@@ -65,7 +98,7 @@ def _enriched() -> list[dict]:
 
 
 def test_clean_enriched_chunks_pass():
-    assert _failed(enrich_checks(_enriched(), settings=SETTINGS)) == []
+    assert _failed(enrich_checks(_enriched(), doc_id="doc", settings=SETTINGS)) == []
 
 
 @pytest.mark.parametrize(("field", "value", "kind"), [
@@ -78,7 +111,7 @@ def test_a_pii_shape_left_anywhere_downstream_fails_the_enrich_suite_naming_its_
         field, value, kind):
     rows = _enriched()
     rows[2][field] = value
-    [failure] = _failed(enrich_checks(rows, settings=SETTINGS))
+    [failure] = _failed(enrich_checks(rows, doc_id="doc", settings=SETTINGS))
     assert failure == f"expect_column_values_to_be_null(column=pii_shape_left): 1 of 3 unexpected " \
                       f"(doc#2: pii_shape_left={kind})"
 
@@ -87,7 +120,7 @@ def test_malformed_entities_or_key_phrases_fail_the_enrich_suite():
     rows = _enriched()
     rows[0]["entities"] = {"people": [""], "organizations": [], "medications": []}
     rows[1]["key_phrases"] = ["a"] * (SETTINGS.key_phrases_per_chunk + 1)
-    failed = _failed(enrich_checks(rows, settings=SETTINGS))
+    failed = _failed(enrich_checks(rows, doc_id="doc", settings=SETTINGS))
     assert failed == [
         "expect_column_values_to_be_null(column=entities_not_matching_schema): 1 of 3 unexpected "
         "(doc#0: entities_not_matching_schema=people/0: '' should be non-empty)",
@@ -109,7 +142,16 @@ def _embedded() -> list[dict]:
 
 
 def test_clean_vectors_pass_and_a_repeated_text_with_its_vector_is_no_collision():
-    assert _failed(embed_checks(_embedded(), dimension=3, settings=SETTINGS)) == []
+    assert _failed(embed_checks(_embedded(), doc_id="doc", dimension=3, settings=SETTINGS)) == []
+
+
+def test_two_documents_of_the_same_text_validated_together_are_no_collision():
+    """Two copies of a form, redacted alike, embed alike: within a document the check still holds."""
+    copies = [(doc, embed_checks([dict(row, chunk_id=f"{doc}#{n}") for n, row in enumerate(_embedded())],
+                                 doc_id=doc, dimension=3, settings=SETTINGS)) for doc in ("w9-a", "w9-b")]
+    assert [failures(result) for result in validate_together(copies)] == [[], []]
+    copies[1][1].frame.loc[1, "vector_digest"] = copies[1][1].frame.loc[0, "vector_digest"]
+    assert [len(failures(result)) for result in validate_together(copies)] == [0, 1]
 
 
 @pytest.mark.parametrize(("vector", "expected"), [
@@ -124,7 +166,7 @@ def test_clean_vectors_pass_and_a_repeated_text_with_its_vector_is_no_collision(
 def test_a_bad_vector_fails_the_embed_suite(vector, expected):
     rows = _embedded()
     rows[1]["vector"] = vector
-    [failure] = _failed(embed_checks(rows, dimension=3, settings=SETTINGS))
+    [failure] = _failed(embed_checks(rows, doc_id="doc", dimension=3, settings=SETTINGS))
     assert failure.startswith(expected)
 
 

@@ -171,11 +171,11 @@ def test_the_gates_checks_are_validated_by_one_warm_validator_as_they_would_be_i
     warm = settings.model_copy(update={"warm_idle_seconds": 60.0, "warm_stages": frozenset({"quality"})})
     rows = [{"chunk_id": f"doc#{n}", "text": "A passage.", "tokens": 12 if n else 900, "page_start": 1,
              "page_end": 1} for n in range(3)]
-    checks = chunk_checks(rows, token_limit=254, pages=1, settings=warm)
+    checks = chunk_checks(rows, doc_id="doc", token_limit=254, pages=1, settings=warm)
 
     remote = validator(warm)(checks)
     assert not remote["success"] and failures(remote) == failures(validate(checks))
     assert "doc#0: tokens=900" in failures(remote)[0]
-    assert validator(warm)(chunk_checks(rows[1:], token_limit=254, pages=1, settings=warm))["success"]
+    assert validator(warm)(chunk_checks(rows[1:], doc_id="doc", token_limit=254, pages=1, settings=warm))["success"]
     assert len(_pool_actors("quality-")) == 1  # a second job's validator is the same actor
     assert validator(warm.model_copy(update={"warm_stages": frozenset({"embed"})})) is None
