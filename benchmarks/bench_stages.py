@@ -13,8 +13,9 @@ It prints per stage: seconds of each path, their ratio (Ray / plain: 1.0 or less
 nothing) and the CPU each path kept busy, as a share of the machine (the Ray workers' processes
 for the Ray path, the one process for the plain path); the peak memory of each. Then the local
 embedder on a sample of the document's chunks: chunks per second of torch (sentence-transformers)
-and of ONNX Runtime (the default) with the machine's threads, and their cosine agreement; and of an
-int8 dynamically quantized export, which is not used (see ``include.backends.minilm_export``).
+and of ONNX Runtime (the default) with the machine's threads, and their cosine agreement; of an
+int8 dynamically quantized export, which is not used (see ``include.backends.minilm_export``); and
+of torch in bfloat16 (``PIPELINE_EMBED_RUNTIME=torch-bf16``) where the CPU computes it natively.
 
     .venv/bin/python -m benchmarks.bench_stages                  # a 600-page document
     .venv/bin/python -m benchmarks.bench_stages --pages 2415     # as large as the issue's manual
@@ -110,7 +111,7 @@ def embedder_runtimes(embeddings_manifest: str, sample: int) -> list[tuple[str, 
     import numpy as np
     import pyarrow.parquet as pq
 
-    from include.backends.embedders import MiniLMEmbedder, OnnxMiniLMEmbedder
+    from include.backends.embedders import MiniLMEmbedder, OnnxMiniLMEmbedder, has_native_bfloat16
     from include.backends.minilm_export import is_current
     from include.contract import StageManifest
     from include.settings import PipelineSettings, default_onnx_dir
@@ -134,6 +135,8 @@ def embedder_runtimes(embeddings_manifest: str, sample: int) -> list[tuple[str, 
         "onnx-int8": OnnxMiniLMEmbedder.from_folder(_quantized(folder), model=settings.embed_model,
                                                     batch_size=settings.embed_batch_size, threads=threads),
     }
+    if has_native_bfloat16():
+        runtimes["torch-bf16"] = MiniLMEmbedder(settings.model_copy(update={"embed_runtime": "torch-bf16"}))
     rows, reference = [], None
     for name, embedder in runtimes.items():
         embedder.embed(texts[:8])  # warm: the first call allocates
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_stages", description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=600)
     parser.add_argument("--sample", type=int, default=1024, help="chunks embedded by each runtime")
-    parser.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="the stages' embedder")
+    parser.add_argument("--runtime", choices=["onnx", "torch", "torch-bf16"], default="onnx",
+                        help="the stages' embedder")
     parser.add_argument("--passes", type=int, default=2,
                         help="runs of each path; from the second on, the Ray path's workers are warm")
     parser.add_argument("--setting", action="append", default=[], metavar="PIPELINE_NAME=VALUE",
@@ -210,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             print_pass(plain_pass, ray_pass, plain_cpu, ray_cpu)
         print(f"peak memory: plain process {plain_cpu.peak_mb:.0f} MB, largest Ray worker {ray_cpu.peak_mb:.0f} MB")
 
-        print(f"\n{'embedder':<11}{'chunks/s':>9}{'x torch':>8}{'cos mean':>10}{'cos min':>9}")
+        print(f"\n{'embedder':<12}{'chunks/s':>9}{'x torch':>8}{'cos mean':>10}{'cos min':>9}")
         rows = embedder_runtimes(plain["embeddings"], args.sample)
         for name, rate, mean, least in rows:
-            print(f"{name:<11}{rate:>9.1f}{rate / rows[0][1]:>8.2f}{mean:>10.5f}{least:>9.5f}")
+            print(f"{name:<12}{rate:>9.1f}{rate / rows[0][1]:>8.2f}{mean:>10.5f}{least:>9.5f}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -1,6 +1,6 @@
-"""The ONNX Runtime embedder against the torch one it replaces, on the same texts: the vectors agree
-(the issue's bar: mean cosine at least 0.999, none below 0.995), long texts are windowed alike, and
-a missing export is a clear error naming the command that makes it."""
+"""The ONNX Runtime embedder, and torch in bfloat16, against the torch one in float32, on the same
+texts: the vectors agree (the issue's bar: mean cosine at least 0.999, none below 0.995), long texts
+are windowed alike, and a missing export, or bfloat16 asked of a CPU without it, is a clear error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import random
 import numpy as np
 import pytest
 
-from include.backends.embedders import MiniLMEmbedder, MissingOnnxExport, OnnxMiniLMEmbedder, build_embedder
+from include.backends import embedders
+from include.backends.embedders import (
+    MiniLMEmbedder,
+    MissingOnnxExport,
+    NoNativeBfloat16,
+    OnnxMiniLMEmbedder,
+    build_embedder,
+    has_native_bfloat16,
+)
 from include.backends.minilm_export import is_current
 from include.settings import PipelineSettings, default_onnx_dir
 
@@ -58,3 +66,22 @@ def test_a_long_text_is_read_whole_in_the_same_windows(both):
 def test_without_an_export_the_embedder_says_how_to_make_one(tmp_path):
     with pytest.raises(MissingOnnxExport, match="python -m include.backends.minilm_export"):
         build_embedder(PipelineSettings(embed_onnx_dir=tmp_path / "nothing-here"))
+
+
+@pytest.mark.skipif(not has_native_bfloat16(), reason="this CPU has no native bfloat16: torch-bf16 refuses it")
+def test_bfloat16_vectors_agree_with_float32_and_are_of_unit_length(both):
+    torch_embedder, _onnx = both
+    bf16 = build_embedder(PipelineSettings(embed_runtime="torch-bf16"))
+    texts = ["", "x", *_texts(60, 120, seed=3), *_texts(2, 900, seed=4)]
+    expected, got = torch_embedder.embed(texts), bf16.embed(texts)
+    assert got.vectors.dtype == np.float32 and got.vectors.shape == expected.vectors.shape
+    assert np.allclose(np.linalg.norm(got.vectors, axis=1), 1.0, atol=1e-5)  # what the embed gate holds it to
+    cosines = np.sum(expected.vectors * got.vectors, axis=1)
+    assert cosines.mean() >= 0.999 and cosines.min() >= 0.995, (cosines.mean(), cosines.min())
+    assert got.windows == expected.windows and max(got.windows) > 1
+
+
+def test_bfloat16_on_a_cpu_without_it_is_refused_with_the_way_out(monkeypatch):
+    monkeypatch.setattr(embedders, "has_native_bfloat16", lambda: False)
+    with pytest.raises(NoNativeBfloat16, match="use onnx"):
+        build_embedder(PipelineSettings(embed_runtime="torch-bf16"))
