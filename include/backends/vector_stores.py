@@ -124,8 +124,8 @@ class VectorStore(Protocol):
     # Removes the source's vectors but those in ``keep_ids`` and those of the version ``keep_doc_id``.
     def delete_stale(self, source_uri: str, keep_ids: set[str], keep_doc_id: str | None = None) -> int: ...
     def count(self, doc_id: str | None = None) -> int: ...
-    # A document version's records as the store holds them: id -> metadata, with the text as "text".
-    def document_records(self, doc_id: str) -> dict[str, Metadata]: ...
+    # Documents' records as the store holds them, per doc_id: id -> metadata, with the text as "text".
+    def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Metadata]]: ...
     def query(self, vector: list[float], k: int, where: Filter | None = None) -> list[Hit]: ...
     def scan(self) -> Iterator[tuple[str, str, Metadata]]: ...
     def similarities(self, vector: list[float], ids: list[str]) -> dict[str, float]: ...
@@ -215,10 +215,13 @@ class ChromaStore:
             return self._collection.count()
         return len(self._collection.get(where={"doc_id": doc_id}, include=[])["ids"])
 
-    def document_records(self, doc_id: str) -> dict[str, Metadata]:
-        found = self._collection.get(where={"doc_id": doc_id}, include=["documents", "metadatas"])
-        return {i: {**(meta or {}), "text": text} for i, text, meta in
-                zip(found["ids"], found["documents"], found["metadatas"])}
+    def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Metadata]]:
+        """In one read, by the records' own ``doc_id``."""
+        found = self._collection.get(where={"doc_id": {"$in": doc_ids}}, include=["documents", "metadatas"])
+        records: dict[str, dict[str, Metadata]] = {doc_id: {} for doc_id in doc_ids}
+        for i, text, meta in zip(found["ids"], found["documents"], found["metadatas"]):
+            records.setdefault(str((meta or {}).get("doc_id")), {})[i] = {**(meta or {}), "text": text}
+        return records
 
     def scan(self, page: int = 500) -> Iterator[tuple[str, str, Metadata]]:
         """Every record's id, text and metadata, a page at a time (the leak audit reads them all)."""
@@ -399,8 +402,13 @@ class PineconeStore:
     def count(self, doc_id: str | None = None) -> int:
         return len(self._ids(f"{doc_id}#" if doc_id else ""))
 
-    def document_records(self, doc_id: str) -> dict[str, Metadata]:
-        return {vector_id: metadata for vector_id, metadata, _ in self._fetch(self._ids(f"{doc_id}#"))}
+    def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Metadata]]:
+        """Each document's ids listed by their prefix, then fetched together; by the ids' document."""
+        records: dict[str, dict[str, Metadata]] = {doc_id: {} for doc_id in doc_ids}
+        ids = [vector_id for doc_id in doc_ids for vector_id in self._ids(f"{doc_id}#")]
+        for vector_id, metadata, _ in self._fetch(ids):
+            records[vector_id.rsplit("#", 1)[0]][vector_id] = metadata
+        return records
 
     def scan(self) -> Iterator[tuple[str, str, Metadata]]:
         for vector_id, metadata, _ in self._fetch(self._ids("")):

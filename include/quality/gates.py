@@ -1,6 +1,7 @@
-"""Each stage's quality gate: the checks of one document's output, built from what its stage's
-workers returned (``Stage.gate``) once the document's outputs are assembled, and validated in the
-stage's job together with the documents finished about the same time (``include.stages.base``).
+"""Each stage's quality gate: the checks of each document's output, built from what its stage's
+workers returned (``Stage.gate``) for the documents a stage job finished about the same time, once
+their outputs are assembled, and validated together (``include.stages.base``). What a gate reads of
+the store (its dimension, what the load wrote) is read once for them.
 
 The gates live here, not in the stage modules: a gate checks an output, it does not shape it, so
 changing one must not make every ingested document stale (a stage's fingerprint covers its module's
@@ -21,47 +22,64 @@ if TYPE_CHECKING:
     from include.stages.base import AssembleContext
 
 
+# The documents a gate checks together: each one's context and its workers' payloads.
+Documents = list[tuple["AssembleContext", list[Any]]]
+
+
 def _rows(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for payload in payloads for row in payload["rows"]]
 
 
-def chunk(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> Checks:
+def chunk(documents: Documents) -> list[Checks]:
     from include.quality import suites
 
-    return suites.chunk_checks(_rows(payloads), doc_id=ctx.document.doc_id,
-                               token_limit=payloads[0]["token_limit"],
-                               pages=int(ctx.upstream_metrics["pages"]), settings=ctx.settings)
+    return [suites.chunk_checks(_rows(payloads), doc_id=ctx.document.doc_id,
+                                token_limit=payloads[0]["token_limit"], pages=int(ctx.upstream_metrics["pages"]),
+                                settings=ctx.settings)
+            for ctx, payloads in documents]
 
 
-def enrich(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> Checks:
+def enrich(documents: Documents) -> list[Checks]:
     from include.quality import suites
 
-    return suites.enrich_checks(_rows(payloads), doc_id=ctx.document.doc_id, settings=ctx.settings)
+    return [suites.enrich_checks(_rows(payloads), doc_id=ctx.document.doc_id, settings=ctx.settings)
+            for ctx, payloads in documents]
 
 
-def embed(ctx: AssembleContext, payloads: list[dict[str, Any]]) -> Checks:
+def embed(documents: Documents) -> list[Checks]:
     """Against the dimension of the store the vectors go to, once it has one (the load binds it to the
-    first embedder that writes to it)."""
+    first embedder that writes to it): read once for the documents."""
     from include.quality import suites
 
-    bound = vector_store(ctx.settings).embedder()
-    return suites.embed_checks(_rows(payloads), doc_id=ctx.document.doc_id,
-                               dimension=bound.dimension if bound else None, settings=ctx.settings)
+    bound = vector_store(documents[0][0].settings).embedder() if documents else None
+    return [suites.embed_checks(_rows(payloads), doc_id=ctx.document.doc_id,
+                                dimension=bound.dimension if bound else None, settings=ctx.settings)
+            for ctx, payloads in documents]
 
 
-def load(ctx: AssembleContext, payloads: list[list[str]]) -> Checks:
-    """The document's records as the store shows them once they are the ones written, or as it shows
-    them after ``load_settle_seconds`` (an eventually consistent store may lag behind its writes)."""
+def load(documents: Documents) -> list[Checks]:
+    """The documents' records as the store shows them, in one read, once they are the ones written, or
+    as it shows them after ``load_settle_seconds`` (an eventually consistent store may lag behind its
+    writes)."""
     from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
     from include.quality import suites
 
-    written = {chunk_id for payload in payloads for chunk_id in payload}
-    read = Retrying(stop=stop_after_delay(ctx.settings.quality.load_settle_seconds), wait=wait_fixed(0.5),
-                    retry=retry_if_result(lambda records: set(records) != written),
+    if not documents:
+        return []
+    settings = documents[0][0].settings
+    written = {ctx.document.doc_id: {chunk_id for payload in payloads for chunk_id in payload}
+               for ctx, payloads in documents}
+
+    def lagging(stored: dict[str, dict[str, Any]]) -> bool:
+        return any(set(stored.get(doc_id, {})) != ids for doc_id, ids in written.items())
+
+    read = Retrying(stop=stop_after_delay(settings.quality.load_settle_seconds), wait=wait_fixed(0.5),
+                    retry=retry_if_result(lagging),
                     retry_error_callback=lambda state: state.outcome.result())  # the last reading, not an error
-    stored = read(vector_store(ctx.settings).document_records, ctx.document.doc_id)
-    return suites.load_checks(stored, written=written, doc_id=ctx.document.doc_id)
+    stored = read(vector_store(settings).documents_records, list(written))
+    return [suites.load_checks(stored.get(doc_id, {}), written=ids, doc_id=doc_id)
+            for doc_id, ids in written.items()]
 
 
 @lru_cache(maxsize=1)

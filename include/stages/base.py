@@ -304,9 +304,10 @@ class Stage:
     runs: Callable[[PipelineSettings], str] = lambda _settings: ""
     # Whether its worker calls a paid API with these settings (then the batch's budget bounds it).
     pays: Callable[[PipelineSettings], bool] = lambda _settings: False
-    # Its quality gate (``include.quality.gates``): the checks of one document's output, from its
-    # payloads, run once the outputs are assembled; and what a failed one raises.
-    gate: Callable[[AssembleContext, list[Payload]], Checks] | None = None
+    # Its quality gate (``include.quality.gates``): the checks of each document's output, from its
+    # payloads, for the documents validated together once their outputs are assembled; and what a
+    # failed one raises.
+    gate: Callable[[list[tuple[AssembleContext, list[Payload]]]], list[Checks]] | None = None
     gate_failure: type[QualityGateFailed] = QualityGateFailed
 
     @property
@@ -534,14 +535,13 @@ def _postponed(stage: Stage, document: DocumentRef, budget: float) -> DocumentOu
 
 @dataclass
 class _Assembled:
-    """A document whose outputs are written and whose gate's checks are built, waiting to be
-    validated with others before its manifest records success."""
+    """A document whose outputs are written, waiting for its gate, with others, before its manifest
+    records success."""
 
     done: DocumentDone
     ctx: AssembleContext
     outputs: Outputs
     metrics: Metrics
-    checks: Checks
     since: float  # monotonic, when it was assembled
 
 
@@ -549,10 +549,10 @@ class Finishing:
     """Each document an executor hands back, finished: its outputs assembled at once, its manifest
     written once its quality gate has judged them, or at once with no gate.
 
-    A gate's checks wait for those of the documents finished about the same time, to be validated
-    together, in one frame (``include.quality.expectations.validate_together``): a validation costs GX
-    about 8 ms plus 4 to 15 ms per expectation whatever its rows, more than a two-page document's
-    chunking or loading. They wait for ``gate_documents`` documents, or ``gate_wait_seconds`` after
+    A document waits for those finished about the same time, for its gate to build their checks (what
+    it reads of the store read once) and validate them together, in one frame
+    (``include.quality.expectations.validate_together``): a validation costs GX about 8 ms plus 4 to
+    15 ms per expectation whatever its rows, more than a two-page document's chunking or loading. They wait for ``gate_documents`` documents, or ``gate_wait_seconds`` after
     the first (checked as documents finish), or the end of the stage's work: a job that dies
     meanwhile has recorded none of them, and its retry redoes them."""
 
@@ -577,20 +577,15 @@ class Finishing:
                               upstream_metrics=done.item.upstream.metrics if done.item.upstream else {})
         try:
             outputs, metrics = self.stage.assemble(ctx, done.payloads)
-            checks = None
-            if self.stage.gate is not None and ctx.gated:
-                began = time.monotonic()
-                checks = self.stage.gate(ctx, done.payloads)
-                metrics = {**metrics, "quality_seconds": time.monotonic() - began}
         except Exception as exc:
             error = as_document_error(self.stage.name, document.source_uri, exc)
             if error is None:
                 raise
             return [self._failed(done, error)]
         self.spent += metrics.get("cost_usd", 0.0)
-        if checks is None:
+        if self.stage.gate is None or not ctx.gated:
             return [self._succeeded(done, ctx, outputs, metrics)]
-        self._waiting.append(_Assembled(done, ctx, outputs, metrics, checks, time.monotonic()))
+        self._waiting.append(_Assembled(done, ctx, outputs, metrics, time.monotonic()))
         bounds = self.settings.quality
         if (len(self._waiting) >= bounds.gate_documents
                 or time.monotonic() - self._waiting[0].since >= bounds.gate_wait_seconds):
@@ -598,23 +593,32 @@ class Finishing:
         return []
 
     def flush(self) -> list[DocumentOutcome]:
-        """The waiting documents validated together, each judged by its own rows, and recorded."""
+        """The waiting documents' checks built and validated together, each document judged by its own
+        rows, and recorded. A gate that cannot be built for them fails them all, named with why (or
+        the job, when the infrastructure is why)."""
         from include.quality.expectations import validate_together
 
         waiting, self._waiting = self._waiting, []
-        if not waiting:
+        if not waiting or self.stage.gate is None:
             return []
         began = time.monotonic()
-        results = validate_together([(a.ctx.document.doc_id, a.checks) for a in waiting], self.validate)
-        # The validation's time, shared by rows: each document's gate time is its checks' and its share.
-        seconds, rows = time.monotonic() - began, sum(max(len(a.checks.frame), 1) for a in waiting)
+        try:
+            checks = self.stage.gate([(a.ctx, a.done.payloads) for a in waiting])
+        except Exception as exc:
+            errors = [as_document_error(self.stage.name, a.ctx.document.source_uri, exc) for a in waiting]
+            if None in errors:
+                raise
+            return [self._failed(a.done, error) for a, error in zip(waiting, errors) if error is not None]
+        results = validate_together([(a.ctx.document.doc_id, c) for a, c in zip(waiting, checks)], self.validate)
+        # The gate's time, shared by rows: each document's is its share.
+        seconds, rows = time.monotonic() - began, sum(max(len(c.frame), 1) for c in checks)
         outcomes = []
-        for assembled, result in zip(waiting, results):
-            ctx, metrics = assembled.ctx, assembled.metrics
-            share = seconds * max(len(assembled.checks.frame), 1) / rows
-            metrics = {**metrics, "quality_seconds": round(metrics["quality_seconds"] + share, 4)}
+        for assembled, document_checks, result in zip(waiting, checks, results):
+            ctx = assembled.ctx
+            share = seconds * max(len(document_checks.frame), 1) / rows
+            metrics = {**assembled.metrics, "quality_seconds": round(share, 4)}
             try:
-                ctx.judge(result, assembled.checks.suite, self.stage.gate_failure)
+                ctx.judge(result, document_checks.suite, self.stage.gate_failure)
             except QualityGateFailed as failed:
                 ctx.discard()
                 outcomes.append(self._failed(assembled.done, failed))
