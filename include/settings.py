@@ -102,10 +102,12 @@ class QualitySettings(BaseModel):
         description="Most passed validations a run's Data Docs render (every failed or warned one is "
         "rendered): each is a page, and a run of thousands of documents would spend minutes on them.",
     )
-    gate_documents: int = Field(
+    gate_parts: int = Field(
         default=50, ge=1,
-        description="Most documents a stage job's gate validates together (one GX validation costs about 8 ms "
-        "plus 4 to 15 ms per expectation whatever its rows): more waiting means more for a dead job to redo.",
+        description="Most parts (of at most chunks_per_part chunks or extract_pages_per_part pages; a small document is "
+        "one) whose documents a stage job's gate validates together: one GX validation costs about 8 ms plus 4 "
+        "to 15 ms per expectation whatever its rows; the waiting documents' outputs are held in memory, and "
+        "a job that dies redoes them. A long document's parts reach the bound alone.",
     )
     gate_wait_seconds: float = Field(
         default=10.0, ge=0,

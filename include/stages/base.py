@@ -552,9 +552,11 @@ class Finishing:
     A document waits for those finished about the same time, for its gate to build their checks (what
     it reads of the store read once) and validate them together, in one frame
     (``include.quality.expectations.validate_together``): a validation costs GX about 8 ms plus 4 to
-    15 ms per expectation whatever its rows, more than a two-page document's chunking or loading. They wait for ``gate_documents`` documents, or ``gate_wait_seconds`` after
-    the first (checked as documents finish), or the end of the stage's work: a job that dies
-    meanwhile has recorded none of them, and its retry redoes them."""
+    15 ms per expectation whatever its rows, more than a two-page document's chunking or loading.
+    They wait until their parts number ``gate_parts`` (a long document's reach it alone: what waits
+    is held in memory), ``gate_wait_seconds`` after the first (checked as documents finish), or the
+    end of the stage's work: a job that dies meanwhile has recorded none of them, and its retry
+    redoes them."""
 
     def __init__(self, stage: Stage, settings: PipelineSettings, storage: Storage, fingerprints: dict[str, str],
                  started: datetime, submission_id: str | None, validate: Validate | None) -> None:
@@ -587,7 +589,7 @@ class Finishing:
             return [self._succeeded(done, ctx, outputs, metrics)]
         self._waiting.append(_Assembled(done, ctx, outputs, metrics, time.monotonic()))
         bounds = self.settings.quality
-        if (len(self._waiting) >= bounds.gate_documents
+        if (sum(len(a.done.payloads) for a in self._waiting) >= bounds.gate_parts
                 or time.monotonic() - self._waiting[0].since >= bounds.gate_wait_seconds):
             return self.flush()
         return []

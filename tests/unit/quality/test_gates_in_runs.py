@@ -123,10 +123,16 @@ def test_a_pii_shape_the_redactor_let_through_fails_the_document_before_it_reach
 
 def test_a_nan_in_a_vector_fails_its_document_at_embed(pipeline_env, dropped, monkeypatch):
     _good, other = dropped
+    monkeypatch.setenv("PIPELINE_QUALITY__GATE_PARTS", "1")  # a document's one part: each validated alone
+    reload_settings()
     _spoil(monkeypatch, "embed", other, lambda row: row["vector"].__setitem__(0, math.nan))
     [failed] = ingest_like_the_dag("run-1")["failed"]
     assert failed["source_uri"] == other and failed["stage"] == "embed"
     assert "non_finite_values=1" in failed["error"]
+    storage = Storage(pipeline_env)
+    kept = [record for uri in storage.list(pipeline_env.artifacts_uri) if uri.endswith(".quality.json")
+            for record in storage.read_json(uri)]
+    assert len(kept) == 7 and {r["result"]["meta"]["documents_validated_together"] for r in kept} == {1}
 
 
 def test_a_store_that_loses_a_write_fails_the_document_at_load_and_the_next_run_tries_it_again(
