@@ -29,19 +29,17 @@ SETTLED = ("ingested", "failed", "quarantined", "postponed")
 def run_checks(touched: list[dict[str, Any]], claimed: set[str]) -> Any:
     """``touched``: the summary's row per document processed; ``claimed``: the sources the ledger
     still has claimed by this run."""
-    import pandas as pd
-
     from include.quality.expectations import Checks, expect
 
-    frame = pd.DataFrame({
+    columns = {
         "document": [row["doc_id"] for row in touched],
         "status": [row["status"] for row in touched],
         "chunks": [row.get("chunks") for row in touched],
         "vectors": [row.get("vectors") for row in touched],
         "claimed_after_run": [row["source_uri"] in claimed for row in touched],
-    })
+    }
     ingested = {"row_condition": 'status=="ingested"', "condition_parser": "pandas"}
-    return Checks("run", frame, [
+    return Checks("run", columns, [
         expect("ExpectColumnPairValuesToBeEqual", column_A="vectors", column_B="chunks", **ingested),
         expect("ExpectColumnValuesToNotBeNull", column="vectors", **ingested),
         expect("ExpectColumnValuesToBeInSet", column="status", value_set=list(SETTLED)),

@@ -30,7 +30,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from include.pii_shapes import find_pii
 from include.quality.expectations import Checks, expect
@@ -53,19 +52,20 @@ def chunk_checks(rows: list[dict[str, Any]], *, doc_id: str, token_limit: int, p
     """What bounds a chunk by its document (its pages, how many chunks it may have) is a column, so the
     documents of a job are validated together. A document with no chunk is one row with none: it fails
     the chunk count, and nothing else."""
-    frame = pd.DataFrame({
+    size = max(len(rows), 1)
+    columns = {
         "chunk_id": [row["chunk_id"] for row in rows] or [None],
-        "doc_id": doc_id,
+        "doc_id": [doc_id] * size,
         "text_characters": [len(row["text"].strip()) for row in rows] or [None],
         "tokens": [row["tokens"] for row in rows] or [None],
         "page_start": [row["page_start"] for row in rows] or [None],
         "page_end": [row["page_end"] for row in rows] or [None],
-        "pages": pages,
-        "chunks_in_document": len(rows),
-        "most_chunks": settings.quality.max_chunks_per_page * pages,
-    })
+        "pages": [pages] * size,
+        "chunks_in_document": [len(rows)] * size,
+        "most_chunks": [settings.quality.max_chunks_per_page * pages] * size,
+    }
     either_missing = {"ignore_row_if": "either_value_is_missing"}
-    return Checks("chunk", frame, [
+    return Checks("chunk", columns, [
         expect("ExpectColumnValuesToBeBetween", column="text_characters", min_value=1),
         expect("ExpectColumnValuesToBeBetween", column="tokens", min_value=1, max_value=token_limit),
         expect("ExpectColumnValuesToBeUnique", column="chunk_id"),
@@ -83,14 +83,14 @@ def chunk_checks(rows: list[dict[str, Any]], *, doc_id: str, token_limit: int, p
 def enrich_checks(rows: list[dict[str, Any]], *, doc_id: str, settings: PipelineSettings) -> Checks:
     key_phrases = _validator({"type": "array", "items": {"type": "string", "minLength": 1},
                               "maxItems": settings.key_phrases_per_chunk})
-    frame = pd.DataFrame({
+    columns = {
         "chunk_id": [row["chunk_id"] for row in rows],
-        "doc_id": doc_id,
+        "doc_id": [doc_id] * len(rows),
         "pii_shape_left": [_pii_kinds(row) for row in rows],
         "entities_not_matching_schema": [_schema_error(_validator(_ENTITIES_SCHEMA), row["entities"]) for row in rows],
         "key_phrases_not_matching_schema": [_schema_error(key_phrases, row["key_phrases"]) for row in rows],
-    })
-    return Checks("enrich", frame, [
+    }
+    return Checks("enrich", columns, [
         expect("ExpectColumnValuesToBeNull", column="pii_shape_left"),
         expect("ExpectColumnValuesToBeNull", column="entities_not_matching_schema"),
         expect("ExpectColumnValuesToBeNull", column="key_phrases_not_matching_schema"),
@@ -133,16 +133,16 @@ def embed_checks(rows: list[dict[str, Any]], *, doc_id: str, dimension: int | No
     """``dimension``: the store's; None when it has none yet: then every vector has the document's first's."""
     tolerance = settings.quality.norm_tolerance
     vectors = [np.asarray(row["vector"], dtype=np.float32) for row in rows]
-    frame = pd.DataFrame({
+    columns = {
         "chunk_id": [row["chunk_id"] for row in rows],
-        "doc_id": doc_id,
+        "doc_id": [doc_id] * len(rows),
         "dimension": [len(vector) for vector in vectors],
         "non_finite_values": [int(np.count_nonzero(~np.isfinite(vector))) for vector in vectors],
         "norm": [float(np.linalg.norm(vector)) for vector in vectors],
         "vector_digest": list(_digests_of_distinct_texts(doc_id, rows, vectors)),
-    })
-    dimension = dimension or (int(frame["dimension"].iloc[0]) if len(frame) else 0)
-    return Checks("embed", frame, [
+    }
+    dimension = dimension or (columns["dimension"][0] if rows else 0)
+    return Checks("embed", columns, [
         expect("ExpectColumnValuesToBeBetween", column="dimension", min_value=dimension,
                max_value=dimension),
         expect("ExpectColumnValuesToBeBetween", column="non_finite_values", max_value=0),
@@ -172,14 +172,14 @@ def load_checks(stored: dict[str, dict[str, Any]], *, written: set[str], doc_id:
     """``stored``: the store's records of the document (id -> metadata, its text as ``text``),
     read back after the load; ``written``: the ids the load wrote."""
     ids = sorted(written | set(stored))
-    frame = pd.DataFrame({
+    columns = {
         "chunk_id": ids,
-        "doc_id": doc_id,
+        "doc_id": [doc_id] * len(ids),
         "in_store": [i in stored for i in ids],
         "written_by_this_load": [i in written for i in ids],
         "metadata_problem": [_metadata_problem(stored[i], doc_id) if i in stored else None for i in ids],
-    })
-    return Checks("load", frame, [
+    }
+    return Checks("load", columns, [
         expect("ExpectColumnValuesToBeInSet", column="in_store", value_set=[True]),
         expect("ExpectColumnValuesToBeInSet", column="written_by_this_load", value_set=[True]),
         # One expectation for every field (each costs GX about 15 ms a document, whatever its rows).

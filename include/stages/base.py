@@ -613,11 +613,11 @@ class Finishing:
             return [self._failed(a.done, error) for a, error in zip(waiting, errors) if error is not None]
         results = validate_together([(a.ctx.document.doc_id, c) for a, c in zip(waiting, checks)], self.validate)
         # The gate's time, shared by rows: each document's is its share.
-        seconds, rows = time.monotonic() - began, sum(max(len(c.frame), 1) for c in checks)
+        seconds, rows = time.monotonic() - began, sum(max(c.rows, 1) for c in checks)
         outcomes = []
         for assembled, document_checks, result in zip(waiting, checks, results):
             ctx = assembled.ctx
-            share = seconds * max(len(document_checks.frame), 1) / rows
+            share = seconds * max(document_checks.rows, 1) / rows
             metrics = {**assembled.metrics, "quality_seconds": round(share, 4)}
             try:
                 ctx.judge(result, document_checks.suite, self.stage.gate_failure)
