@@ -2,7 +2,7 @@
 
 One ephemeral context per process: no project folder to deploy, no analytics call home (this
 runs where there may be no network), no progress bar in the job logs. A suite is built in code for
-each document, over a DataFrame of that document's rows, each row naming its document: what bounds
+each document, over columns of that document's rows, each row naming its document: what bounds
 a row depends on its document (its pages) is a column, so the documents a stage job finishes
 about the same time are validated together, in one frame (``validate_together``): a validation costs GX
 about 8 ms plus 4 to 15 ms per expectation whatever its rows, more than a two-page document's

@@ -48,6 +48,13 @@ def _spoil(monkeypatch, stage: str, target: str, spoil) -> None:
     monkeypatch.setattr(worker, "__call__", call)
 
 
+def _kept_validations(settings) -> list[dict]:
+    """The validation records the stage jobs kept beside their batch results."""
+    storage = Storage(settings)
+    return [record for uri in storage.list(settings.artifacts_uri) if uri.endswith(".quality.json")
+            for record in storage.read_json(uri)]
+
+
 def _text(uri: str) -> str:
     html = Path(urlsplit(uri).path).read_text()
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", html, flags=re.S)))
@@ -88,9 +95,7 @@ def test_a_chunk_over_the_window_fails_its_document_alone_and_waits_for_a_new_pi
     report = markdown(summary)
     assert "## Quality gates" in report and quality["data_docs_uri"] in report
     # The chunk job validated its two documents together, in one GX validation, each judged by its own rows.
-    storage = Storage(pipeline_env)
-    kept = [record for uri in storage.list(pipeline_env.artifacts_uri) if uri.endswith(".quality.json")
-            for record in storage.read_json(uri)]
+    kept = _kept_validations(pipeline_env)
     assert sorted(r["stage"] for r in kept) == ["chunk", "chunk", "embed", "enrich", "load"]
     assert [r["result"]["meta"]["documents_validated_together"] for r in kept if r["stage"] == "chunk"] == [2, 2]
 
@@ -129,9 +134,7 @@ def test_a_nan_in_a_vector_fails_its_document_at_embed(pipeline_env, dropped, mo
     [failed] = ingest_like_the_dag("run-1")["failed"]
     assert failed["source_uri"] == other and failed["stage"] == "embed"
     assert "non_finite_values=1" in failed["error"]
-    storage = Storage(pipeline_env)
-    kept = [record for uri in storage.list(pipeline_env.artifacts_uri) if uri.endswith(".quality.json")
-            for record in storage.read_json(uri)]
+    kept = _kept_validations(pipeline_env)
     assert len(kept) == 7 and {r["result"]["meta"]["documents_validated_together"] for r in kept} == {1}
 
 
