@@ -175,7 +175,9 @@ class ChromaStore:
         )
 
     def embedder(self) -> EmbedderInfo | None:
-        meta = self._collection.metadata or {}
+        # Read anew: the collection object keeps the metadata of its fetch, and a client kept warm
+        # (a load worker, the gates' validator) must see the binding another process made since.
+        meta = self._client.get_collection(self._settings.chroma_collection).metadata or {}
         if "embedder" not in meta:
             return None
         return EmbedderInfo(str(meta["embedder"]), int(meta["dimension"]))

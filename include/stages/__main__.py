@@ -94,19 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         batch_id = inputs.batch_id
         log.info("%s of %s: %d document(s)%s", args.stage, batch_id, len(inputs.items),
                  f", job {submission_id}" if submission_id else "")
-        validate = None
+        validator = None
         if not args.inline:
             import ray
 
-            from include.stages.warm import validator
+            from include.stages.warm import validator as warm_validator
 
             ray.init(logging_level=logging.WARNING, log_to_driver=True)
-            validate = validator(settings)
+            validator = warm_validator(settings)
         result = run_stage(
             STAGES[args.stage], settings, inputs.items, batch_id=batch_id, recompute=args.recompute,
             submission_id=submission_id, executor=run_inline if args.inline else run_on_ray,
             settled=inputs.settled, budget_usd=inputs.budget_usd, validations_uri=validations_uri(args.result),
-            validate=validate,
+            validator=validator,
         )
     except Exception as exc:
         log.error("%s of %s failed: %s", args.stage, batch_id, exc)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -58,11 +58,21 @@ from include.storage import ObjectNotFound, Storage, join_uri
 
 if TYPE_CHECKING:
     from include.quality.expectations import Checks
+    from include.quality.gates import Store, StoreReads
 
 log = logging.getLogger(__name__)
 
-# A suite's checks validated: GX's result, as JSON (``include.quality.expectations.validate``).
-Validate = Callable[["Checks"], dict[str, Any]]
+
+
+class Validator(Protocol):
+    """Where a stage job's quality gates are validated and read the store, when not in the job's own
+    process: the warm validator (``include.stages.warm.validator``)."""
+
+    def validate(self, checks: Checks) -> dict[str, Any]:
+        """The checks validated: GX's result, as JSON (``include.quality.expectations.validate``)."""
+
+    def store(self) -> StoreReads:
+        """What the gates read of the vector store (its bound embedder, what the load wrote)."""
 
 MANIFEST_NAME = "_manifest.json"
 
@@ -305,9 +315,9 @@ class Stage:
     # Whether its worker calls a paid API with these settings (then the batch's budget bounds it).
     pays: Callable[[PipelineSettings], bool] = lambda _settings: False
     # Its quality gate (``include.quality.gates``): the checks of each document's output, from its
-    # payloads, for the documents validated together once their outputs are assembled; and what a
-    # failed one raises.
-    gate: Callable[[list[tuple[AssembleContext, list[Payload]]]], list[Checks]] | None = None
+    # payloads (and what the store shows, read through ``Store``), for the documents validated
+    # together once their outputs are assembled; and what a failed one raises.
+    gate: Callable[[list[tuple[AssembleContext, list[Payload]]], Store], list[Checks]] | None = None
     gate_failure: type[QualityGateFailed] = QualityGateFailed
 
     @property
@@ -436,7 +446,7 @@ def run_stage(
     settled: list[DocumentOutcome] | None = None,
     budget_usd: float | None = None,
     validations_uri: str | None = None,
-    validate: Validate | None = None,
+    validator: Validator | None = None,
 ) -> BatchResult:
     """Run one stage over a batch; write each document's manifest as it finishes.
 
@@ -449,8 +459,8 @@ def run_stage(
     ``postponed``, and what is left of the budget goes to the next stage.
 
     The validation results of the stage's quality gate, one per document it assembled, go to
-    ``validations_uri`` (the batch result names it as its ``quality`` output). ``validate`` runs
-    them elsewhere (a warm validator); by default, in this process.
+    ``validations_uri`` (the batch result names it as its ``quality`` output). ``validator`` validates
+    them and reads the store for them elsewhere (the warm validator); by default, in this process.
     """
     storage = Storage(settings)
     started = now()
@@ -481,8 +491,8 @@ def run_stage(
             log.info("%s: reusing the recorded result of %d document(s)", stage.name, len(outcomes))
 
         budget = budget_usd if stage.pays(settings) else None
-        finishing = Finishing(stage, settings, storage, fingerprints, started, submission_id, validate)
-        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off" and validate is None:
+        finishing = Finishing(stage, settings, storage, fingerprints, started, submission_id, validator)
+        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off" and validator is None:
             # GX takes about 3 s to import: while the executor starts its workers, not after.
             threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
         if pending and (budget is None or budget > 0):
@@ -559,9 +569,9 @@ class Finishing:
     redoes them."""
 
     def __init__(self, stage: Stage, settings: PipelineSettings, storage: Storage, fingerprints: dict[str, str],
-                 started: datetime, submission_id: str | None, validate: Validate | None) -> None:
+                 started: datetime, submission_id: str | None, validator: Validator | None) -> None:
         self.stage, self.settings, self.storage, self.fingerprints = stage, settings, storage, fingerprints
-        self.started, self.submission_id, self.validate = started, submission_id, validate
+        self.started, self.submission_id, self.validator = started, submission_id, validator
         # The gate's validation results, one per document judged, kept for the run's Data Docs.
         self.validations: list[dict[str, Any]] = []
         # What the documents assembled cost in paid calls.
@@ -598,20 +608,23 @@ class Finishing:
         """The waiting documents' checks built and validated together, each document judged by its own
         rows, and recorded. A gate that cannot be built for them fails them all, named with why (or
         the job, when the infrastructure is why)."""
+        from include.quality import gates
         from include.quality.expectations import validate_together
 
         waiting, self._waiting = self._waiting, []
         if not waiting or self.stage.gate is None:
             return []
         began = time.monotonic()
+        store = self.validator.store if self.validator else partial(gates.vector_store, self.settings)
         try:
-            checks = self.stage.gate([(a.ctx, a.done.payloads) for a in waiting])
+            checks = self.stage.gate([(a.ctx, a.done.payloads) for a in waiting], store)
         except Exception as exc:
             errors = [as_document_error(self.stage.name, a.ctx.document.source_uri, exc) for a in waiting]
             if None in errors:
                 raise
             return [self._failed(a.done, error) for a, error in zip(waiting, errors) if error is not None]
-        results = validate_together([(a.ctx.document.doc_id, c) for a, c in zip(waiting, checks)], self.validate)
+        results = validate_together([(a.ctx.document.doc_id, c) for a, c in zip(waiting, checks)],
+                                     self.validator.validate if self.validator else None)
         # The gate's time, shared by rows: each document's is its share.
         seconds, rows = time.monotonic() - began, sum(max(c.rows, 1) for c in checks)
         outcomes = []

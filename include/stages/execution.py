@@ -218,14 +218,8 @@ def _pipeline(
 ) -> Iterator[DocumentDone]:
     if not items:
         return
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
     from include.stages import warm
 
-    context = DataContext.get_current()
-    context.execution_options.preserve_order = True  # a document's parts arrive together, in order
-    context.enable_progress_bars = False  # the job log gets our progress lines instead
     cpus = worker_node_cpus(settings)
     pool = getattr(settings, stage.pool).sized_for(cpus)
     steps = {name: (stage.name, stage.runs(settings)) for name in (PartWorker.__name__, "WarmPartWorker")}
@@ -235,6 +229,11 @@ def _pipeline(
             # would start a process of this job and import them first.
             rows = warm.run_parts(stage, settings, _document_rows(items), cpus, progress)
         else:
+            import ray.data  # here only: a warm stage's job has no use for its 0.4 s import
+
+            context = ray.data.DataContext.get_current()
+            context.execution_options.preserve_order = True  # a document's parts arrive together, in order
+            context.enable_progress_bars = False  # the job log gets our progress lines instead
             # One block per part: an actor takes a whole block, so a document's parts in one block
             # would run on one actor (one core) however many the pool has. Splitting before the pool
             # starts also leaves the pool every CPU: no split task waits behind its own actors.
@@ -243,7 +242,7 @@ def _pipeline(
                 PartWorker,
                 fn_constructor_kwargs={"stage": stage, "settings": settings},
                 batch_size=1,  # a part is already a bounded unit of work
-                compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+                compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
                 num_cpus=pool.actor_cpus,
                 memory=pool.actor_memory_mb * 2**20,
                 **actor_options(settings),

@@ -44,18 +44,24 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util import ActorPool
 
 import include
-from include.settings import PipelineSettings, PoolSettings
+from include.quality import gates
 from include.quality.expectations import Checks
-from include.stages.base import Progress, Stage, Validate
+from include.settings import PipelineSettings, PoolSettings
+from include.stages.base import Progress, Stage
 from include.stages.execution import PartWorker, split_rows
 from include.worker_options import THREADS_ENV, actor_options
+
+if TYPE_CHECKING:
+    from include.backends.vector_stores import EmbedderInfo
+    from include.quality.gates import StoreReads
 
 log = logging.getLogger(__name__)
 
@@ -310,13 +316,15 @@ def _evict_idle_workers(except_names: set[str], memory: float) -> int:
 
 class WarmValidator(KeptWarm):
     """The quality gates' validator, Great Expectations loaded once: a stage job that sent its checks
-    to GX in its own process would import it first (about 3 s, more than a small drop's work)."""
+    to GX in its own process would import it first (about 3 s, more than a small drop's work). It
+    also makes the gates' reads of the vector store, with a client it keeps."""
 
     def __init__(self, settings: PipelineSettings, threads: int) -> None:
         from include.quality.expectations import context
 
         use_threads(threads)
         context()
+        self._settings = settings
         KeptWarm.__init__(self, "quality", settings.warm_idle_seconds)
 
     def validate(self, checks: Checks) -> dict[str, Any]:
@@ -325,22 +333,51 @@ class WarmValidator(KeptWarm):
         with self.working():
             return validate(checks)
 
+    def store_embedder(self) -> EmbedderInfo | None:
+        with self.working():
+            return gates.vector_store(self._settings).embedder()
 
-def validator(settings: PipelineSettings) -> Validate | None:
-    """Where a stage job has its quality gates' checks validated: the warm validator (found or started on
-    first use), or None (in the job's own process) when 'quality' is not kept warm."""
-    if not is_warm("quality", settings):
-        return None
-    leased: list[ray.actor.ActorHandle] = []
+    def store_records(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        with self.working():
+            return gates.vector_store(self._settings).documents_records(doc_ids)
 
-    def validate(checks: Checks) -> dict[str, Any]:
-        if not leased:
-            actors, _ = leased_pool(WarmValidator, pool_name("quality", settings, WarmValidator),
-                                    settings.quality.validator_pool.sized_for(1), settings, settings)
-            leased.extend(actors)
-        return ray.get(leased[0].validate.remote(checks))
 
-    return validate
+class WarmValidation:
+    """A stage job's ``Validator``: the warm validator, found or started on first use."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._settings = settings
+        self._leased: list[ray.actor.ActorHandle] = []
+
+    def _actor(self) -> ray.actor.ActorHandle:
+        if not self._leased:
+            actors, _ = leased_pool(WarmValidator, pool_name("quality", self._settings, WarmValidator),
+                                    self._settings.quality.validator_pool.sized_for(1), self._settings, self._settings)
+            self._leased.extend(actors)
+        return self._leased[0]
+
+    def validate(self, checks: Checks) -> dict[str, Any]:
+        return ray.get(self._actor().validate.remote(checks))
+
+    def store(self) -> StoreReads:
+        return _StoreViaValidator(self._actor())
+
+
+@dataclass(frozen=True)
+class _StoreViaValidator:
+    actor: ray.actor.ActorHandle
+
+    def embedder(self) -> EmbedderInfo | None:
+        return ray.get(self.actor.store_embedder.remote())
+
+    def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return ray.get(self.actor.store_records.remote(doc_ids))
+
+
+def validator(settings: PipelineSettings) -> WarmValidation | None:
+    """Where a stage job has its quality gates' checks validated and their store reads made: the warm
+    validator, or None (in the job's own process) when 'quality' is not kept warm."""
+    return WarmValidation(settings) if is_warm("quality", settings) else None
 
 
 def run_parts(stage: Stage, settings: PipelineSettings, documents: list[dict[str, Any]], cpus: float,

@@ -173,9 +173,34 @@ def test_the_gates_checks_are_validated_by_one_warm_validator_as_they_would_be_i
              "page_end": 1} for n in range(3)]
     checks = chunk_checks(rows, doc_id="doc", token_limit=254, pages=1, settings=warm)
 
-    remote = validator(warm)(checks)
+    remote = validator(warm).validate(checks)
     assert not remote["success"] and failures(remote) == failures(validate(checks))
     assert "doc#0: tokens=900" in failures(remote)[0]
-    assert validator(warm)(chunk_checks(rows[1:], doc_id="doc", token_limit=254, pages=1, settings=warm))["success"]
+    assert validator(warm).validate(chunk_checks(rows[1:], doc_id="doc", token_limit=254, pages=1,
+                                                 settings=warm))["success"]
     assert len(_pool_actors("quality-")) == 1  # a second job's validator is the same actor
     assert validator(warm.model_copy(update={"warm_stages": frozenset({"embed"})})) is None
+
+
+def test_the_gates_read_the_store_through_the_warm_validator_and_see_what_others_wrote_since(settings, ray_local):
+    from include.backends.vector_stores import EmbedderInfo, VectorRecord
+    from include.quality.gates import vector_store
+    from include.stages.warm import validator
+
+    warm = settings.model_copy(update={"warm_idle_seconds": 60.0, "warm_stages": frozenset({"quality"}),
+                                       "chroma_collection": "gate-reads"})
+    through_validator = validator(warm).store()
+    assert through_validator.embedder() is None  # its client is made now, before anything is written
+
+    # A load elsewhere (this process, as a load worker would) binds the store and writes a document.
+    written = vector_store(warm)
+    written.bind_embedder(EmbedderInfo("minilm", 3))
+    written.upsert([VectorRecord(f"a#{n}", [1.0, 0.0, float(n)], f"passage {n}", {"doc_id": "a", "chunk_no": n})
+                    for n in range(2)])
+
+    # The validator's kept client sees the binding made after it was made, and the records.
+    assert validator(warm).store().embedder() == EmbedderInfo("minilm", 3)
+    records = validator(warm).store().documents_records(["a", "b"])
+    assert records == written.documents_records(["a", "b"])
+    assert set(records["a"]) == {"a#0", "a#1"} and records["b"] == {}
+    assert records["a"]["a#1"]["text"] == "passage 1"
