@@ -8,7 +8,8 @@ A short job's end is seen within a moment: the polls start half a second apart a
 tenth of the job's age, up to ``poll_interval`` (so its end is seen within a tenth of its length,
 at most a poll interval late). Ray's tail lags the log by a second or two and closes some seconds after the
 job's end (measured on Ray 2.60: about 3 s after the last line): once the status is final, what the
-tail has not delivered within a moment is read from the job's whole log, in one request.
+tail has not delivered is read at once from the job's whole log, in one request (a wait for the tail
+cost every job half a second, and the tail never caught up within it).
 
 It stops the job only when a user acts on the deferred task (``on_kill``: mark failed or success,
 clear); a triggerer restarting or handing the trigger to another triggerer leaves the job running,
@@ -33,9 +34,6 @@ VANISHED = "VANISHED"
 # The shortest pause between two status polls, and the share of the job's age a pause may be.
 _FIRST_POLL_SECONDS = 0.5
 _POLL_SHARE_OF_AGE = 0.1
-# How long the tail may take to deliver the rest of the log once the job has ended, before the rest is
-# read from the whole log.
-_TAIL_CATCH_UP_SECONDS = 0.5
 # Log lines written between two yields to the event loop.
 _LINES_PER_TURN = 100
 
@@ -82,11 +80,9 @@ class RayJobTrigger(BaseTrigger):
             streaming = asyncio.create_task(self._stream(api, tail)) if self.stream_logs else None
             try:
                 status, message = await self._wait(api)
-                if streaming is not None:
-                    await asyncio.wait({streaming}, timeout=_TAIL_CATCH_UP_SECONDS)
-                    if not streaming.done() or not streaming.result():
-                        streaming.cancel()  # lagging, or broken off: the rest from the whole log
-                        await self._rest_of_log(api, tail)
+                if streaming is not None and not (streaming.done() and streaming.result()):
+                    streaming.cancel()  # lagging, or broken off: the rest from the whole log
+                    await self._rest_of_log(api, tail)
             finally:
                 if streaming is not None and not streaming.done():
                     streaming.cancel()
@@ -131,7 +127,8 @@ class RayJobTrigger(BaseTrigger):
         return True
 
     async def _rest_of_log(self, api: AsyncJobApi, tail: deque[str]) -> None:
-        """The lines of the ended job's log the tail had not delivered, from the whole log."""
+        """The lines of the ended job's log the tail had not delivered, from the whole log; its last lines
+        are the event's tail."""
         try:
             text = await api.logs(self.submission_id)
         except Exception as exc:  # as above: lines lost, not the outcome
@@ -140,8 +137,9 @@ class RayJobTrigger(BaseTrigger):
         lines = (text or "").split("\n")
         if lines and lines[-1] == "":
             lines.pop()  # the log's final newline
+        tail.clear()
+        tail.extend(lines)  # the whole log's last lines, those of the task's log before this trigger too
         for number, line in enumerate(lines[self.lines_streamed:], 1):
-            tail.append(line)
             self.log.info("[ray] %s", line)
             if number % _LINES_PER_TURN == 0:
                 await asyncio.sleep(0)  # as in _stream: other triggers' turn
