@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -63,16 +63,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class Validator(Protocol):
-    """Where a stage job's quality gates are validated and read the store, when not in the job's own
-    process: the warm validator (``include.stages.warm.validator``)."""
+    """Where a stage job's quality gates are validated and read the store: in the job's own process
+    (``InProcessValidator``), or in the warm validator (``include.stages.warm.validator``)."""
+
+    def prepare(self) -> None:
+        """Get ready in the background, while the stage's workers start: not after their work."""
 
     def validate(self, checks: Checks) -> dict[str, Any]:
         """The checks validated: GX's result, as JSON (``include.quality.expectations.validate``)."""
 
     def store(self) -> StoreReads:
         """What the gates read of the vector store (its bound embedder, what the load wrote)."""
+
+
+class InProcessValidator:
+    """The gates validated, and the store read for them, in this process."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._settings = settings
+
+    def prepare(self) -> None:
+        # GX takes about 3 s to import.
+        threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
+
+    def validate(self, checks: Checks) -> dict[str, Any]:
+        from include.quality.expectations import validate
+
+        return validate(checks)
+
+    def store(self) -> StoreReads:
+        from include.quality.gates import vector_store
+
+        return vector_store(self._settings)
+
 
 MANIFEST_NAME = "_manifest.json"
 
@@ -460,7 +484,7 @@ def run_stage(
 
     The validation results of the stage's quality gate, one per document it assembled, go to
     ``validations_uri`` (the batch result names it as its ``quality`` output). ``validator`` validates
-    them and reads the store for them elsewhere (the warm validator); by default, in this process.
+    them and reads the store for them (by default, in this process).
     """
     storage = Storage(settings)
     started = now()
@@ -491,10 +515,10 @@ def run_stage(
             log.info("%s: reusing the recorded result of %d document(s)", stage.name, len(outcomes))
 
         budget = budget_usd if stage.pays(settings) else None
+        validator = validator or InProcessValidator(settings)
         finishing = Finishing(stage, settings, storage, fingerprints, started, submission_id, validator)
-        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off" and validator is None:
-            # GX takes about 3 s to import: while the executor starts its workers, not after.
-            threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
+        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off":
+            validator.prepare()
         if pending and (budget is None or budget > 0):
             with closing(executor(stage, settings, pending, progress)) as finished:
                 for done in finished:
@@ -569,7 +593,7 @@ class Finishing:
     redoes them."""
 
     def __init__(self, stage: Stage, settings: PipelineSettings, storage: Storage, fingerprints: dict[str, str],
-                 started: datetime, submission_id: str | None, validator: Validator | None) -> None:
+                 started: datetime, submission_id: str | None, validator: Validator) -> None:
         self.stage, self.settings, self.storage, self.fingerprints = stage, settings, storage, fingerprints
         self.started, self.submission_id, self.validator = started, submission_id, validator
         # The gate's validation results, one per document judged, kept for the run's Data Docs.
@@ -608,23 +632,21 @@ class Finishing:
         """The waiting documents' checks built and validated together, each document judged by its own
         rows, and recorded. A gate that cannot be built for them fails them all, named with why (or
         the job, when the infrastructure is why)."""
-        from include.quality import gates
         from include.quality.expectations import validate_together
 
         waiting, self._waiting = self._waiting, []
         if not waiting or self.stage.gate is None:
             return []
         began = time.monotonic()
-        store = self.validator.store if self.validator else partial(gates.vector_store, self.settings)
         try:
-            checks = self.stage.gate([(a.ctx, a.done.payloads) for a in waiting], store)
+            checks = self.stage.gate([(a.ctx, a.done.payloads) for a in waiting], self.validator.store)
         except Exception as exc:
             errors = [as_document_error(self.stage.name, a.ctx.document.source_uri, exc) for a in waiting]
             if None in errors:
                 raise
             return [self._failed(a.done, error) for a, error in zip(waiting, errors) if error is not None]
         results = validate_together([(a.ctx.document.doc_id, c) for a, c in zip(waiting, checks)],
-                                     self.validator.validate if self.validator else None)
+                                     self.validator.validate)
         # The gate's time, shared by rows: each document's is its share.
         seconds, rows = time.monotonic() - began, sum(max(c.rows, 1) for c in checks)
         outcomes = []

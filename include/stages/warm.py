@@ -343,35 +343,59 @@ class WarmValidator(KeptWarm):
 
 
 class WarmValidation:
-    """A stage job's ``Validator``: the warm validator, found or started on first use."""
+    """A stage job's ``Validator``: the warm validator, found, or started (GX loaded) on first use."""
 
     def __init__(self, settings: PipelineSettings) -> None:
         self._settings = settings
+        self._lock = threading.Lock()
         self._leased: list[ray.actor.ActorHandle] = []
 
+    def prepare(self) -> None:
+        """Lease it while the stage's workers start: on a cold cluster its start (GX's import, about
+        3 s) would otherwise wait for the first documents done."""
+        def lease() -> None:
+            try:
+                self._actor()
+            except Exception as exc:  # the first validation leases again, and fails the job if it must
+                log.warning("the warm validator could not be leased ahead: %s", exc)
+
+        threading.Thread(target=lease, name="lease-validator", daemon=True).start()
+
     def _actor(self) -> ray.actor.ActorHandle:
-        if not self._leased:
-            actors, _ = leased_pool(WarmValidator, pool_name("quality", self._settings, WarmValidator),
-                                    self._settings.quality.validator_pool.sized_for(1), self._settings, self._settings)
-            self._leased.extend(actors)
-        return self._leased[0]
+        with self._lock:
+            if not self._leased:
+                actors, _ = leased_pool(WarmValidator, pool_name("quality", self._settings, WarmValidator),
+                                        self._settings.quality.validator_pool.sized_for(1), self._settings,
+                                        self._settings)
+                self._leased.extend(actors)
+            return self._leased[0]
+
+    def call(self, method: str, *args: Any) -> Any:
+        """A method of the validator, leased again once if it is gone: it retires when idle, and a
+        long first document may keep a job from it longer than that since ``prepare``."""
+        try:
+            return ray.get(getattr(self._actor(), method).remote(*args))
+        except ray.exceptions.RayActorError:
+            with self._lock:
+                self._leased.clear()
+        return ray.get(getattr(self._actor(), method).remote(*args))
 
     def validate(self, checks: Checks) -> dict[str, Any]:
-        return ray.get(self._actor().validate.remote(checks))
+        return self.call("validate", checks)
 
     def store(self) -> StoreReads:
-        return _StoreViaValidator(self._actor())
+        return _StoreViaValidator(self)
 
 
 @dataclass(frozen=True)
 class _StoreViaValidator:
-    actor: ray.actor.ActorHandle
+    validator: WarmValidation
 
     def embedder(self) -> EmbedderInfo | None:
-        return ray.get(self.actor.store_embedder.remote())
+        return self.validator.call("store_embedder")
 
     def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return ray.get(self.actor.store_records.remote(doc_ids))
+        return self.validator.call("store_records", doc_ids)
 
 
 def validator(settings: PipelineSettings) -> WarmValidation | None:

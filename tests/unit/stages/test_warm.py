@@ -204,3 +204,25 @@ def test_the_gates_read_the_store_through_the_warm_validator_and_see_what_others
     assert records == written.documents_records(["a", "b"])
     assert set(records["a"]) == {"a#0", "a#1"} and records["b"] == {}
     assert records["a"]["a#1"]["text"] == "passage 1"
+
+
+def test_a_validator_leased_ahead_that_retired_idle_before_its_first_use_is_leased_again(settings, ray_local):
+    from include.quality.suites import chunk_checks
+    from include.stages.warm import WarmValidator, pool_name, validator, worker_names
+
+    warm = settings.model_copy(update={"warm_idle_seconds": 1.0, "warm_stages": frozenset({"quality"})})
+    name = pool_name("quality", warm, WarmValidator)
+    validation = validator(warm)
+    validation.prepare()  # as a job does while its workers start
+    _wait_for(lambda: any(n.startswith(name) for n in worker_names()), "the validator to start")
+    _wait_for(lambda: not any(n.startswith(name) for n in worker_names()), "the idle validator to retire")
+
+    rows = [{"chunk_id": "doc#0", "text": "A passage.", "tokens": 12, "page_start": 1, "page_end": 1}]
+    assert validation.validate(chunk_checks(rows, doc_id="doc", token_limit=254, pages=1, settings=warm))["success"]
+
+
+def _wait_for(condition, what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds:.0f}s for {what}"
+        time.sleep(0.2)
