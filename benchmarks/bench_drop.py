@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -290,11 +289,9 @@ def session(project: Path, work: Path, warm_idle_seconds: str, deadline_seconds:
         yield Bench(env, deadline_seconds)
     finally:
         if standalone is not None:
-            os.killpg(standalone.pid, signal.SIGTERM)
-            try:
-                standalone.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(standalone.pid, signal.SIGKILL)
+            from tools.stack import stop_session
+
+            stop_session(standalone)
         subprocess.run([sys.executable, "-m", "tools.stack", "down"], env=env, cwd=project, capture_output=True)
         os.environ.clear()
         os.environ.update(saved)

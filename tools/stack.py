@@ -370,6 +370,26 @@ def upgrade_ledger() -> None:
     print(f"ledger: {ledger.location} at revision {ledger.upgrade()}", flush=True)
 
 
+def stop_session(process: subprocess.Popen, grace: float = 60.0) -> None:
+    """Stop a process started in a session of its own (``start_new_session``) and all of its group:
+    SIGTERM, up to ``grace`` seconds for it to end, then SIGKILL to whatever of the group is left. A
+    child may outlive its leader: ``airflow standalone``'s triggerer, stopping its triggers, went on
+    watching the inbox of the next stack a bench started on the same ports."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
 def _stop(service: Service, work: Path, grace: float = 20.0) -> None:
     pid = _read_pid(service, work)
     if pid is None:

@@ -8,8 +8,6 @@ documents that arrived in each of its intervals.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -19,6 +17,7 @@ import pytest
 
 from tests.integration.conftest import AIRFLOW, DAG_ID, isolated_env, ray_jobs_of, run
 from tools import airflow_db
+from tools.stack import stop_session
 
 BATCHES = 3
 INTERVAL_DAG_ID = "document_ingest_interval"
@@ -73,11 +72,7 @@ def services(stack, tmp_path_factory, sample_pdfs):
             run(env, AIRFLOW, "dags", "pause", INTERVAL_DAG_ID)
             yield env
         finally:
-            os.killpg(services.pid, signal.SIGTERM)
-            try:
-                services.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(services.pid, signal.SIGKILL)
+            stop_session(services)
             log.close()
 
 
