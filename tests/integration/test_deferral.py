@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from tests.integration.conftest import AIRFLOW, DAG_ID, isolated_env, ray_jobs_of, run
 from tools import airflow_db
@@ -170,9 +171,13 @@ def test_a_backfill_takes_exactly_the_documents_that_arrived_in_each_interval(se
     iso = lambda stamp: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))  # noqa: E731
     # Created while the DAG is paused, so the run the scheduler makes on unpausing (for the latest
     # interval) cannot take one of these intervals first; Airflow starts a paused DAG's backfill runs
-    # once it is unpaused.
-    run(services, AIRFLOW, "backfill", "create", "--dag-id", INTERVAL_DAG_ID, "--from-date", iso(first),
-        "--to-date", iso(last), "--reprocess-behavior", "completed")
+    # once it is unpaused. The CLI writes the backfill in one transaction to the SQLite file the
+    # scheduler and the DAG processor write too: once, on two busy cores, one of them held it past
+    # SQLite's wait ("database is locked"), and the failed transaction left nothing to undo.
+    create = Retrying(retry=retry_if_exception(lambda exc: "database is locked" in str(exc)),
+                      stop=stop_after_attempt(3), wait=wait_fixed(2), reraise=True)
+    create(run, services, AIRFLOW, "backfill", "create", "--dag-id", INTERVAL_DAG_ID, "--from-date", iso(first),
+           "--to-date", iso(last), "--reprocess-behavior", "completed")
     run(services, AIRFLOW, "dags", "unpause", INTERVAL_DAG_ID)
     deadline = time.monotonic() + RUN_TIMEOUT
     while len(done := [r for r in airflow_db.runs(home, INTERVAL_DAG_ID)
