@@ -53,6 +53,10 @@ def _enrich() -> Stage:
     )
 
 
+# How an error names the local embedder's runtime (``PIPELINE_EMBED_RUNTIME``).
+_RUNTIMES = {"onnx": "ONNX Runtime", "torch": "torch", "torch-bf16": "torch in bfloat16"}
+
+
 def _embed() -> Stage:
     from include.quality import gates
     from include.stages import embed
@@ -60,7 +64,8 @@ def _embed() -> Stage:
     return Stage(
         SPECS["embed"], "embeddings", embed.split, embed.ChunkEmbedder, embed.assemble,
         pool="embed_pool",
-        runs=lambda s: f"{s.embedder_model} " + ("on torch" if s.embedder == "minilm" else "over the OpenAI API"),
+        runs=lambda s: f"{s.embedder_model} " + (f"on {_RUNTIMES[s.embed_runtime]}" if s.embedder == "minilm"
+                                                  else "over the OpenAI API"),
         pays=lambda s: s.embedder == "openai", gate=gates.embed,
     )
 

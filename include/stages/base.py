@@ -334,7 +334,7 @@ class Stage:
     # False when the output lives outside our artifacts (the vector store), which
     # may have been wiped since: such a stage always redoes its (idempotent) work.
     reusable: bool = True
-    # What the worker runs, as an error names it ("all-MiniLM-L6-v2 on torch").
+    # What the worker runs, as an error names it ("all-MiniLM-L6-v2 on ONNX Runtime").
     runs: Callable[[PipelineSettings], str] = lambda _settings: ""
     # Whether its worker calls a paid API with these settings (then the batch's budget bounds it).
     pays: Callable[[PipelineSettings], bool] = lambda _settings: False

@@ -176,8 +176,8 @@ def test_a_backfill_takes_exactly_the_documents_that_arrived_in_each_interval(se
     # SQLite's wait ("database is locked"), and the failed transaction left nothing to undo.
     create = Retrying(retry=retry_if_exception(lambda exc: "database is locked" in str(exc)),
                       stop=stop_after_attempt(3), wait=wait_fixed(2), reraise=True)
-    create(run, services, AIRFLOW, "backfill", "create", "--dag-id", INTERVAL_DAG_ID, "--from-date", iso(first),
-           "--to-date", iso(last), "--reprocess-behavior", "completed")
+    create(run, services, AIRFLOW, "backfill", "create", "--dag-id", INTERVAL_DAG_ID,
+           "--from-date", iso(first), "--to-date", iso(last), "--reprocess-behavior", "completed")
     run(services, AIRFLOW, "dags", "unpause", INTERVAL_DAG_ID)
     deadline = time.monotonic() + RUN_TIMEOUT
     while len(done := [r for r in airflow_db.runs(home, INTERVAL_DAG_ID)

@@ -80,14 +80,15 @@ def test_a_document_its_worker_dies_on_fails_alone_naming_step_model_and_signal_
     error = str(found["bad"].error)
     assert found["bad"].payloads == [] and not found["bad"].error.bad_file
     assert error.startswith("s3://documents/inbox/bad.pdf: embed on this document alone: embed "
-                            "(packaged:all-MiniLM-L6-v2 on torch): the worker process died with SIGSEGV")
+                            "(packaged:all-MiniLM-L6-v2 on ONNX Runtime): the worker process died with "
+                            "SIGSEGV")
 
 
 def test_workers_that_die_whatever_they_run_fail_the_job_after_their_restarts(settings, ray_local):
     with pytest.raises(WorkerCrashed) as caught:
         _crashing_batch(settings, ["bad-1", "bad-2"], restarts=1)
     crash = caught.value
-    assert crash.step == "embed" and crash.model == "packaged:all-MiniLM-L6-v2 on torch"
+    assert crash.step == "embed" and crash.model == "packaged:all-MiniLM-L6-v2 on ONNX Runtime"
     assert crash.signal == "SIGSEGV" and crash.deaths >= 2 and not crash.retryable
 
 

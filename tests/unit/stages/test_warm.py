@@ -182,7 +182,8 @@ def test_the_gates_checks_are_validated_by_one_warm_validator_as_they_would_be_i
     assert validator(warm.model_copy(update={"warm_stages": frozenset({"embed"})})) is None
 
 
-def test_the_gates_read_the_store_through_the_warm_validator_and_see_what_others_wrote_since(settings, ray_local):
+def test_the_gates_read_the_store_through_the_warm_validator_and_see_what_others_wrote_since(
+        settings, ray_local):
     from include.backends.vector_stores import EmbedderInfo, VectorRecord
     from include.quality.gates import vector_store
     from include.stages.warm import validator
@@ -195,8 +196,8 @@ def test_the_gates_read_the_store_through_the_warm_validator_and_see_what_others
     # A load elsewhere (this process, as a load worker would) binds the store and writes a document.
     written = vector_store(warm)
     written.bind_embedder(EmbedderInfo("minilm", 3))
-    written.upsert([VectorRecord(f"a#{n}", [1.0, 0.0, float(n)], f"passage {n}", {"doc_id": "a", "chunk_no": n})
-                    for n in range(2)])
+    written.upsert([VectorRecord(f"a#{n}", [1.0, 0.0, float(n)], f"passage {n}",
+                                 {"doc_id": "a", "chunk_no": n}) for n in range(2)])
 
     # The validator's kept client sees the binding made after it was made, and the records.
     assert validator(warm).store().embedder() == EmbedderInfo("minilm", 3)
@@ -218,7 +219,8 @@ def test_a_validator_leased_ahead_that_retired_idle_before_its_first_use_is_leas
     _wait_for(lambda: not any(n.startswith(name) for n in worker_names()), "the idle validator to retire")
 
     rows = [{"chunk_id": "doc#0", "text": "A passage.", "tokens": 12, "page_start": 1, "page_end": 1}]
-    assert validation.validate(chunk_checks(rows, doc_id="doc", token_limit=254, pages=1, settings=warm))["success"]
+    checks = chunk_checks(rows, doc_id="doc", token_limit=254, pages=1, settings=warm)
+    assert validation.validate(checks)["success"]
 
 
 def _wait_for(condition, what: str, seconds: float = 60.0) -> None:
