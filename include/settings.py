@@ -265,7 +265,9 @@ class PipelineSettings(BaseSettings):
         description="Folder of the ONNX export of embed_model; unset = <the environment's prefix>/share/"
         "document-ingest/minilm-onnx, where the install puts the packaged model's.",
     )
-    embed_batch_size: int = Field(default=32, ge=1, description="Texts per forward pass of the model.")
+    # 8, not more: texts sorted by length pad little, and small matrices stay in cache. On 700-character
+    # chunks, 2 cores: ONNX 34.4 texts/s at 8 against 30.7 at 32, torch 26.5 against 22.3.
+    embed_batch_size: int = Field(default=8, ge=1, description="Texts per forward pass of the model.")
     openai_embed_model: str = "text-embedding-3-small"
     embed_dimensions: int | None = Field(
         default=None, ge=1, description="Shorter OpenAI vectors (text-embedding-3 models); unset = the model's own."
