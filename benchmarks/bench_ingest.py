@@ -10,7 +10,9 @@ Both run on the same corpus in the same invocation:
 
 It prints, per corpus: wall seconds of each, their ratio (plain / dag: 1.0 would mean
 orchestration costs nothing), Ray jobs the run submitted, pages per second, and the
-peak resident memory of the plain process and of the largest Ray worker (sampled).
+peak resident memory of the plain process and of the largest Ray worker (sampled); per stage,
+seconds in the plain process and in the stage's Ray jobs, and the cores the stage's workers, Ray's
+daemons, Airflow and the storage servers kept busy while those jobs ran.
 Then the DAG runs a second time over the unchanged inbox, naming its files as a person
 triggering it would: the seconds and Ray jobs of that run are what an unchanged inbox costs.
 Last, one more document is dropped and run: its seconds, seconds inside Ray jobs and model
@@ -179,11 +181,7 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT, overrides: dict[st
         storage = Storage(settings)
         for path in corpus:
             storage.write_bytes(join_uri(settings.inbox_uri, path.name), path.read_bytes())
-        def ray_worker_or_driver(process) -> bool:
-            line = cmdline(process)
-            return line.startswith("ray::") or "include.stages" in line
-
-        with ProcessSampler(ray_worker_or_driver) as sampler:
+        with ProcessSampler(stack_group) as sampler:
             started = time.time()
             run_id, seconds = _dag_run(airflow, env, project, work / "dags-test.log")
         from ray.job_submission import JobSubmissionClient
@@ -194,9 +192,14 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT, overrides: dict[st
         jobs = [j for j in client.list_jobs() if j.metadata.get("run_id") == run_id]
         # Seconds inside Ray jobs per stage (summed over batches), and when the first job started.
         stages: dict[str, float] = {}
+        cpu: dict[str, dict[str, float]] = {}
         for job in jobs:
             stage = job.entrypoint.split()[3]
             stages[stage] = stages.get(stage, 0.0) + (job.end_time - job.start_time) / 1000
+            for group in STACK_GROUPS:
+                used = sampler.cpu_seconds(job.start_time / 1000, job.end_time / 1000, group)
+                cpu.setdefault(stage, {}).setdefault(group, 0.0)
+                cpu[stage][group] += used
         first_job = min((j.start_time / 1000 - started for j in jobs), default=0.0)
         summary = airflow_db.xcoms(Path(env["AIRFLOW_HOME"]), DAG_ID, run_id, key="summary").get(("summarize", -1))
         # The same inbox again (bad files may have left it for quarantine), every file named.
@@ -216,7 +219,9 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT, overrides: dict[st
         subprocess.run([sys.executable, "-m", "tools.stack", "down"], env=env, cwd=project, capture_output=True)
         os.environ.clear()
         os.environ.update(saved)
-    return {"seconds": seconds, "jobs": len(jobs), "peak_worker_mb": sampler.peak_mb, "stages": stages,
+    return {"seconds": seconds, "jobs": len(jobs), "peak_worker_mb": sampler.peak_mb["stage workers"],
+            "stages": stages, "cpu": cpu, "run_cpu": {g: sampler.cpu_seconds(started, started + seconds, g)
+                                                      for g in STACK_GROUPS},
             "rerun_seconds": rerun_seconds, "rerun_jobs": len(rerun_jobs),
             "first_job_after": first_job,
             "drop_seconds": drop_seconds, "drop_jobs": len(drop_jobs), "drop_loads": int(drop_loads),
@@ -224,6 +229,39 @@ def dag(corpus: list[Path], work: Path, project: Path = ROOT, overrides: dict[st
             "batches": summary.get("batches", 0) if summary else 0,
             "succeeded": summary["succeeded"] if summary else 0,
             "failed": len(summary["failed"]) if summary else -1}
+
+
+# Who used the machine's CPUs during the DAG's run, by the part of the stack they belong to.
+STACK_GROUPS = ("stage workers", "ray daemons", "airflow", "storage")
+
+
+def stack_group(process) -> str | None:
+    line = cmdline(process)
+    if line.startswith("ray::") or "include.stages" in line:
+        return "stage workers"  # the stages' actors and tasks, and the jobs' drivers
+    if any(part in line for part in ("raylet", "gcs_server", "/ray/dashboard", "/ray/_private", "ray/autoscaler")):
+        return "ray daemons"
+    if "airflow" in line:
+        return "airflow"
+    if "weed" in line or "chroma" in line:
+        return "storage"
+    return None
+
+
+def print_cpu(plain_result: dict, dag_result: dict) -> None:
+    """Per stage: plain seconds, seconds in its Ray jobs, and the cores each part of the stack kept
+    busy while they ran (cores: CPU seconds per second of the jobs)."""
+    groups = "".join(f"{group:>15}" for group in STACK_GROUPS)
+    print(f"    {'stage':<8}{'plain s':>9}{'Ray jobs s':>11}{'Ray/plain':>10}   cores used in its jobs by:{groups}")
+    for stage, plain_seconds in plain_result["stages"].items():
+        ray_seconds = dag_result["stages"].get(stage, 0.0)
+        used = dag_result["cpu"].get(stage, {})
+        cores = "".join(f"{used.get(group, 0.0) / max(ray_seconds, 1e-9):>15.2f}" for group in STACK_GROUPS)
+        print(f"    {stage:<8}{plain_seconds:>9.1f}{ray_seconds:>11.1f}{ray_seconds / plain_seconds:>10.2f}"
+              f"   {'':<26}{cores}", flush=True)
+    whole = "".join(f"{dag_result['run_cpu'][group] / dag_result['seconds']:>15.2f}" for group in STACK_GROUPS)
+    between = dag_result["seconds"] - sum(dag_result["stages"].values())
+    print(f"    the whole run: {between:.1f}s of it outside Ray jobs; cores used by:{whole}", flush=True)
 
 
 def _print_drop(workers: str, result: dict) -> None:
@@ -267,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    dag:   {dag_result['seconds']:.1f}s, {dag_result['jobs']} Ray jobs, the first "
               f"{dag_result['first_job_after']:.0f}s after the run started", flush=True)
         print(f"    again, unchanged: {dag_result['rerun_seconds']:.1f}s, {dag_result['rerun_jobs']} Ray jobs", flush=True)
-        for stage, plain_seconds in plain_result["stages"].items():
-            print(f"    {stage:<8} plain {plain_seconds:7.1f}s   Ray jobs {dag_result['stages'].get(stage, 0):7.1f}s",
-                  flush=True)
+        print_cpu(plain_result, dag_result)
         _print_drop("warm", dag_result)
         if args.cold_too:
             cold = dag(corpus, scratch / "w-cold", args.project.resolve(), {"PIPELINE_WARM_IDLE_SECONDS": "0"})

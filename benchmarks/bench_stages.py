@@ -93,11 +93,11 @@ def measured(mode: str, pdf: Path, scratch: Path, runtime: str, passes: int,
                               str(work), "--passes", str(passes)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if mode == "plain":
-        def picks(process) -> bool:
-            return process.pid == child.pid
+        def picks(process) -> str | None:
+            return mode if process.pid == child.pid else None
     else:
-        def picks(process) -> bool:
-            return cmdline(process).startswith("ray::")
+        def picks(process) -> str | None:
+            return mode if cmdline(process).startswith("ray::") else None
     with ProcessSampler(picks) as sampler:
         out, err = child.communicate()
     if child.returncode != 0:
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                       else "Ray's workers warm from the pass before")
             print(f"\npass {number + 1}: {warmth}")
             print_pass(plain_pass, ray_pass, plain_cpu, ray_cpu)
-        print(f"peak memory: plain process {plain_cpu.peak_mb:.0f} MB, largest Ray worker {ray_cpu.peak_mb:.0f} MB")
+        print(f"peak memory: plain process {plain_cpu.peak_mb['plain']:.0f} MB, largest Ray worker "
+              f"{ray_cpu.peak_mb['ray']:.0f} MB")
 
         print(f"\n{'embedder':<12}{'chunks/s':>9}{'x torch':>8}{'cos mean':>10}{'cos min':>9}")
         rows = embedder_runtimes(plain["embeddings"], args.sample)
