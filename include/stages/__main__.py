@@ -98,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.inline:
             import ray
 
-            from include.stages.warm import validator as warm_validator
+            from include.stages import warm
 
             ray.init(logging_level=logging.WARNING, log_to_driver=True)
-            validator = warm_validator(settings)
+            validator = warm.validator(settings)
+            if inputs.items:
+                warm.start_next_stage(args.stage, settings)
         result = run_stage(
             STAGES[args.stage], settings, inputs.items, batch_id=batch_id, recompute=args.recompute,
             submission_id=submission_id, executor=run_inline if args.inline else run_on_ray,

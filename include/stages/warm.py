@@ -3,7 +3,7 @@
 With ``PIPELINE_WARM_IDLE_SECONDS`` above 0, the workers of the stages in ``PIPELINE_WARM_STAGES``
 are named detached actors (namespace ``pipeline-warm``), not a Ray Data pool that lives and dies
 with its job. The first job of a stage creates them and each loads its model once; later jobs of
-any batch or run find them by name and send them parts (``ray.util.ActorPool``: each part to the
+any batch or run find them by name and send them parts (``fed_in_order``: each part to the
 next free actor, results in order), so a small drop pays the job's start-up and no model load.
 The stage jobs stay one Ray job per stage and batch. The query job's generator is kept warm the
 same way (``include.query.pipeline.WarmGenerator``, by the name ``generate`` in the warm stages), and
@@ -18,6 +18,10 @@ document's checks (a small frame of safe columns) and the validator, GX loaded, 
 - **Resources.** A warm actor reserves its memory (``actor_memory_mb``) but no CPU, and runs
   ``actor_cpus`` threads: idle it uses none, and the pools of all five stages, kept side by side,
   would otherwise hold every CPU of a small cluster and leave the next stage's job waiting.
+- **Started ahead.** A stage job with documents to run starts the next stage's workers that are not
+  alive (in the background, and only if the nodes have room for them): their models load while
+  this job works, and the next job finds them ready, their loads counted as its own. On a cold
+  cluster each job would otherwise start its pool after the job before it ended.
 - **Idle scale-down.** An actor that ran no part for ``warm_idle_seconds`` kills itself (its name
   is then free). A job first *leases* each actor, which restarts its idle clock, so an actor never
   retires between being found and being used; one found retiring is replaced.
@@ -42,14 +46,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.util import ActorPool
 
 import include
 from include.quality import gates
@@ -57,7 +60,7 @@ from include.quality.expectations import Checks
 from include.settings import PipelineSettings, PoolSettings
 from include.stages.base import Progress, Stage
 from include.stages.execution import PartWorker, split_rows
-from include.worker_options import THREADS_ENV, actor_options
+from include.worker_options import THREADS_ENV, actor_options, worker_node_cpus
 
 if TYPE_CHECKING:
     from include.backends.vector_stores import EmbedderInfo
@@ -195,19 +198,36 @@ def pool_name(name: str, settings: PipelineSettings, worker: type) -> str:
     return f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
+@dataclass(frozen=True)
+class _Pool:
+    """How the actors of one warm pool are named and created."""
+
+    names: list[str]
+    options: dict[str, Any]
+    threads: int
+
+    @classmethod
+    def of(cls, name: str, pool: PoolSettings, settings: PipelineSettings) -> _Pool:
+        options = dict(namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
+                       memory=pool.actor_memory_mb * 2**20, **actor_options(settings))
+        return cls([f"{name}-{number}" for number in range(pool.max_actors)], options,
+                   max(1, math.ceil(pool.actor_cpus)))
+
+    def actor(self, worker: type[KeptWarm], actor_name: str, *args: Any) -> ray.actor.ActorHandle:
+        """The actor of that name, found, or created with ``args`` and its threads (its model loads)."""
+        return ray.remote(worker).options(name=actor_name, **self.options).remote(*args, threads=self.threads)
+
+
 def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings: PipelineSettings,
                 *args: Any) -> tuple[list[ray.actor.ActorHandle], int]:
     """``pool.max_actors`` warm actors of ``worker`` (a ``KeptWarm`` class) named ``name-<n>``,
     found or created with ``args`` and their threads, each leased; and how many models they loaded
     since the last lease (a job's model loads)."""
-    options = dict(namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
-                   memory=pool.actor_memory_mb * 2**20, **actor_options(settings))
-    names = [f"{name}-{number}" for number in range(pool.max_actors)]
-    actor_class = ray.remote(worker)
+    spec = _Pool.of(name, pool, settings)
+    names, options = spec.names, spec.options
 
     def lease(actor_name: str) -> tuple[ray.actor.ActorHandle, ray.ObjectRef]:
-        threads = max(1, math.ceil(pool.actor_cpus))
-        actor = actor_class.options(name=actor_name, **options).remote(*args, threads=threads)
+        actor = spec.actor(worker, actor_name, *args)
         return actor, actor.lease.remote()
 
     leases = dict(zip(names, map(lease, names), strict=True))
@@ -242,6 +262,44 @@ def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings:
         actors.append(actor)
     log.info("%d warm worker(s) (%s), %d model load(s) this job", len(actors), name, loads)
     return actors, loads
+
+
+def start_pool(stage: Stage, settings: PipelineSettings, cpus: float) -> int:
+    """Create the stage's warm workers that are not alive, without waiting for them, if the nodes
+    have room for them now; how many were created. Their models load while another job runs, and the
+    stage's own job finds them (and counts their loads) as if it had created them."""
+    name = pool_name(stage.name, settings, stage.worker)
+    spec = _Pool.of(name, getattr(settings, stage.pool).sized_for(cpus), settings)
+    missing = [name for name in spec.names if name not in worker_names()]
+    if not missing or not _room_for(len(missing), spec.options["memory"], settings):
+        return 0
+    for actor_name in missing:
+        spec.actor(WarmPartWorker, actor_name, stage, settings)
+    log.info("%d warm worker(s) (%s) started ahead of their job", len(missing), name)
+    return len(missing)
+
+
+def start_next_stage(stage_name: str, settings: PipelineSettings) -> threading.Thread | None:
+    """Start the warm workers of the stage after ``stage_name`` (the next job of this batch) in the
+    background, while this job runs: on a cold cluster that job would otherwise start them, and wait
+    for their models to load, after this one ends. Nothing when that stage is not kept warm."""
+    from include.fingerprints import STAGE_ORDER
+    from include.stages import STAGES
+
+    position = STAGE_ORDER.index(stage_name) + 1
+    if position == len(STAGE_ORDER) or not is_warm(STAGE_ORDER[position], settings):
+        return None
+
+    def start() -> None:
+        following = STAGES[STAGE_ORDER[position]]  # imports that stage's module: off this job's path
+        try:
+            start_pool(following, settings, worker_node_cpus(settings))
+        except Exception as exc:  # the next job starts them itself
+            log.warning("could not start the %s stage's warm workers ahead: %s", following.name, exc)
+
+    thread = threading.Thread(target=start, name="start-next-stage", daemon=True)
+    thread.start()
+    return thread
 
 
 def _unplaced(actor_names: set[str]) -> int | None:
@@ -412,6 +470,61 @@ def run_parts(stage: Stage, settings: PipelineSettings, documents: list[dict[str
     actors, loads = leased_pool(WarmPartWorker, pool_name(stage.name, settings, stage.worker), pool, settings,
                                 stage, settings)
     progress.add(model_loads=loads)
-    splits = ActorPool(actors).map(lambda actor, row: actor.split.remote(row, stage), documents)
+    splits = fed_in_order(actors, lambda actor, row: actor.split.remote(row, stage), documents)
     parts = [part for split in splits for part in split]
-    yield from ActorPool(actors).map(lambda actor, row: actor.run.remote(row), parts)
+    yield from fed_in_order(actors, lambda actor, row: actor.run.remote(row), parts)
+
+
+def fed_in_order(actors: list[ray.actor.ActorHandle], call: Callable[[ray.actor.ActorHandle, Any], ray.ObjectRef],
+                 values: Iterable[Any]) -> Iterator[Any]:
+    """``call(actor, value)``'s result for each value, in the values' order, from actors kept fed.
+
+    ``ray.util.ActorPool.map`` gives an actor its next value only once the caller has taken the
+    result of the value that actor ran, and takes results in order: an actor done with a short part
+    idles while another runs a long one ahead of it, and both wait while the job's driver writes a
+    document out. Here a thread gives each actor the next value as soon as its call ends, whatever the
+    caller is waiting for or doing (one call at a time per actor: a value queued behind a long part
+    would wait while another actor idles). Values not yet given out are not once the caller stops."""
+    values = list(values)
+    results: dict[int, ray.ObjectRef] = {}
+    arrived = threading.Condition()
+    stopped = threading.Event()
+    failed: list[BaseException] = []
+
+    def dispatch() -> None:
+        queue = iter(enumerate(values))
+        running: dict[ray.ObjectRef, tuple[int, ray.actor.ActorHandle]] = {}
+
+        def feed(actor: ray.actor.ActorHandle) -> None:
+            if not stopped.is_set() and (value := next(queue, None)) is not None:
+                running[call(actor, value[1])] = (value[0], actor)
+
+        try:
+            for actor in actors:
+                feed(actor)
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1)
+                if len(running) > 1:  # and every other call done by now
+                    ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+                freed = [running.pop(ref) for ref in ready]
+                with arrived:
+                    results.update((index, ref) for ref, (index, _) in zip(ready, freed, strict=True))
+                    arrived.notify()
+                for _, actor in freed:
+                    feed(actor)
+        except BaseException as exc:  # the caller raises it
+            with arrived:
+                failed.append(exc)
+                arrived.notify()
+
+    threading.Thread(target=dispatch, name="feed-warm-actors", daemon=True).start()
+    try:
+        for index in range(len(values)):
+            with arrived:
+                arrived.wait_for(lambda: index in results or failed)  # noqa: B023 (called at once)
+                if index not in results:
+                    raise failed[0]
+                ref = results.pop(index)
+            yield ray.get(ref)
+    finally:
+        stopped.set()

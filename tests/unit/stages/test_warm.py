@@ -162,6 +162,60 @@ def test_a_pool_short_of_room_retires_the_longest_idle_workers_first_and_no_more
     assert not _pool_actors("chunk-") and _pool_actors("enrich-") and _pool_actors("embed-")
 
 
+def test_a_pool_started_ahead_of_its_job_is_the_pool_its_job_leases_with_its_loads_counted(settings, ray_local):
+    import ray
+
+    from include.stages.warm import start_pool
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stage = replace(STAGES["load"], split=lambda doc, settings: [{"units": 1, "n": n} for n in range(4)],
+                    worker=SlowToLoad)
+    warm = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_stages": frozenset({"load"}),
+                                       "load_pool": PoolSettings(max_actors=2, actor_memory_mb=256)})
+
+    assert start_pool(stage, warm, cpus=2) == 2
+    assert start_pool(stage, warm, cpus=2) == 0  # alive, loading: not started twice
+    loads, pids = _run(warm, stage, "loaded")
+    assert loads == 2 and len(pids) == 2  # the models they loaded ahead are counted by the job they were for
+    assert len(_pool_actors("load-")) == 2
+    assert _run(warm, stage, "loaded again") == (0, pids)
+
+
+class Sleeper:
+    def nap(self, seconds: float) -> tuple[float, int, float]:
+        started = time.monotonic()  # one clock for every process of the machine
+        time.sleep(seconds)
+        return seconds, os.getpid(), started
+
+
+def test_warm_actors_are_fed_each_as_it_frees_and_their_results_come_back_in_order(ray_local):
+    import ray
+
+    from include.stages.warm import fed_in_order
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    actors = [ray.remote(Sleeper).remote() for _ in range(2)]
+    ray.get([actor.nap.remote(0) for actor in actors])  # started
+    naps = [3.0] + [0.1] * 6
+    results = list(fed_in_order(actors, lambda actor, seconds: actor.nap.remote(seconds), naps))
+
+    assert [seconds for seconds, _, _ in results] == naps
+    long_pid, long_started = results[0][1], results[0][2]
+    # The other actor ran every short nap while the long one ran: none waited for its result, or
+    # behind it.
+    assert {pid for _, pid, _ in results[1:]} == {pid for _, pid, _ in results} - {long_pid}
+    assert max(started for _, _, started in results[1:]) < long_started + 3.0
+
+
+def test_a_stage_job_starts_the_next_stage_ahead_only_when_that_stage_is_kept_warm(settings):
+    from include.fingerprints import STAGE_ORDER
+    from include.stages.warm import start_next_stage
+
+    every = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_stages": frozenset(STAGE_ORDER)})
+    assert start_next_stage("load", every) is None  # the last stage: nothing after it
+    assert start_next_stage("extract", every.model_copy(update={"warm_stages": frozenset({"extract"})})) is None
+    assert start_next_stage("extract", every.model_copy(update={"warm_idle_seconds": 0.0})) is None
+
 
 def test_the_gates_checks_are_validated_by_one_warm_validator_as_they_would_be_in_the_job(settings, ray_local):
     from include.quality.expectations import failures, validate
