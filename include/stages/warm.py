@@ -264,25 +264,36 @@ def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings:
     return actors, loads
 
 
-def start_pool(stage: Stage, settings: PipelineSettings, cpus: float) -> int:
-    """Create the stage's warm workers that are not alive, without waiting for them, if the nodes
-    have room for them now; how many were created. Their models load while another job runs, and the
-    stage's own job finds them (and counts their loads) as if it had created them."""
-    name = pool_name(stage.name, settings, stage.worker)
-    spec = _Pool.of(name, getattr(settings, stage.pool).sized_for(cpus), settings)
-    missing = [name for name in spec.names if name not in worker_names()]
+def start_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings: PipelineSettings,
+               *args: Any) -> int:
+    """Create the actors of ``leased_pool(worker, name, pool, settings, *args)`` that are not alive,
+    without waiting for them, if the nodes have room for them now; how many were created. Their models
+    load while another job runs, and the job they are for finds them (and counts their loads) as if it
+    had created them."""
+    spec = _Pool.of(name, pool, settings)
+    missing = [actor_name for actor_name in spec.names if actor_name not in worker_names()]
     if not missing or not _room_for(len(missing), spec.options["memory"], settings):
         return 0
     for actor_name in missing:
-        spec.actor(WarmPartWorker, actor_name, stage, settings)
+        spec.actor(worker, actor_name, *args)
     log.info("%d warm worker(s) (%s) started ahead of their job", len(missing), name)
     return len(missing)
 
 
+def stage_pool(stage: Stage, settings: PipelineSettings, cpus: float) -> tuple[str, PoolSettings]:
+    """The name and size of a stage's warm pool on worker nodes of ``cpus`` CPUs."""
+    return pool_name(stage.name, settings, stage.worker), getattr(settings, stage.pool).sized_for(cpus)
+
+
+def _validator_pool(settings: PipelineSettings) -> tuple[str, PoolSettings]:
+    return pool_name("quality", settings, WarmValidator), settings.quality.validator_pool.sized_for(1)
+
+
 def start_next_stage(stage_name: str, settings: PipelineSettings) -> threading.Thread | None:
-    """Start the warm workers of the stage after ``stage_name`` (the next job of this batch) in the
-    background, while this job runs: on a cold cluster that job would otherwise start them, and wait
-    for their models to load, after this one ends. Nothing when that stage is not kept warm."""
+    """Start the warm workers of the stage after ``stage_name`` (the next job of this batch), and the
+    validator of its gate, in the background while this job runs: on a cold cluster that job would
+    otherwise start them, and wait for their models to load, after this one ends. Nothing when that
+    stage is not kept warm."""
     from include.fingerprints import STAGE_ORDER
     from include.stages import STAGES
 
@@ -293,7 +304,11 @@ def start_next_stage(stage_name: str, settings: PipelineSettings) -> threading.T
     def start() -> None:
         following = STAGES[STAGE_ORDER[position]]  # imports that stage's module: off this job's path
         try:
-            start_pool(following, settings, worker_node_cpus(settings))
+            start_pool(WarmPartWorker, *stage_pool(following, settings, worker_node_cpus(settings)), settings,
+                       following, settings)
+            if following.gate is not None and settings.quality.mode(following.name) != "off" \
+                    and is_warm("quality", settings):
+                start_pool(WarmValidator, *_validator_pool(settings), settings, settings)
         except Exception as exc:  # the next job starts them itself
             log.warning("could not start the %s stage's warm workers ahead: %s", following.name, exc)
 
@@ -422,8 +437,7 @@ class WarmValidation:
     def _actor(self) -> ray.actor.ActorHandle:
         with self._lock:
             if not self._leased:
-                actors, _ = leased_pool(WarmValidator, pool_name("quality", self._settings, WarmValidator),
-                                        self._settings.quality.validator_pool.sized_for(1), self._settings,
+                actors, _ = leased_pool(WarmValidator, *_validator_pool(self._settings), self._settings,
                                         self._settings)
                 self._leased.extend(actors)
             return self._leased[0]
@@ -466,9 +480,7 @@ def run_parts(stage: Stage, settings: PipelineSettings, documents: list[dict[str
               progress: Progress) -> Iterator[dict[str, Any]]:
     """Each part's result row, in the parts' order, from the stage's warm actors: they split the
     documents (each to the next free actor), then run the parts."""
-    pool = getattr(settings, stage.pool).sized_for(cpus)
-    actors, loads = leased_pool(WarmPartWorker, pool_name(stage.name, settings, stage.worker), pool, settings,
-                                stage, settings)
+    actors, loads = leased_pool(WarmPartWorker, *stage_pool(stage, settings, cpus), settings, stage, settings)
     progress.add(model_loads=loads)
     splits = fed_in_order(actors, lambda actor, row: actor.split.remote(row, stage), documents)
     parts = [part for split in splits for part in split]

@@ -165,7 +165,7 @@ def test_a_pool_short_of_room_retires_the_longest_idle_workers_first_and_no_more
 def test_a_pool_started_ahead_of_its_job_is_the_pool_its_job_leases_with_its_loads_counted(settings, ray_local):
     import ray
 
-    from include.stages.warm import start_pool
+    from include.stages.warm import WarmPartWorker, stage_pool, start_pool
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stage = replace(STAGES["load"], split=lambda doc, settings: [{"units": 1, "n": n} for n in range(4)],
@@ -173,8 +173,11 @@ def test_a_pool_started_ahead_of_its_job_is_the_pool_its_job_leases_with_its_loa
     warm = settings.model_copy(update={"warm_idle_seconds": 600.0, "warm_stages": frozenset({"load"}),
                                        "load_pool": PoolSettings(max_actors=2, actor_memory_mb=256)})
 
-    assert start_pool(stage, warm, cpus=2) == 2
-    assert start_pool(stage, warm, cpus=2) == 0  # alive, loading: not started twice
+    def start() -> int:
+        return start_pool(WarmPartWorker, *stage_pool(stage, warm, cpus=2), warm, stage, warm)
+
+    assert start() == 2
+    assert start() == 0  # alive, loading: not started twice
     loads, pids = _run(warm, stage, "loaded")
     assert loads == 2 and len(pids) == 2  # the models they loaded ahead are counted by the job they were for
     assert len(_pool_actors("load-")) == 2
