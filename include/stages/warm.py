@@ -19,8 +19,9 @@ document's checks (a small frame of safe columns) and the validator, GX loaded, 
   ``actor_cpus`` threads: idle it uses none, and the pools of all five stages, kept side by side,
   would otherwise hold every CPU of a small cluster and leave the next stage's job waiting.
 - **Started ahead.** A stage job with documents to run starts the next stage's workers that are not
-  alive (in the background, and only if the nodes have room for them): their models load while
-  this job works, and the next job finds them ready, their loads counted as its own. On a cold
+  alive, and the validator of that stage's gate (in the background, and only if the nodes have room
+  for them): their models load while this job works, and the next job finds them ready, their
+  loads counted as its own. On a cold
   cluster each job would otherwise start its pool after the job before it ended.
 - **Idle scale-down.** An actor that ran no part for ``warm_idle_seconds`` kills itself (its name
   is then free). A job first *leases* each actor, which restarts its idle clock, so an actor never
@@ -215,7 +216,11 @@ class _Pool:
 
     def actor(self, worker: type[KeptWarm], actor_name: str, *args: Any) -> ray.actor.ActorHandle:
         """The actor of that name, found, or created with ``args`` and its threads (its model loads)."""
-        return ray.remote(worker).options(name=actor_name, **self.options).remote(*args, threads=self.threads)
+        return _actor_class(worker).options(name=actor_name, **self.options).remote(*args, threads=self.threads)
+
+
+# One Ray actor class per worker class: each new one exports the class to the cluster again.
+_actor_class = functools.cache(ray.remote)
 
 
 def leased_pool(worker: type[KeptWarm], name: str, pool: PoolSettings, settings: PipelineSettings,
