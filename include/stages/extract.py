@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from include.backends.describers import OpenAIDescriber, build_describer
 from include.backends.openai_api import Usage
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, BadFileError, DocInput, DocumentError, Metrics, Outputs, Part
+from include.stages.base import AssembleContext, BadFileError, DocInput, DocumentError, Metrics, Outputs, Part, ranges
 from include.stages.layout import PageInput, RegionDescriber, build_document, native_pages
 from include.storage import ObjectNotFound, Storage
 
@@ -202,17 +202,14 @@ def read_pdf(doc: DocInput, storage: Storage) -> bytes:
 
 
 def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
-    """Page ranges of ``extract_pages_per_part`` pages; a bad PDF fails here, named with its cause."""
+    """Page ranges of at most ``extract_pages_per_part`` pages (``ranges``); a bad PDF fails here, named with its cause."""
     pages = check_pdf(read_pdf(doc, Storage(settings)), doc.document.source_uri)
     if pages > settings.max_pages_per_document:
         raise BadFileError(f"{doc.document.source_uri}: {pages} pages is over the limit of "
                            f"{settings.max_pages_per_document} (PIPELINE_MAX_PAGES_PER_DOCUMENT); split the "
                            "file, or raise the limit, and drop it into the inbox again")
-    step = settings.extract_pages_per_part
-    return [
-        {"first": first, "last": min(first + step - 1, pages), "units": min(step, pages - first + 1)}
-        for first in range(1, pages + 1, step)
-    ]
+    return [{"first": part["start"] + 1, "last": part["stop"], "units": part["units"]}
+            for part in ranges(pages, settings.extract_pages_per_part)]
 
 
 class PageConverter:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from include.contract import DocumentRef
 from include.settings import PoolSettings
 from include.stages import STAGES
-from include.stages.base import Progress, StageInput
+from include.stages.base import Progress, StageInput, ranges
 from include.stages.execution import run_on_ray
 from include.worker_options import worker_node_cpus
 
@@ -22,6 +22,21 @@ def test_an_unsized_pool_takes_the_actors_the_cpus_hold_and_never_fewer_than_its
     assert PoolSettings(min_actors=3).sized_for(2.0).max_actors == 3
     assert PoolSettings().sized_for(0.0).max_actors == 1  # no worker node yet: the pool waits for one
     assert PoolSettings(max_actors=5).sized_for(2.0).max_actors == 5  # a set size is kept
+
+
+def test_a_long_documents_parts_end_in_halves_so_its_workers_finish_together_and_every_item_is_in_one():
+    def sizes(count: int, size: int) -> list[int]:
+        parts = ranges(count, size)
+        assert [p["start"] for p in parts] == [0, *[p["stop"] for p in parts[:-1]]] and parts[-1]["stop"] == count
+        return [p["units"] for p in parts]
+
+    # Two full parts or fewer: as many parts of the most items as it takes (one worker each).
+    assert sizes(5, 64) == [5] and sizes(100, 64) == [64, 36] and sizes(128, 64) == [64, 64]
+    # Longer: full parts while more than two are left, then halves of what is left, none under an eighth.
+    assert sizes(1210, 64) == [64] * 17 + [61, 31, 15, 15]
+    assert sizes(129, 64) == [64, 33, 16, 8, 8]
+    assert sizes(600, 32)[-4:] == [28, 14, 7, 7] and max(sizes(600, 32)) == 32
+    assert ranges(0, 64) == []
 
 
 def test_the_cpus_counted_are_those_of_the_nodes_the_work_may_land_on(settings, ray_local):
