@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 from include.backends.describers import OpenAIDescriber, build_describer
 from include.backends.openai_api import Usage
 from include.settings import PipelineSettings
-from include.stages.base import AssembleContext, BadFileError, DocInput, DocumentError, Metrics, Outputs, Part, ranges
+from include.stages.base import (
+    AssembleContext, BadFileError, DocInput, DocumentError, Metrics, Outputs, Part, ranges,
+)
 from include.stages.layout import PageInput, RegionDescriber, build_document, native_pages
 from include.storage import ObjectNotFound, Storage
 
@@ -202,7 +204,8 @@ def read_pdf(doc: DocInput, storage: Storage) -> bytes:
 
 
 def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
-    """Page ranges of at most ``extract_pages_per_part`` pages (``ranges``); a bad PDF fails here, named with its cause."""
+    """Page ranges of at most ``extract_pages_per_part`` pages (``ranges``); a bad PDF fails here, named
+    with its cause."""
     pages = check_pdf(read_pdf(doc, Storage(settings)), doc.document.source_uri)
     if pages > settings.max_pages_per_document:
         raise BadFileError(f"{doc.document.source_uri}: {pages} pages is over the limit of "
