@@ -94,7 +94,7 @@ def _signals_since(started_ms: float) -> Counter[str]:
     """The signals that killed workers (of any node) since ``started_ms``, from their stderr logs.
     Empty when the state API cannot tell (a cluster without a dashboard): the error then says so."""
     import ray
-    from ray.util.state import get_log, list_workers
+    from ray.util.state import list_workers
 
     found: Counter[str] = Counter()
     try:
@@ -109,13 +109,24 @@ def _signals_since(started_ms: float) -> Counter[str]:
         if (worker.end_time_ms or 0) < started_ms:
             continue
         try:
-            lines = get_log(address=cluster, pid=worker.pid, node_id=worker.node_id, suffix="err",
-                            tail=_LOG_TAIL_LINES)
-            if signal := signal_in("".join(lines)):
+            if signal := signal_in(_stderr_tail(cluster, worker)):
                 found[signal] += 1
         except Exception as exc:  # its node may be gone with it
             log.warning("could not read the log of dead worker %s (pid %s): %s", worker.worker_id, worker.pid, exc)
     return found
+
+
+def _stderr_tail(cluster: str, worker) -> str:
+    """The end of a dead worker's stderr. Its node's log agent once failed to find the file of a
+    worker just dead, in a full CI run (not reproduced alone): the read is tried again for a
+    moment before the signal goes unnamed."""
+    from ray.util.state import get_log
+    from tenacity import Retrying, stop_after_attempt, wait_fixed
+
+    read = Retrying(stop=stop_after_attempt(4), wait=wait_fixed(0.5), reraise=True)
+    # Joined inside the retried call: get_log's generator only asks for the file when iterated.
+    return read(lambda: "".join(get_log(address=cluster, pid=worker.pid, node_id=worker.node_id, suffix="err",
+                                        tail=_LOG_TAIL_LINES)))
 
 
 def signal_in(text: str) -> str | None:

@@ -18,7 +18,7 @@ from include.contract import DocumentRef
 from include.stages import STAGES
 from include.stages.base import Progress, StageInput
 from include.stages.execution import run_on_ray
-from include.worker_crashes import WorkerCrashed, signal_in
+from include.worker_crashes import WorkerCrashed, _stderr_tail, signal_in
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,23 @@ def test_the_signal_is_read_from_either_handler_of_a_worker_log():
     assert signal_in(RAY_SEGV_LOG) == "SIGSEGV"
     assert signal_in("Fatal Python error: Aborted\n\nStack (most recent call first):") == "SIGABRT"
     assert signal_in("INFO worker.py: task done\n") is None
+
+
+def test_a_dead_workers_log_its_node_cannot_find_yet_is_read_again(monkeypatch):
+    """The log agent once answered "Could not find a log file" for a worker just dead (a full CI run)."""
+    import ray.util.state
+
+    answers = [FileNotFoundError("Could not find a log file."), RAY_SEGV_LOG.splitlines(keepends=True)]
+
+    def get_log(**options):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        yield from answer
+
+    monkeypatch.setattr(ray.util.state, "get_log", get_log)
+    worker = type("DeadWorker", (), {"pid": 4242, "node_id": "n1"})()
+    assert signal_in(_stderr_tail("127.0.0.1:6379", worker)) == "SIGSEGV" and answers == []
 
 
 def test_a_native_crash_is_not_retryable_and_a_kill_without_a_signal_is():
