@@ -150,7 +150,7 @@ def test_a_store_that_loses_a_write_fails_the_document_at_load_and_the_next_run_
 
     monkeypatch.setattr(ChromaStore, "upsert", loses_one)
     [failed] = ingest_like_the_dag("run-1")["failed"]
-    assert failed["stage"] == "load" and "in_store=False" in failed["error"]
+    assert failed["stage"] == "load" and "record_problem=not in the store" in failed["error"]
     entries = Ledger.open(pipeline_env).entries()
     assert (entries[other].error_cause, entries[other].attempts) == ("store_check", 1)
     assert decide(entries[other], same_bytes=True, fingerprint=pipeline_fingerprint(pipeline_env),

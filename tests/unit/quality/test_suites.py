@@ -38,12 +38,12 @@ def test_clean_chunks_pass():
     ({"chunk_id": "doc#0"}, "expect_column_values_to_be_unique(column=chunk_id): 2 of 3 unexpected (doc#0, doc#0)"),
     ({"text": " \n "}, "expect_column_values_to_be_between(column=text_characters, min_value=1.0): "
                        "1 of 3 unexpected (doc#1: text_characters=0)"),
-    ({"page_end": 7}, "expect_column_pair_values_a_to_be_greater_than_b(column_A=pages, column_B=page_end, "
-                      "or_equal=True): 1 of 3 unexpected (doc#1: pages=2, page_end=7)"),
-    ({"page_start": 0}, "expect_column_values_to_be_between(column=page_start, min_value=1.0): "
-                        "1 of 3 unexpected (doc#1: page_start=0)"),
-    ({"page_start": 2, "page_end": 1}, "expect_column_pair_values_a_to_be_greater_than_b(column_A=page_end, "
-                                       "column_B=page_start, or_equal=True): 1 of 3 unexpected"),
+    ({"page_end": 7}, "expect_column_values_to_be_null(column=page_span_problem): 1 of 3 unexpected "
+                      "(doc#1: page_span_problem=ends at page 7 of 2)"),
+    ({"page_start": 0}, "expect_column_values_to_be_null(column=page_span_problem): 1 of 3 unexpected "
+                        "(doc#1: page_span_problem=starts at page 0)"),
+    ({"page_start": 2, "page_end": 1}, "expect_column_values_to_be_null(column=page_span_problem): 1 of 3 "
+                                       "unexpected (doc#1: page_span_problem=ends at page 1, before it starts)"),
 ])
 def test_a_bad_chunk_fails_the_chunk_suite_named_with_what_was_observed(change, expected):
     rows = _chunks()
@@ -55,13 +55,12 @@ def test_a_bad_chunk_fails_the_chunk_suite_named_with_what_was_observed(change, 
 def test_a_document_shredded_into_more_chunks_per_page_than_the_bound_fails():
     rows = _chunks(7)  # 3 per page at most, over 2 pages
     [failure] = _failed(chunk_checks(rows, doc_id="doc", token_limit=254, pages=2, settings=SETTINGS))
-    assert failure.startswith("expect_column_pair_values_a_to_be_greater_than_b(column_A=most_chunks, "
-                              "column_B=chunks_in_document, or_equal=True): 7 of 7 unexpected "
-                              "(doc#0: most_chunks=6, chunks_in_document=7")
+    assert failure.startswith("expect_column_values_to_be_between(column=chunks_per_page, min_value=0.0, "
+                              "max_value=3.0, strict_min=True): 7 of 7 unexpected (doc#0: chunks_per_page=3.5")
     # No chunk at all (nothing of it would be searchable): one row with none, failing the count alone.
     [failure] = _failed(chunk_checks([], doc_id="doc", token_limit=254, pages=2, settings=SETTINGS))
-    assert failure == "expect_column_values_to_be_between(column=chunks_in_document, min_value=1.0): " \
-                      "1 of 1 unexpected (chunks_in_document=0)"
+    assert failure == "expect_column_values_to_be_between(column=chunks_per_page, min_value=0.0, max_value=3.0, " \
+                      "strict_min=True): 1 of 1 unexpected (chunks_per_page=0)"
 
 
 def test_documents_validated_together_are_each_judged_by_their_own_rows_in_one_validation():
@@ -84,10 +83,10 @@ def test_documents_validated_together_are_each_judged_by_their_own_rows_in_one_v
     assert failures(clean) == failures(longer) == [] and clean["success"] and longer["success"]
     assert failures(spoiled) == ["expect_column_values_to_be_between(column=tokens, min_value=1.0, "
                                  "max_value=254.0): 1 of 4 unexpected (bad#2: tokens=301)"]
-    assert failures(empty) == ["expect_column_values_to_be_between(column=chunks_in_document, min_value=1.0): "
-                               "1 of 1 unexpected (chunks_in_document=0)"]
+    assert failures(empty) == ["expect_column_values_to_be_between(column=chunks_per_page, min_value=0.0, "
+                               "max_value=3.0, strict_min=True): 1 of 1 unexpected (chunks_per_page=0)"]
     assert [clean["statistics"]["successful_expectations"], spoiled["statistics"]["unsuccessful_expectations"],
-            spoiled["meta"]["documents_validated_together"]] == [8, 1, 4]
+            spoiled["meta"]["documents_validated_together"]] == [5, 1, 4]
     json.dumps([clean, spoiled, empty, longer])  # kept as JSON for the Data Docs
 
 
@@ -182,11 +181,11 @@ def test_a_store_holding_exactly_what_was_written_passes():
 
 def test_a_store_missing_a_vector_or_holding_one_too_many_fails_the_load_suite():
     [missing] = _failed(load_checks(_stored(["doc#0"]), written={"doc#0", "doc#1"}, doc_id="doc"))
-    assert missing == "expect_column_values_to_be_in_set(column=in_store, value_set=[True]): 1 of 2 unexpected " \
-                      "(doc#1: in_store=False)"
+    assert missing == "expect_column_values_to_be_null(column=record_problem): 1 of 2 unexpected " \
+                      "(doc#1: record_problem=not in the store)"
     [extra] = _failed(load_checks(_stored(["doc#0", "doc#7"]), written={"doc#0"}, doc_id="doc"))
-    assert extra.startswith("expect_column_values_to_be_in_set(column=written_by_this_load, value_set=[True]): "
-                            "1 of 2 unexpected (doc#7")
+    assert extra == "expect_column_values_to_be_null(column=record_problem): 1 of 2 unexpected " \
+                    "(doc#7: record_problem=in the store, not written by this load)"
 
 
 @pytest.mark.parametrize("name", RETRIEVED_METADATA)
@@ -194,15 +193,15 @@ def test_a_stored_vector_without_the_metadata_the_retriever_reads_fails_the_load
     stored = _stored(["doc#0", "doc#1"])
     del stored["doc#1"][name]
     [failure] = _failed(load_checks(stored, written={"doc#0", "doc#1"}, doc_id="doc"))
-    assert failure == f"expect_column_values_to_be_null(column=metadata_problem): 1 of 2 unexpected " \
-                      f"(doc#1: metadata_problem=no {name})"
+    assert failure == f"expect_column_values_to_be_null(column=record_problem): 1 of 2 unexpected " \
+                      f"(doc#1: record_problem=no {name})"
 
 
 def test_a_stored_vector_of_another_document_with_no_text_or_pages_backwards_fails_the_load_suite():
     stored = _stored(["doc#0"])
     stored["doc#0"].update(doc_id="other", text=" ", page_start=3, page_end=2)
     [failure] = _failed(load_checks(stored, written={"doc#0"}, doc_id="doc"))
-    assert failure.endswith("(doc#0: metadata_problem=no text, doc_id other, pages 3-2)")
+    assert failure.endswith("(doc#0: record_problem=no text, doc_id other, pages 3-2)")
 
 
 def test_building_a_gates_checks_imports_no_gx():
