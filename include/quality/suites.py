@@ -62,7 +62,8 @@ def chunk_checks(rows: list[dict[str, Any]], *, doc_id: str, token_limit: int, p
         "doc_id": [doc_id] * size,
         "text_characters": [len(row["text"].strip()) for row in rows] or [None],
         "tokens": [row["tokens"] for row in rows] or [None],
-        "page_span_problem": [_page_span_problem(row["page_start"], row["page_end"], pages) for row in rows] or [None],
+        "page_span_problem": [_page_span_problem(row["page_start"], row["page_end"], pages)
+                              for row in rows] or [None],
         "chunks_per_page": [len(rows) / pages if pages > 0 else math.inf] * size,
     }
     return Checks("chunk", columns, [
