@@ -11,8 +11,9 @@ its share of the validation, for load reading the store back). The benchmark pri
 sums, the gate's share of the stage's time, the gate's seconds per 1,000 chunks, and the short
 corpus's gate seconds together against alone. GX is imported and its context made before anything is
 timed; the import is timed on its own, in a fresh interpreter: a stage job pays it once, while its
-workers start (``run_stage`` imports it in a thread). The load gate's first document of each corpus
-includes opening the store's client in the job's driver, as each load job does.
+workers start (``run_stage`` imports it in a thread). The first gate of a corpus that reads the store
+(embed's, for its dimension) includes opening the store's client, as a stage job without the warm
+validator does once.
 
     .venv/bin/python -m benchmarks.bench_gates                       # 300 pages; 40 two-page PDFs
     .venv/bin/python -m benchmarks.bench_gates --pages 1000 --documents 100
