@@ -161,13 +161,12 @@ class ChromaStore:
                 host=url.hostname, port=url.port or (443 if ssl else 80), ssl=ssl, settings=client_settings
             )
             self._lock = nullcontext()
-            self.location = f"{settings.chroma_url.rstrip('/')}#{settings.chroma_collection}"
         else:
             path = settings.resolved_chroma_path
             path.mkdir(parents=True, exist_ok=True)
             self._client = chromadb.PersistentClient(path=str(path), settings=client_settings)
             self._lock = FileLock(str(path / ".write.lock"))
-            self.location = f"chroma://{path}#{settings.chroma_collection}"
+        self.location = store_location(settings)
         self._collection = self._client.get_or_create_collection(
             settings.chroma_collection,
             embedding_function=None,
@@ -335,7 +334,7 @@ class PineconeStore:
         self._name = settings.pinecone_index
         self._namespace = settings.pinecone_namespace
         self._index: Any = None
-        self.location = f"pinecone://{self._name}/{self._namespace}"
+        self.location = store_location(settings)
 
     def _open(self) -> Any:
         if self._index is None and self._pinecone.has_index(self._name):
@@ -431,6 +430,16 @@ class PineconeStore:
             hits.append(Hit(id=match.id, score=float(match.score), text=str(metadata.pop("text", "")),
                             metadata=metadata))
         return hits
+
+
+def store_location(settings: PipelineSettings) -> str:
+    """Where the settings' store is, as outputs and messages name it (no client needed)."""
+    if settings.vector_store == "chroma":
+        where = settings.chroma_url.rstrip("/") if settings.chroma_url else f"chroma://{settings.resolved_chroma_path}"
+        return f"{where}#{settings.chroma_collection}"
+    if settings.vector_store == "pinecone":
+        return f"pinecone://{settings.pinecone_index}/{settings.pinecone_namespace}"
+    raise ValueError(f"unknown vector store {settings.vector_store!r}")
 
 
 def build_vector_store(settings: PipelineSettings) -> VectorStore:

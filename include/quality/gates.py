@@ -1,7 +1,7 @@
 """Each stage's quality gate: the checks of each document's output, built from what its stage's
 workers returned (``Stage.gate``) for the documents a stage job finished about the same time, once
 their outputs are assembled, and validated together (``include.stages.base``). What a gate reads of
-the store (its dimension, what the load wrote) is read once for them.
+the store (its dimension, what the load wrote) is read once for them, through ``Store``.
 
 The gates live here, not in the stage modules: a gate checks an output, it does not shape it, so
 changing one must not make every ingested document stale (a stage's fingerprint covers its module's
@@ -11,34 +11,19 @@ code: ``include.fingerprints``). GX is imported on first use (the suites): impor
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from include.settings import PipelineSettings
 
 if TYPE_CHECKING:
-    from include.backends.vector_stores import EmbedderInfo, VectorStore
+    from include.backends.vector_stores import VectorStore
     from include.quality.expectations import Checks
-    from include.stages.base import AssembleContext
+    from include.stages.base import AssembleContext, Store
 
 
 # The documents a gate checks together: each one's context and its workers' payloads.
 Documents = list[tuple["AssembleContext", list[Any]]]
-
-
-class StoreReads(Protocol):
-    """What a gate reads of the vector store: a ``VectorStore``, or the warm validator, which keeps a
-    client (``include.stages.warm``), so that a stage job's driver never imports the store's client
-    (about 1 s with Chroma's, a third of a small drop's stage job)."""
-
-    def embedder(self) -> EmbedderInfo | None: ...
-
-    def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]: ...
-
-
-# Where a gate reads the store; called by the gates that read it, once for their documents.
-Store = Callable[[], StoreReads]
 
 
 def _rows(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -78,6 +78,7 @@ def _load() -> Stage:
         SPECS["load"], "loaded", load.split, load.VectorLoader, load.assemble,
         pool="load_pool", reusable=False,
         runs=lambda s: f"the {s.vector_store} client", gate=gates.load, gate_failure=StoreCheckFailed,
+        uses_store=True,
     )
 
 

@@ -57,10 +57,31 @@ from include.settings import PipelineSettings
 from include.storage import ObjectNotFound, Storage, join_uri
 
 if TYPE_CHECKING:
+    from include.backends.vector_stores import EmbedderInfo
     from include.quality.expectations import Checks
-    from include.quality.gates import Store, StoreReads
 
 log = logging.getLogger(__name__)
+
+
+class StoreAccess(Protocol):
+    """What a stage job's driver asks of the vector store: its quality gates' reads, and load's
+    clean-up after its workers' writes. A ``VectorStore``, or the warm validator, which keeps a client
+    (``include.stages.warm``), so that the driver never imports the store's client (about 1.2 s with
+    Chroma's, a third of a small drop's load job)."""
+
+    def embedder(self) -> EmbedderInfo | None: ...
+
+    # Documents' records as the store holds them, per doc_id: id -> metadata, with the text as "text".
+    def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]: ...
+
+    # Removes the source's vectors but those in ``keep_ids``; how many went.
+    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int: ...
+
+    def count(self, doc_id: str) -> int: ...
+
+
+# Where a job reaches the store; called when needed, so a job that does not never opens a client.
+Store = Callable[[], StoreAccess]
 
 
 class Validator(Protocol):
@@ -73,8 +94,8 @@ class Validator(Protocol):
     def validate(self, checks: Checks) -> dict[str, Any]:
         """The checks validated: GX's result, as JSON (``include.quality.expectations.validate``)."""
 
-    def store(self) -> StoreReads:
-        """What the gates read of the vector store (its bound embedder, what the load wrote)."""
+    def store(self) -> StoreAccess:
+        """The vector store, as the gates and load's ``assemble`` reach it."""
 
 
 class InProcessValidator:
@@ -92,7 +113,7 @@ class InProcessValidator:
 
         return validate(checks)
 
-    def store(self) -> StoreReads:
+    def store(self) -> StoreAccess:
         from include.quality.gates import vector_store
 
         return vector_store(self._settings)
@@ -252,6 +273,8 @@ class AssembleContext:
     storage: Storage
     doc: DocInput
     prefix: str
+    # The vector store, as the job's validator reaches it (``Stage.uses_store``).
+    store: Store
     stage: str = ""
     # What the upstream stage recorded of the document (extract's pages, for the chunk gate).
     upstream_metrics: Metrics = field(default_factory=dict)
@@ -343,10 +366,16 @@ class Stage:
     # together once their outputs are assembled; and what a failed one raises.
     gate: Callable[[list[tuple[AssembleContext, list[Payload]]], Store], list[Checks]] | None = None
     gate_failure: type[QualityGateFailed] = QualityGateFailed
+    # Whether its assemble reaches the vector store (``AssembleContext.store``), gated or not.
+    uses_store: bool = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def uses_validator(self, settings: PipelineSettings) -> bool:
+        """Does a job of it use its validator: its gate runs, or its assemble reaches the store?"""
+        return self.uses_store or (self.gate is not None and settings.quality.mode(self.name) != "off")
 
 
 def config_fingerprint(stage: Stage, settings: PipelineSettings, upstream: StageManifest | None) -> str:
@@ -533,7 +562,7 @@ def run_stage(
         budget = budget_usd if stage.pays(settings) else None
         validator = validator or InProcessValidator(settings)
         finishing = Finishing(stage, settings, storage, fingerprints, started, submission_id, validator)
-        if pending and stage.gate is not None and settings.quality.mode(stage.name) != "off":
+        if pending and stage.uses_validator(settings):
             validator.prepare()
         if pending and (budget is None or budget > 0):
             with closing(executor(stage, settings, pending, progress)) as finished:
@@ -626,6 +655,7 @@ class Finishing:
         document = done.item.document
         ctx = AssembleContext(self.settings, self.storage, done.item.doc_input(),
                               stage_prefix(self.settings, self.stage, document.doc_id), stage=self.stage.name,
+                              store=self.validator.store,
                               upstream_metrics=done.item.upstream.metrics if done.item.upstream else {})
         try:
             outputs, metrics = self.stage.assemble(ctx, done.payloads)

@@ -20,6 +20,7 @@ from include.backends.vector_stores import (
     VectorRecord,
     VectorStore,
     build_vector_store,
+    store_location,
     stored_document_name,
     stored_source_uri,
 )
@@ -86,12 +87,13 @@ class VectorLoader:
 
 
 def assemble(ctx: AssembleContext, payloads: list[list[str]]) -> tuple[Outputs, Metrics]:
-    store = _store(ctx.settings)
+    # Through the job's validator: the workers hold clients, the driver opens none (``StoreAccess``).
+    store = ctx.store()
     written = {chunk_id for payload in payloads for chunk_id in payload}
     # Again just before the delete: a newer version's vectors are never the stale ones removed.
     check_current(ctx.storage, ctx.document)
     removed = store.delete_stale(ctx.document.source_uri, keep_ids=written)
-    return {"vector_store": store.location}, {
+    return {"vector_store": store_location(ctx.settings)}, {
         "vectors": len(written),
         "vectors_in_store_for_document": store.count(ctx.document.doc_id),
         "stale_vectors_removed": removed,

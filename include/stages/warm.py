@@ -65,7 +65,7 @@ from include.worker_options import THREADS_ENV, actor_options, worker_node_cpus
 
 if TYPE_CHECKING:
     from include.backends.vector_stores import EmbedderInfo
-    from include.quality.gates import StoreReads
+    from include.stages.base import StoreAccess
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,8 @@ def _evict_idle_workers(except_names: set[str], memory: float) -> int:
 class WarmValidator(KeptWarm):
     """The quality gates' validator, Great Expectations loaded once: a stage job that sent its checks
     to GX in its own process would import it first (about 3 s, more than a small drop's work). It
-    also makes the gates' reads of the vector store, with a client it keeps."""
+    also reaches the vector store for the job's driver (``StoreAccess``: the gates' reads, load's
+    clean-up), with a client it keeps."""
 
     def __init__(self, settings: PipelineSettings, threads: int) -> None:
         from include.quality.expectations import context
@@ -411,13 +412,12 @@ class WarmValidator(KeptWarm):
         with self.working():
             return validate(checks)
 
-    def store_embedder(self) -> EmbedderInfo | None:
+    def store(self, method: str, *args: Any) -> Any:
+        """A ``StoreAccess`` method, on the kept client."""
+        if method not in _STORE_ACCESS:
+            raise AttributeError(f"the validator reaches the store for {sorted(_STORE_ACCESS)}, not {method!r}")
         with self.working():
-            return gates.vector_store(self._settings).embedder()
-
-    def store_records(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
-        with self.working():
-            return gates.vector_store(self._settings).documents_records(doc_ids)
+            return getattr(gates.vector_store(self._settings), method)(*args)
 
 
 class WarmValidation:
@@ -460,8 +460,11 @@ class WarmValidation:
     def validate(self, checks: Checks) -> dict[str, Any]:
         return self.call("validate", checks)
 
-    def store(self) -> StoreReads:
+    def store(self) -> StoreAccess:
         return _StoreViaValidator(self)
+
+
+_STORE_ACCESS = frozenset({"embedder", "documents_records", "delete_stale", "count"})
 
 
 @dataclass(frozen=True)
@@ -469,10 +472,16 @@ class _StoreViaValidator:
     validator: WarmValidation
 
     def embedder(self) -> EmbedderInfo | None:
-        return self.validator.call("store_embedder")
+        return self.validator.call("store", "embedder")
 
     def documents_records(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return self.validator.call("store_records", doc_ids)
+        return self.validator.call("store", "documents_records", doc_ids)
+
+    def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int:
+        return self.validator.call("store", "delete_stale", source_uri, keep_ids)
+
+    def count(self, doc_id: str) -> int:
+        return self.validator.call("store", "count", doc_id)
 
 
 def validator(settings: PipelineSettings) -> WarmValidation | None:

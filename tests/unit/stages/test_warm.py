@@ -239,7 +239,7 @@ def test_the_gates_checks_are_validated_by_one_warm_validator_as_they_would_be_i
     assert validator(warm.model_copy(update={"warm_stages": frozenset({"embed"})})) is None
 
 
-def test_the_gates_read_the_store_through_the_warm_validator_and_see_what_others_wrote_since(
+def test_the_gates_and_loads_clean_up_reach_the_store_through_the_warm_validator_and_see_what_others_wrote(
         settings, ray_local):
     from include.backends.vector_stores import EmbedderInfo, VectorRecord
     from include.quality.gates import vector_store
@@ -254,7 +254,11 @@ def test_the_gates_read_the_store_through_the_warm_validator_and_see_what_others
     written = vector_store(warm)
     written.bind_embedder(EmbedderInfo("minilm", 3))
     written.upsert([VectorRecord(f"a#{n}", [1.0, 0.0, float(n)], f"passage {n}",
-                                 {"doc_id": "a", "chunk_no": n}) for n in range(2)])
+                                 {"doc_id": "a", "chunk_no": n, "source_uri": "s3://b/inbox/a.pdf"})
+                    for n in range(3)])
+    # Load's clean-up, as its job's driver makes it: the chunk the new chunking no longer makes goes.
+    assert validator(warm).store().delete_stale("s3://b/inbox/a.pdf", {"a#0", "a#1"}) == 1
+    assert validator(warm).store().count("a") == 2
 
     # The validator's kept client sees the binding made after it was made, and the records.
     assert validator(warm).store().embedder() == EmbedderInfo("minilm", 3)
