@@ -65,9 +65,9 @@ log = logging.getLogger(__name__)
 
 class StoreAccess(Protocol):
     """What a stage job's driver asks of the vector store: its quality gates' reads, and load's
-    clean-up after its workers' writes. A ``VectorStore``, or the warm validator, which keeps a client
-    (``include.stages.warm``), so that the driver never imports the store's client (about 1.2 s with
-    Chroma's, a third of a small drop's load job)."""
+    clean-up after its workers' writes (the old version's vectors deleted). A ``VectorStore``, or
+    the warm validator, which keeps a client (``include.stages.warm``), so that the driver never
+    imports the store's client (about 1.2 s with Chroma's, a third of a small drop's load job)."""
 
     def embedder(self) -> EmbedderInfo | None: ...
 
@@ -76,8 +76,6 @@ class StoreAccess(Protocol):
 
     # Removes the source's vectors but those in ``keep_ids``; how many went.
     def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int: ...
-
-    def count(self, doc_id: str) -> int: ...
 
 
 # Where a job reaches the store; called when needed, so a job that does not never opens a client.

@@ -464,7 +464,7 @@ class WarmValidation:
         return _StoreViaValidator(self)
 
 
-_STORE_ACCESS = frozenset({"embedder", "documents_records", "delete_stale", "count"})
+_STORE_ACCESS = frozenset({"embedder", "documents_records", "delete_stale"})
 
 
 @dataclass(frozen=True)
@@ -479,9 +479,6 @@ class _StoreViaValidator:
 
     def delete_stale(self, source_uri: str, keep_ids: set[str]) -> int:
         return self.validator.call("store", "delete_stale", source_uri, keep_ids)
-
-    def count(self, doc_id: str) -> int:
-        return self.validator.call("store", "count", doc_id)
 
 
 def validator(settings: PipelineSettings) -> WarmValidation | None:
