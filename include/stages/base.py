@@ -86,8 +86,9 @@ class Validator(Protocol):
     """Where a stage job's quality gates are validated and read the store: in the job's own process
     (``InProcessValidator``), or in the warm validator (``include.stages.warm.validator``)."""
 
-    def prepare(self) -> None:
-        """Get ready in the background, while the stage's workers start: not after their work."""
+    def prepare(self, *, validates: bool) -> None:
+        """Get ready in the background, while the stage's workers start: not after their work.
+        ``validates``: the job's gate runs (GX is needed), not only its assemble's store access."""
 
     def validate(self, checks: Checks) -> dict[str, Any]:
         """The checks validated: GX's result, as JSON (``include.quality.expectations.validate``)."""
@@ -102,9 +103,9 @@ class InProcessValidator:
     def __init__(self, settings: PipelineSettings) -> None:
         self._settings = settings
 
-    def prepare(self) -> None:
-        # GX takes about 3 s to import.
-        threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
+    def prepare(self, *, validates: bool) -> None:
+        if validates:  # GX takes about 3 s to import
+            threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
 
     def validate(self, checks: Checks) -> dict[str, Any]:
         from include.quality.expectations import validate
@@ -371,10 +372,6 @@ class Stage:
     def name(self) -> str:
         return self.spec.name
 
-    def uses_validator(self, settings: PipelineSettings) -> bool:
-        """Does a job of it use its validator: its gate runs, or its assemble reaches the store?"""
-        return self.uses_store or (self.gate is not None and settings.quality.mode(self.name) != "off")
-
 
 def config_fingerprint(stage: Stage, settings: PipelineSettings, upstream: StageManifest | None) -> str:
     """The stage's fingerprint chained after its upstream's: what shaped the output, end to end."""
@@ -560,8 +557,9 @@ def run_stage(
         budget = budget_usd if stage.pays(settings) else None
         validator = validator or InProcessValidator(settings)
         finishing = Finishing(stage, settings, storage, fingerprints, started, submission_id, validator)
-        if pending and stage.uses_validator(settings):
-            validator.prepare()
+        gated = stage.gate is not None and settings.quality.mode(stage.name) != "off"
+        if pending and (gated or stage.uses_store):
+            validator.prepare(validates=gated)
         if pending and (budget is None or budget > 0):
             with closing(executor(stage, settings, pending, progress)) as finished:
                 for done in finished:

@@ -428,9 +428,9 @@ class WarmValidation:
         self._lock = threading.Lock()
         self._leased: list[ray.actor.ActorHandle] = []
 
-    def prepare(self) -> None:
+    def prepare(self, *, validates: bool) -> None:
         """Lease it while the stage's workers start: on a cold cluster its start (GX's import, about
-        3 s) would otherwise wait for the first documents done."""
+        3 s) would otherwise wait for the first documents done (validated, or reaching the store)."""
         def lease() -> None:
             try:
                 self._actor()

@@ -278,7 +278,7 @@ def test_a_validator_leased_ahead_that_retired_idle_before_its_first_use_is_leas
     warm = settings.model_copy(update={"warm_idle_seconds": 1.0, "warm_stages": frozenset({"quality"})})
     name = pool_name("quality", warm, WarmValidator)
     validation = validator(warm)
-    validation.prepare()  # as a job does while its workers start
+    validation.prepare(validates=True)  # as a job does while its workers start
     _wait_for(lambda: any(n.startswith(name) for n in worker_names()), "the validator to start")
     _wait_for(lambda: not any(n.startswith(name) for n in worker_names()), "the idle validator to retire")
 
