@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -448,3 +449,10 @@ def build_vector_store(settings: PipelineSettings) -> VectorStore:
     if settings.vector_store == "pinecone":
         return PineconeStore(settings)
     raise ValueError(f"unknown vector store {settings.vector_store!r}")
+
+
+@lru_cache(maxsize=1)
+def process_vector_store(settings: PipelineSettings) -> VectorStore:
+    """This process's one client of the store: a load worker's writes and a job driver's reads
+    (the gates, load's clean-up) share it, so a process opens one connection, not one per use."""
+    return build_vector_store(settings)

@@ -11,13 +11,9 @@ code: ``include.fingerprints``). GX is imported on first use (the suites): impor
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from include.settings import PipelineSettings
-
 if TYPE_CHECKING:
-    from include.backends.vector_stores import VectorStore
     from include.quality.expectations import Checks
     from include.stages.base import AssembleContext, Store
 
@@ -82,9 +78,3 @@ def load(documents: Documents, store: Store) -> list[Checks]:
             for doc_id, ids in written.items()]
 
 
-@lru_cache(maxsize=1)
-def vector_store(settings: PipelineSettings) -> VectorStore:
-    """The store a gate reads in this process (a job without the warm validator, its tests)."""
-    from include.backends.vector_stores import build_vector_store
-
-    return build_vector_store(settings)

@@ -113,9 +113,9 @@ class InProcessValidator:
         return validate(checks)
 
     def store(self) -> StoreAccess:
-        from include.quality.gates import vector_store
+        from include.backends.vector_stores import process_vector_store
 
-        return vector_store(self._settings)
+        return process_vector_store(self._settings)
 
 
 MANIFEST_NAME = "_manifest.json"

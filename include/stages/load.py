@@ -18,8 +18,7 @@ from typing import Any
 from include.backends.embedders import embedder_info
 from include.backends.vector_stores import (
     VectorRecord,
-    VectorStore,
-    build_vector_store,
+    process_vector_store,
     store_location,
     stored_document_name,
     stored_source_uri,
@@ -42,14 +41,9 @@ def split(doc: DocInput, settings: PipelineSettings) -> list[Part]:
     return ranges(count, settings.chunks_per_part)
 
 
-@lru_cache(maxsize=1)
-def _store(settings: PipelineSettings) -> VectorStore:
-    return build_vector_store(settings)
-
-
 class VectorLoader:
     def __init__(self, settings: PipelineSettings) -> None:
-        self._store = _store(settings)
+        self._store = process_vector_store(settings)
         self._settings = settings
         self._bound = False
         self._storage = storage = Storage(settings)

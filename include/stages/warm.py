@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 import include
-from include.quality import gates
 from include.quality.expectations import Checks
 from include.settings import PipelineSettings, PoolSettings
 from include.stages.base import Progress, Stage
@@ -416,8 +415,10 @@ class WarmValidator(KeptWarm):
         """A ``StoreAccess`` method, on the kept client."""
         if method not in _STORE_ACCESS:
             raise AttributeError(f"the validator reaches the store for {sorted(_STORE_ACCESS)}, not {method!r}")
+        from include.backends.vector_stores import process_vector_store
+
         with self.working():
-            return getattr(gates.vector_store(self._settings), method)(*args)
+            return getattr(process_vector_store(self._settings), method)(*args)
 
 
 class WarmValidation:

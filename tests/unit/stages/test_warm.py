@@ -243,8 +243,7 @@ def test_the_gates_checks_are_validated_by_one_warm_validator_as_they_would_be_i
 
 def test_the_gates_and_loads_clean_up_reach_the_store_through_the_warm_validator_and_see_what_others_wrote(
         settings, ray_local):
-    from include.backends.vector_stores import EmbedderInfo, VectorRecord
-    from include.quality.gates import vector_store
+    from include.backends.vector_stores import EmbedderInfo, VectorRecord, process_vector_store
     from include.stages.warm import validator
 
     warm = settings.model_copy(update={"warm_idle_seconds": 60.0, "warm_stages": frozenset({"quality"}),
@@ -253,7 +252,7 @@ def test_the_gates_and_loads_clean_up_reach_the_store_through_the_warm_validator
     assert through_validator.embedder() is None  # its client is made now, before anything is written
 
     # A load elsewhere (this process, as a load worker would) binds the store and writes a document.
-    written = vector_store(warm)
+    written = process_vector_store(warm)
     written.bind_embedder(EmbedderInfo("minilm", 3))
     written.upsert([VectorRecord(f"a#{n}", [1.0, 0.0, float(n)], f"passage {n}",
                                  {"doc_id": "a", "chunk_no": n, "source_uri": "s3://b/inbox/a.pdf"})
