@@ -295,6 +295,9 @@ class PipelineSettings(BaseSettings):
         default=None, description="Persistent Chroma folder; default <work_dir>/chroma."
     )
     chroma_collection: str = "documents"
+    # One writer: an embedded Chroma folder takes no second process, and against the Chroma server a
+    # second actor saved 0.8 s of a 50-file load job on 2 cores but took more than that from embed,
+    # during which it starts (measured, README "Benchmarks"). With Pinecone, or more cores, raise it.
     load_pool: PoolSettings = PoolSettings(max_actors=1, actor_memory_mb=512)
     chroma_url: str | None = Field(
         default=None,
